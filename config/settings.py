@@ -1,0 +1,253 @@
+"""FleetWatch's typed settings: one TOML file plus environment overrides.
+
+Settings are validated once, at start-up. A bad value raises
+:class:`service.errors.ConfigError` naming the setting, e.g. ``mqtt.port``.
+
+Environment variables override the file: ``FLEETWATCH_MQTT__HOST=broker`` sets
+``mqtt.host``; ``__`` separates levels, values are read as TOML literals when they parse
+(``FLEETWATCH_HTTP__PORT=9200`` is an integer) and as plain strings otherwise.
+
+>>> s = load_settings(None, environ={"FLEETWATCH_MQTT__PORT": "1884"})
+>>> s.mqtt.port, s.pipeline.queue_size
+(1884, 10000)
+>>> load_settings(None, environ={"FLEETWATCH_MQTT__PORT": "99999"})
+Traceback (most recent call last):
+...
+service.errors.ConfigError: mqtt.port: Input should be less than or equal to 65535
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from service.errors import ConfigError
+
+ENV_PREFIX = "FLEETWATCH_"
+EXAMPLE_CONFIG = Path(__file__).with_name("fleetwatch.example.toml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TlsSettings(_Section):
+    enabled: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    verify: bool = True
+
+
+class Subscription(_Section):
+    filter: str
+    qos: Literal[0, 1] = 1
+
+
+class MqttSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    client_id: str = "fleetwatch"
+    username: str | None = None
+    password: str | None = Field(None, repr=False)
+    tls: TlsSettings = TlsSettings()
+    protocol: Literal["auto", "5", "3.1.1"] = "auto"
+    clean_start: bool = False
+    session_expiry_s: int = Field(86_400, ge=0)
+    keepalive_s: int = Field(60, ge=5, le=65_535)
+    receive_maximum: int = Field(10_000, ge=1, le=65_535)
+    reconnect_min_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+    subscriptions: tuple[Subscription, ...] = (
+        Subscription(filter="fleet/+/+/+"),
+        Subscription(filter="devices/+/+"),
+    )
+    shared_group: str | None = None
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> MqttSettings:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be at least reconnect_min_s")
+        return self
+
+
+class TopicSettings(_Section):
+    templates: tuple[str, ...] = (
+        "fleet/{site}/{device_id}/{kind}",
+        "devices/{device_id}/{kind}",
+    )
+    alerts_prefix: str = "fleetwatch/alerts"
+    deadletter: str = "fleetwatch/deadletter"
+    status: str = "fleetwatch/status"
+    reports_prefix: str = "fleetwatch/reports"
+
+    @field_validator("templates")
+    @classmethod
+    def _need_device(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one topic template is needed")
+        for template in value:
+            if "{device_id}" not in template:
+                raise ValueError(f"template {template!r} has no {{device_id}} level")
+        return value
+
+
+class MetricAlias(_Section):
+    metric: str
+    scale: float = 1.0
+    offset: float = 0.0
+
+
+class IngestSettings(_Section):
+    max_payload_bytes: int = Field(256 * 1024, ge=64)
+    max_batch_records: int = Field(10_000, ge=1)
+    max_metrics_per_reading: int = Field(256, ge=1)
+    max_future_skew_s: float = Field(300.0, ge=0)
+    oldest_valid_ts: float = Field(946_684_800.0, description="2000-01-01T00:00:00Z")
+    dedupe_capacity: int = Field(500_000, ge=0)
+    aliases: dict[str, str | MetricAlias] = Field(default_factory=dict)
+
+
+class PipelineSettings(_Section):
+    queue_size: int = Field(10_000, ge=1)
+    max_batch: int = Field(2_000, ge=1)
+    tick_interval_s: float = Field(5.0, gt=0)
+    shutdown_timeout_s: float = Field(10.0, gt=0)
+    active_window_s: float = Field(900.0, gt=0)
+
+
+class AlertSettings(_Section):
+    fire_hold_s: float = Field(0.0, ge=0)
+    resolve_hold_s: float = Field(0.0, ge=0)
+    sink_queue_size: int = Field(10_000, ge=1)
+    recent_capacity: int = Field(1_000, ge=0)
+
+
+class HttpSettings(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9108, ge=0, le=65535)
+
+
+class RuleSettings(_Section):
+    name: str
+    metric: str
+    kind: Literal["above", "below", "outside", "rate"]
+    threshold: float | None = None
+    min: float | None = None
+    max: float | None = None
+    max_rate_per_s: float | None = None
+    for_s: float = Field(0.0, ge=0)
+    hysteresis: float = Field(0.0, ge=0)
+    severity: Literal["info", "warning", "critical"] = "warning"
+    models: tuple[str, ...] = ()
+    sites: tuple[str, ...] = ()
+    summary: str | None = None
+    action: str | None = None
+
+    @model_validator(mode="after")
+    def _parameters_for_kind(self) -> RuleSettings:
+        needed = {
+            "above": ("threshold",),
+            "below": ("threshold",),
+            "outside": ("min", "max"),
+            "rate": ("max_rate_per_s",),
+        }[self.kind]
+        missing = [name for name in needed if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"rule {self.name!r} of kind {self.kind!r} needs {', '.join(missing)}")
+        if self.kind == "outside" and self.min is not None and self.max is not None and (
+            self.min >= self.max
+        ):
+            raise ValueError(f"rule {self.name!r}: min must be below max")
+        return self
+
+
+class DetectorSettings(_Section):
+    enabled: tuple[str, ...] = ("rules",)
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Settings(_Section):
+    mqtt: MqttSettings = MqttSettings()
+    topics: TopicSettings = TopicSettings()
+    ingest: IngestSettings = IngestSettings()
+    pipeline: PipelineSettings = PipelineSettings()
+    alerts: AlertSettings = AlertSettings()
+    http: HttpSettings = HttpSettings()
+    logging: LoggingSettings = LoggingSettings()
+    detectors: DetectorSettings = DetectorSettings()
+    rules: tuple[RuleSettings, ...] = ()
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_rule_names(cls, value: tuple[RuleSettings, ...]) -> tuple[RuleSettings, ...]:
+        seen: set[str] = set()
+        for rule in value:
+            if rule.name in seen:
+                raise ValueError(f"rule name {rule.name!r} is used twice")
+            seen.add(rule.name)
+        return value
+
+
+def _env_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Return ``data`` with ``FLEETWATCH_A__B=value`` variables set at ``a.b``.
+
+    >>> apply_env_overrides({"mqtt": {"host": "x"}}, {"FLEETWATCH_MQTT__HOST": "y"})
+    {'mqtt': {'host': 'y'}}
+    """
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__") if part]
+        if not path or path[0] not in Settings.model_fields:
+            continue
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(".".join(path), f"cannot override inside non-table from {name}")
+            node = child
+        node[path[-1]] = _env_value(raw)
+    return data
+
+
+def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
+    """Validate a mapping (as read from TOML) into :class:`Settings`."""
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        location = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(location, message) from exc
+
+
+def load_settings(path: Path | str | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the TOML file at ``path`` (defaults only when ``None``), apply the environment."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        file = Path(path)
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError("--config", f"file {file} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("--config", f"{file} is not valid TOML: {exc}") from exc
+    apply_env_overrides(data, os.environ if environ is None else environ)
+    return settings_from_mapping(data)

@@ -1,0 +1,36 @@
+"""Online detectors: pure logic over readings (see :mod:`detectors.base`).
+
+``DETECTORS`` maps the name used in ``[detectors] enabled`` to a factory that builds the
+detector from the settings. A new detector adds one line here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from config.settings import Settings
+from detectors.base import Detector
+from service.errors import ConfigError
+
+
+def _rules(settings: Settings) -> Detector:
+    from detectors.rules import Rule, RuleEngine
+
+    return RuleEngine([Rule.from_settings(rule) for rule in settings.rules])
+
+
+DETECTORS: dict[str, Callable[[Settings], Detector]] = {
+    "rules": _rules,
+}
+
+
+def build_detectors(settings: Settings) -> list[Detector]:
+    """The detectors ``settings.detectors.enabled`` names, in that order."""
+    detectors: list[Detector] = []
+    for name in settings.detectors.enabled:
+        factory = DETECTORS.get(name)
+        if factory is None:
+            known = ", ".join(sorted(DETECTORS))
+            raise ConfigError("detectors.enabled", f"unknown detector {name!r} (known: {known})")
+        detectors.append(factory(settings))
+    return detectors

@@ -1,0 +1,304 @@
+"""The MQTT transport: a gmqtt client with at-least-once intake.
+
+Why gmqtt: it is asyncio-native, speaks MQTT 5 and 3.1.1, and is the fastest of the
+maintained Python clients at draining a broker (see ``bench/mqtt_clients.py``). With
+``optimistic_acknowledgement=False`` and an ``async`` message handler, gmqtt sends the
+PUBACK only when the handler returns, so FleetWatch acknowledges a QoS 1 message only
+after the pipeline has processed it.
+
+What :class:`MqttClient` adds:
+
+- a persistent session (fixed client id, no clean start, session expiry), QoS 1
+  subscriptions renewed on every connect, MQTT 5 Receive Maximum to bound how many
+  unacknowledged messages the broker sends at once;
+- MQTT 5 with a fall back to 3.1.1 when the broker refuses it (``protocol = "auto"``);
+- reconnect with jittered exponential back-off, on the first connect and after a loss;
+- TLS (server verification, optional client certificate) and username/password;
+- a last will on the service status topic and ``online`` published (retained) on connect;
+- :meth:`MqttClient.pause_reading` / :meth:`MqttClient.resume_reading`, so intake stops
+  reading from the socket while the pipeline's queue is full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import Any
+
+from gmqtt import Client, Message
+from gmqtt.mqtt.constants import MQTTv50, MQTTv311
+from gmqtt.mqtt.handler import MQTTConnectError
+
+from config.settings import MqttSettings
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[str, bytes, int, dict[str, Any]], Awaitable[int]]
+
+_PROTOCOL_REFUSED = (1, 132)  # 3.1.1 "unacceptable protocol version", 5 "unsupported"
+
+
+def tls_context(settings: MqttSettings) -> ssl.SSLContext | bool:
+    """The TLS context for the broker connection (``False`` when TLS is off)."""
+    tls = settings.tls
+    if not tls.enabled:
+        return False
+    context = ssl.create_default_context(
+        ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_file) if tls.ca_file else None
+    )
+    if tls.cert_file:
+        context.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+    if not tls.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class Backoff:
+    """Jittered exponential back-off.
+
+    >>> b = Backoff(0.5, 8.0, rng=random.Random(1))
+    >>> [round(b.next(), 2) for _ in range(6)]
+    [0.32, 1.35, 2.53, 3.02, 7.96, 7.6]
+    """
+
+    def __init__(self, minimum: float, maximum: float, rng: random.Random | None = None) -> None:
+        self.minimum = minimum
+        self.maximum = maximum
+        self._rng = rng or random.Random()
+        self._attempt = 0
+
+    def next(self) -> float:
+        base = min(self.maximum, self.minimum * (2**self._attempt))
+        self._attempt += 1
+        return min(self.maximum, base * self._rng.uniform(0.5, 1.5))
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+class MqttClient:
+    """An MQTT connection for FleetWatch (async context manager, not re-entrant).
+
+    Parameters
+    ----------
+    settings
+        Broker address, credentials, TLS, session and back-off settings.
+    client_id
+        Overrides ``settings.client_id`` (the simulator and tests use their own).
+    on_message
+        ``async (topic, payload, qos, properties) -> reason_code``; the PUBACK is sent when
+        it returns. ``None`` for a publish-only client.
+    subscriptions
+        ``(filter, qos)`` pairs subscribed on every connect.
+    status_topic
+        When given: last will ``offline`` and ``online`` on connect, both retained.
+    persistent
+        ``False`` for a throw-away session (clean start, no expiry).
+    """
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        *,
+        client_id: str | None = None,
+        on_message: MessageHandler | None = None,
+        subscriptions: Sequence[tuple[str, int]] = (),
+        status_topic: str | None = None,
+        persistent: bool = True,
+        on_connection_change: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.client_id = client_id or settings.client_id
+        self._on_message = on_message
+        self.subscriptions = tuple(subscriptions)
+        self.status_topic = status_topic
+        self.persistent = persistent
+        self._on_connection_change = on_connection_change
+        self.connected = asyncio.Event()
+        self.connections = 0
+        self.protocol_version = MQTTv50 if settings.protocol != "3.1.1" else MQTTv311
+        self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
+        self._client: Client | None = None
+        self._closing = False
+        self._paused = False
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def _make_client(self) -> Client:
+        properties: dict[str, Any] = {}
+        persistent = self.persistent and not self.settings.clean_start
+        if self.protocol_version == MQTTv50:
+            properties["receive_maximum"] = self.settings.receive_maximum
+            if persistent:
+                properties["session_expiry_interval"] = self.settings.session_expiry_s
+        will = None
+        if self.status_topic:
+            will = Message(self.status_topic, b"offline", qos=1, retain=True)
+        client = Client(
+            self.client_id,
+            clean_session=not persistent,
+            optimistic_acknowledgement=False,
+            will_message=will,
+            **properties,
+        )
+        if self.settings.username:
+            client.set_auth_credentials(self.settings.username, self.settings.password)
+        client.set_config({"reconnect_retries": -1, "reconnect_delay": self._backoff.next()})
+        client.on_connect = self._handle_connect
+        client.on_disconnect = self._handle_disconnect
+        if self._on_message is not None:
+            client.on_message = self._dispatch
+        return client
+
+    async def _dispatch(
+        self, client: Client, topic: str, payload: bytes, qos: int, properties: dict[str, Any]
+    ) -> int:
+        assert self._on_message is not None
+        return await self._on_message(topic, payload, qos, properties)
+
+    async def _connect_once(self) -> None:
+        client = self._make_client()
+        self._client = client
+        await client.connect(
+            self.settings.host,
+            self.settings.port,
+            ssl=tls_context(self.settings),
+            keepalive=self.settings.keepalive_s,
+            version=self.protocol_version,
+        )
+
+    async def connect(self) -> None:
+        """Connect, retrying with back-off until connected (cancel to give up)."""
+        while True:
+            try:
+                await self._connect_once()
+                return
+            except MQTTConnectError as exc:
+                code = getattr(exc, "_code", None)
+                if (
+                    code in _PROTOCOL_REFUSED
+                    and self.settings.protocol == "auto"
+                    and self.protocol_version == MQTTv50
+                ):
+                    log.info("broker refused MQTT 5; falling back to MQTT 3.1.1")
+                    self.protocol_version = MQTTv311
+                    continue
+                if code in (4, 5, 134, 135):
+                    raise
+                delay = self._backoff.next()
+                log.warning("MQTT connect refused (%s); retrying in %.1f s", exc, delay)
+            except (OSError, TimeoutError) as exc:
+                delay = self._backoff.next()
+                log.warning(
+                    "cannot reach MQTT broker %s:%d (%s); retrying in %.1f s",
+                    self.settings.host, self.settings.port, exc, delay,
+                )  # fmt: skip
+            await self._discard_client()
+            await asyncio.sleep(delay)
+
+    async def _discard_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.stop_reconnect()
+                await client.disconnect()
+            except Exception:  # a half-open client: nothing more to release
+                log.debug("discarding a failed MQTT client", exc_info=True)
+
+    async def __aenter__(self) -> MqttClient:
+        if self._client is not None:
+            raise RuntimeError("MqttClient is already connected (not re-entrant)")
+        self._closing = False
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Publish ``offline`` (when a status topic is set) and disconnect."""
+        self._closing = True
+        client = self._client
+        if client is None:
+            return
+        if self.status_topic and self.connected.is_set():
+            client.publish(self.status_topic, b"offline", qos=1, retain=True)
+        try:
+            client.stop_reconnect()
+            await asyncio.wait_for(client.disconnect(), 5.0)
+        except (TimeoutError, OSError, AttributeError):
+            log.debug("MQTT disconnect did not complete cleanly", exc_info=True)
+        self._client = None
+        self.connected.clear()
+
+    # -- callbacks ------------------------------------------------------------------
+
+    def _handle_connect(self, client: Client, flags: int, rc: int, properties: Any) -> None:
+        self.connections += 1
+        self._backoff.reset()
+        client.set_config({"reconnect_delay": self._backoff.next()})
+        for topic_filter, qos in self.subscriptions:
+            client.subscribe(topic_filter, qos=qos)
+        if self.status_topic:
+            client.publish(self.status_topic, b"online", qos=1, retain=True)
+        if self._paused:
+            self._set_reading(False)
+        self.connected.set()
+        log.info(
+            "connected to MQTT broker %s:%d (session present: %s)",
+            self.settings.host, self.settings.port, bool(flags),
+        )  # fmt: skip
+        if self._on_connection_change:
+            self._on_connection_change(True)
+
+    def _handle_disconnect(self, client: Client, packet: Any, exc: Any = None) -> None:
+        self.connected.clear()
+        if self._on_connection_change:
+            self._on_connection_change(False)
+        if self._closing:
+            return
+        delay = self._backoff.next()
+        client.set_config({"reconnect_delay": delay})
+        log.warning("lost the MQTT broker connection; reconnecting in %.1f s", delay)
+
+    # -- use ------------------------------------------------------------------------
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        """Publish; QoS 1 messages are kept and re-sent by gmqtt across reconnects."""
+        if self._client is None:
+            raise RuntimeError("MqttClient is not connected")
+        self._client.publish(topic, payload, qos=qos, retain=retain)
+
+    def _transport(self) -> asyncio.Transport | None:
+        connection = getattr(self._client, "_connection", None)
+        return getattr(connection, "_transport", None)
+
+    def _set_reading(self, reading: bool) -> None:
+        transport = self._transport()
+        if transport is None or transport.is_closing():
+            return
+        if reading:
+            transport.resume_reading()
+        else:
+            transport.pause_reading()
+
+    def pause_reading(self) -> None:
+        """Stop reading from the socket (backpressure); idempotent."""
+        if not self._paused:
+            self._paused = True
+            self._set_reading(False)
+
+    def resume_reading(self) -> None:
+        if self._paused:
+            self._paused = False
+            self._set_reading(True)

@@ -1,0 +1,231 @@
+"""The FleetWatch daemon: MQTT in, pipeline, alerts and dead letters out, metrics served.
+
+Phases, in order (as ``fleetwatch run`` goes through them):
+
+1. start-up: build the pipeline from settings, bind the HTTP server, connect to the
+   broker (retrying with back-off) and subscribe;
+2. main loop: intake, micro-batches, ticks and sinks run as named tasks in a TaskGroup
+   until the stop event is set (SIGTERM or SIGINT);
+3. shutdown, bounded by ``pipeline.shutdown_timeout_s``: stop reading from the broker,
+   process what is queued (so it is acknowledged), flush alerts and dead letters, publish
+   ``offline`` on the status topic, disconnect; then cancel what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from config.settings import Settings
+from detectors import build_detectors
+from detectors.base import Detector
+from protocols.mqtt import MqttClient
+from service.http import HttpServer
+from service.metrics import FleetMetrics
+from service.model import AlertRecord, AlertState, DeadLetter, RawMessage
+from service.pipeline import Intake, Pipeline
+from service.sinks import Item, QueuedSink, Sink
+from service.wire import alert_payload, alert_topic, deadletter_payload
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    """One running FleetWatch.
+
+    Parameters
+    ----------
+    settings
+        Validated settings.
+    registry
+        The Prometheus registry FleetWatch's metrics live on.
+    detectors
+        Detectors to run; by default those ``settings.detectors.enabled`` names.
+    clock
+        Wall clock for receive times and ticks (tests may pass their own).
+    extra_sinks
+        More outbound sinks beside the MQTT ones (the demo's console view).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: CollectorRegistry | None = None,
+        detectors: Sequence[Detector] | None = None,
+        clock: Callable[[], float] = time.time,
+        extra_sinks: Sequence[Sink] = (),
+    ) -> None:
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.metrics = FleetMetrics(self.registry)
+        self.clock = clock
+        self.ready = asyncio.Event()
+        self.http_port: int | None = None
+        self._stop = asyncio.Event()
+        self.mqtt = MqttClient(
+            settings.mqtt,
+            on_message=self._on_message,
+            subscriptions=self._subscriptions(),
+            status_topic=settings.topics.status,
+            on_connection_change=self._connection_changed,
+        )
+        self.alert_sink = QueuedSink(
+            "mqtt-alerts", self._deliver_alert, self.metrics, settings.alerts.sink_queue_size
+        )
+        self.deadletter_sink = QueuedSink(
+            "mqtt-deadletter", self._deliver_deadletter, self.metrics, settings.alerts.sink_queue_size
+        )
+        self.pipeline = Pipeline.build(
+            settings,
+            detectors=build_detectors(settings) if detectors is None else detectors,
+            sinks=[_Router(self.alert_sink, self.deadletter_sink), *extra_sinks],
+            metrics=self.metrics,
+        )
+        self.intake = Intake(
+            self.pipeline,
+            queue_size=settings.pipeline.queue_size,
+            max_batch=settings.pipeline.max_batch,
+            clock=clock,
+            on_full=self.mqtt.pause_reading,
+            on_room=self.mqtt.resume_reading,
+        )
+
+    def _subscriptions(self) -> list[tuple[str, int]]:
+        group = self.settings.mqtt.shared_group
+        subs = []
+        for sub in self.settings.mqtt.subscriptions:
+            topic_filter = f"$share/{group}/{sub.filter}" if group else sub.filter
+            subs.append((topic_filter, sub.qos))
+        return subs
+
+    # -- transport callbacks --------------------------------------------------------
+
+    async def _on_message(self, topic: str, payload: bytes, qos: int, properties: Any) -> int:
+        content_type = None
+        if properties:
+            value = properties.get("content_type")
+            if value:
+                content_type = value[0]
+        message = RawMessage(topic, payload, self.clock(), "mqtt", content_type)
+        await self.intake.submit(message, wait=qos > 0)
+        return 0
+
+    def _connection_changed(self, connected: bool) -> None:
+        self.metrics.mqtt_connected.set(1 if connected else 0)
+        if connected and self.mqtt.connections > 1:
+            self.metrics.mqtt_reconnects.inc()
+
+    async def _deliver_alert(self, item: Item) -> None:
+        assert isinstance(item, AlertRecord)
+        await self.mqtt.connected.wait()
+        topic = alert_topic(self.settings.topics.alerts_prefix, item.kind, item.subject)
+        if item.state is AlertState.FIRING:
+            self.mqtt.publish(topic, alert_payload(item), qos=1, retain=True)
+        else:
+            self.mqtt.publish(topic, alert_payload(item), qos=1, retain=False)
+            self.mqtt.publish(topic, b"", qos=1, retain=True)
+
+    async def _deliver_deadletter(self, item: Item) -> None:
+        assert isinstance(item, DeadLetter)
+        await self.mqtt.connected.wait()
+        self.mqtt.publish(self.settings.topics.deadletter, deadletter_payload(item), qos=1)
+        self.metrics.deadletters.labels(outcome="published").inc()
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the daemon to shut down (safe from a signal handler)."""
+        self._stop.set()
+
+    def healthy(self) -> bool:
+        return self.mqtt.connected.is_set()
+
+    async def _ticker(self) -> None:
+        interval = self.settings.pipeline.tick_interval_s
+        window = self.settings.pipeline.active_window_s
+        while True:
+            await asyncio.sleep(interval)
+            now = self.clock()
+            self.pipeline.tick(now)
+            self.metrics.devices_active.set(self.pipeline.registry.count_active(now - window))
+
+    async def run(self) -> None:
+        """Run until :meth:`stop` is called, then shut down within the timeout."""
+        settings = self.settings
+        http = (
+            HttpServer(
+                settings.http.host,
+                settings.http.port,
+                self.registry,
+                healthy=self.healthy,
+                active_alerts=self.pipeline.alerts.active,
+            )
+            if settings.http.enabled
+            else None
+        )
+        async with contextlib.AsyncExitStack() as stack:
+            if http is not None:
+                await stack.enter_async_context(http)
+                self.http_port = http.port
+                log.info("serving metrics at %s/metrics", http.url)
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(self.intake.run(), name="fleetwatch-pipeline"),
+                    group.create_task(self._ticker(), name="fleetwatch-ticker"),
+                    group.create_task(self.alert_sink.run(), name="fleetwatch-sink-alerts"),
+                    group.create_task(self.deadletter_sink.run(), name="fleetwatch-sink-deadletter"),
+                ]
+                connect = group.create_task(self.mqtt.connect(), name="fleetwatch-mqtt-connect")
+                stop = group.create_task(self._stop.wait(), name="fleetwatch-stop")
+                await asyncio.wait({connect, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if connect.done():
+                    connect.result()
+                    self.ready.set()
+                    log.info("FleetWatch is running")
+                    await stop
+                else:
+                    connect.cancel()
+                await self._shutdown()
+                for task in tasks:
+                    task.cancel()
+
+    async def _shutdown(self) -> None:
+        timeout = self.settings.pipeline.shutdown_timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        log.info("shutting down: draining %d queued messages", self.intake.depth)
+        self.mqtt.pause_reading()
+        self.intake.close()
+        drained = await self.intake.drain(timeout)
+        if not drained:
+            log.warning("shutdown timeout: %d messages left unacknowledged", self.intake.depth)
+        self.pipeline.tick(self.clock())
+        for sink in (self.alert_sink, self.deadletter_sink):
+            remaining = max(0.1, deadline - loop.time())
+            if self.mqtt.connected.is_set() and not await sink.flush(remaining):
+                log.warning("shutdown timeout: %d items left in sink %s", len(sink), sink.name)
+        await self.mqtt.close()
+        log.info("FleetWatch stopped")
+
+
+class _Router:
+    """Sends alert changes to the alert sink and dead letters to the dead-letter sink."""
+
+    name = "router"
+
+    def __init__(self, alerts: QueuedSink, deadletters: QueuedSink) -> None:
+        self._alerts = alerts
+        self._deadletters = deadletters
+
+    def offer(self, item: Item) -> None:
+        if isinstance(item, AlertRecord):
+            self._alerts.offer(item)
+        else:
+            self._deadletters.offer(item)

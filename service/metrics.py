@@ -1,0 +1,166 @@
+"""FleetWatch's own Prometheus metrics, on a registry that is passed in.
+
+Labels stay bounded at any fleet size: protocol, result, reason, kind, severity and site;
+never a device id.
+
+>>> from prometheus_client import CollectorRegistry, generate_latest
+>>> m = FleetMetrics(CollectorRegistry())
+>>> m.readings.labels(protocol="mqtt", result="accepted").inc(3)
+>>> b"fleetwatch_readings_total" in generate_latest(m.registry)
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from service.model import AlertRecord
+
+_BATCH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class FleetMetrics:
+    """Every metric FleetWatch exports about itself."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.messages = Counter(
+            "fleetwatch_messages",
+            "Messages received from transports, by protocol and result.",
+            ["protocol", "result"],
+            registry=registry,
+        )
+        self.readings = Counter(
+            "fleetwatch_readings",
+            "Readings by protocol and result (accepted, duplicate, rejected).",
+            ["protocol", "result"],
+            registry=registry,
+        )
+        self.decode_errors = Counter(
+            "fleetwatch_decode_errors",
+            "Messages or records that could not be decoded, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.late_readings = Counter(
+            "fleetwatch_late_readings",
+            "Readings older than the newest one already seen from the same device.",
+            registry=registry,
+        )
+        self.timestamps_corrected = Counter(
+            "fleetwatch_timestamps_corrected",
+            "Readings whose device time was too far in the future and was corrected.",
+            registry=registry,
+        )
+        self.ignored_fields = Counter(
+            "fleetwatch_ignored_fields",
+            "Payload fields that were neither metrics nor metadata and were skipped.",
+            registry=registry,
+        )
+        self.deadletters = Counter(
+            "fleetwatch_deadletters",
+            "Dead-letter messages published, by outcome (published, dropped).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "fleetwatch_queue_depth", "Messages waiting in the intake queue.", registry=registry
+        )
+        self.queue_capacity = Gauge(
+            "fleetwatch_queue_capacity", "Size of the intake queue.", registry=registry
+        )
+        self.intake_paused = Counter(
+            "fleetwatch_intake_pauses",
+            "Times intake stopped reading from a transport because the queue was full.",
+            registry=registry,
+        )
+        self.batch_seconds = Histogram(
+            "fleetwatch_batch_duration_seconds",
+            "Time to decode, normalize and run detectors over one micro-batch.",
+            buckets=_BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "fleetwatch_batch_messages",
+            "Messages per micro-batch.",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000),
+            registry=registry,
+        )
+        self.lag_seconds = Histogram(
+            "fleetwatch_processing_lag_seconds",
+            "Time from receiving a message to having processed it (oldest message per batch).",
+            buckets=_LAG_BUCKETS,
+            registry=registry,
+        )
+        self.devices_known = Gauge(
+            "fleetwatch_devices_known", "Devices FleetWatch has heard from.", registry=registry
+        )
+        self.devices_active = Gauge(
+            "fleetwatch_devices_active",
+            "Devices heard from within the active window.",
+            registry=registry,
+        )
+        self.alerts_active = Gauge(
+            "fleetwatch_alerts_active",
+            "Open alerts by kind, severity and site.",
+            ["kind", "severity", "site"],
+            registry=registry,
+        )
+        self.alerts_fired = Counter(
+            "fleetwatch_alerts_fired", "Alerts opened, by kind.", ["kind"], registry=registry
+        )
+        self.alerts_resolved = Counter(
+            "fleetwatch_alerts_resolved", "Alerts resolved, by kind.", ["kind"], registry=registry
+        )
+        self.alert_flaps = Counter(
+            "fleetwatch_alert_flaps_suppressed",
+            "Alerts that fired again within the resolve hold and stayed open.",
+            registry=registry,
+        )
+        self.detector_errors = Counter(
+            "fleetwatch_detector_errors",
+            "Exceptions raised by a detector (a bug; the batch goes on without it).",
+            ["detector"],
+            registry=registry,
+        )
+        self.detector_seconds = Counter(
+            "fleetwatch_detector_seconds",
+            "Time spent in each detector's process and tick.",
+            ["detector"],
+            registry=registry,
+        )
+        self.sink_queue_depth = Gauge(
+            "fleetwatch_sink_queue_depth",
+            "Items waiting in an outbound sink's queue.",
+            ["sink"],
+            registry=registry,
+        )
+        self.sink_published = Counter(
+            "fleetwatch_sink_published", "Items a sink delivered.", ["sink"], registry=registry
+        )
+        self.sink_overflow = Counter(
+            "fleetwatch_sink_overflow",
+            "Items a sink could not queue (see the sink's overflow policy).",
+            ["sink"],
+            registry=registry,
+        )
+        self.mqtt_connected = Gauge(
+            "fleetwatch_mqtt_connected", "1 while connected to the MQTT broker.", registry=registry
+        )
+        self.mqtt_reconnects = Counter(
+            "fleetwatch_mqtt_reconnects", "Connections made to the MQTT broker after the first.",
+            registry=registry,
+        )  # fmt: skip
+
+    def set_active_alerts(self, alerts: Iterable[AlertRecord]) -> None:
+        """Recompute the active-alerts gauge from the full open set."""
+        counts: dict[tuple[str, str, str], int] = {}
+        for alert in alerts:
+            key = (alert.kind, alert.severity.label, alert.site or "")
+            counts[key] = counts.get(key, 0) + 1
+        self.alerts_active.clear()
+        for (kind, severity, site), count in counts.items():
+            self.alerts_active.labels(kind=kind, severity=severity, site=site).set(count)

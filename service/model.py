@@ -1,0 +1,218 @@
+"""The records every part of FleetWatch shares.
+
+A transport hands a :class:`RawMessage` to a codec; normalization turns what the codec
+found into :class:`Reading` objects; detectors turn readings into :class:`Signal` objects;
+the alert lifecycle turns signals into :class:`AlertRecord` changes that sinks publish.
+
+All records are frozen, slotted dataclasses. Times are UTC epoch seconds as ``float``:
+``Reading.ts`` is device time (corrected for known skew), ``received_at`` is when FleetWatch
+received the message.
+
+>>> r = Reading(device_id="d1", ts=1_700_000_000.0, received_at=1_700_000_000.5,
+...             metrics={"temperature_c": 21.5}, meta={"site": "plant-a"})
+>>> r.site, r.metrics["temperature_c"]
+('plant-a', 21.5)
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+class MessageKind(enum.StrEnum):
+    """What a message on a device's topic carries."""
+
+    TELEMETRY = "telemetry"
+    STATUS = "status"
+    FIRMWARE = "firmware"
+    BATCH = "batch"
+    CALIBRATION = "calibration"
+
+
+class Severity(enum.IntEnum):
+    """Alert severity, ordered so that ``max()`` gives the worst."""
+
+    INFO = 10
+    WARNING = 20
+    CRITICAL = 30
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, text: str) -> Severity:
+        """Parse ``"warning"``, ``"CRITICAL"`` ... into a severity.
+
+        >>> Severity.parse("Critical")
+        <Severity.CRITICAL: 30>
+        """
+        try:
+            return cls[text.strip().upper()]
+        except KeyError:
+            allowed = ", ".join(s.label for s in cls)
+            raise ValueError(f"unknown severity {text!r} (expected one of {allowed})") from None
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    """Bytes from a transport, with where and when they came from."""
+
+    topic: str
+    payload: bytes
+    received_at: float
+    protocol: str = "mqtt"
+    content_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One normalized observation from one device.
+
+    ``metrics`` maps canonical metric names (units in the name: ``battery_v``,
+    ``temperature_c``, ``rssi_dbm`` ...) to floats. ``meta`` carries the device's context
+    (site, zone, gateway, model, firmware, protocol ...) as strings. ``kind`` says which
+    message kind it came from: status and firmware messages become readings whose
+    information is in ``meta``. ``late`` marks a reading older than one already seen from
+    the same device.
+    """
+
+    device_id: str
+    ts: float
+    received_at: float
+    metrics: Mapping[str, float]
+    meta: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    seq: int | None = None
+    kind: MessageKind = MessageKind.TELEMETRY
+    late: bool = False
+
+    @property
+    def site(self) -> str | None:
+        return self.meta.get("site")
+
+    @property
+    def zone(self) -> str | None:
+        return self.meta.get("zone")
+
+    @property
+    def model(self) -> str | None:
+        return self.meta.get("model")
+
+
+class SubjectType(enum.StrEnum):
+    DEVICE = "device"
+    GATEWAY = "gateway"
+    SITE = "site"
+    ZONE = "zone"
+    FLEET = "fleet"
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """What a detector concludes about one subject at one (data) time.
+
+    A signal is either *firing* (the condition holds) or *cleared* (it no longer holds).
+    ``evidence`` holds the numbers behind the decision, ``action`` what an operator should
+    do, in their words.
+    """
+
+    kind: str
+    subject: str
+    firing: bool
+    at: float
+    severity: Severity = Severity.WARNING
+    subject_type: SubjectType = SubjectType.DEVICE
+    summary: str = ""
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+    action: str = ""
+    site: str | None = None
+    zone: str | None = None
+
+
+class AlertState(enum.StrEnum):
+    FIRING = "firing"
+    RESOLVED = "resolved"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRecord:
+    """An alert as published: one active alert per ``(kind, subject)``."""
+
+    id: str
+    kind: str
+    subject: str
+    subject_type: SubjectType
+    site: str | None
+    zone: str | None
+    severity: Severity
+    state: AlertState
+    started_at: float
+    updated_at: float
+    resolved_at: float | None
+    summary: str
+    evidence: Mapping[str, Any]
+    action: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.kind, self.subject)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The alert's published JSON form (times as ISO 8601 UTC).
+
+        >>> rec = AlertRecord(id="a1", kind="rule.hot", subject="d1",
+        ...     subject_type=SubjectType.DEVICE, site="s", zone=None,
+        ...     severity=Severity.WARNING, state=AlertState.FIRING, started_at=0.0,
+        ...     updated_at=0.0, resolved_at=None, summary="hot", evidence={}, action="")
+        >>> rec.to_json_dict()["started_at"]
+        '1970-01-01T00:00:00Z'
+        """
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "subject": self.subject,
+            "subject_type": self.subject_type.value,
+            "site": self.site,
+            "zone": self.zone,
+            "severity": self.severity.label,
+            "state": self.state.value,
+            "started_at": iso_utc(self.started_at),
+            "updated_at": iso_utc(self.updated_at),
+            "resolved_at": iso_utc(self.resolved_at) if self.resolved_at is not None else None,
+            "summary": self.summary,
+            "evidence": dict(self.evidence),
+            "action": self.action,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message that could not be turned into readings, and why."""
+
+    topic: str
+    reason: str
+    detail: str
+    payload: bytes
+    received_at: float
+    protocol: str = "mqtt"
+    device_id: str | None = None
+
+
+def iso_utc(ts: float) -> str:
+    """Format epoch seconds as ISO 8601 UTC with a ``Z`` suffix.
+
+    >>> iso_utc(1_700_000_000.25)
+    '2023-11-14T22:13:20.250Z'
+    """
+    import datetime as _dt
+
+    moment = _dt.datetime.fromtimestamp(ts, tz=_dt.UTC)
+    if moment.microsecond:
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,372 @@
+"""Normalization: codec records in, :class:`~service.model.Reading` objects out.
+
+What it does to each record (one JSON object of FleetWatch's payload schema):
+
+- numeric fields become metrics under their canonical names, with units in the name
+  (``battery_v``, ``temperature_c`` ...); aliases such as ``batt``, ``vbat`` or
+  ``battery_mv`` (scaled from millivolts) map onto them, and configuration adds more;
+- known string fields (``firmware``, ``model``, ``gateway``, ``zone``, ``lat``/``lon`` ...)
+  become metadata; so does any other string that is not a number and not in a metric's
+  place. A numeric string is read as a number;
+- ``ts`` may be ISO 8601, epoch seconds, milliseconds or microseconds; missing means the
+  receive time; more than ``max_future_skew_s`` ahead of the receive time is corrected to
+  the receive time (and counted); before ``oldest_valid_ts`` or unreadable is rejected;
+- a reading older than the newest one already seen from the device is kept and marked
+  ``late``; a reading seen before, by ``(device, seq, ts)`` or ``(device, ts)``, is dropped
+  as a duplicate (and counted).
+
+A record that cannot be read is rejected alone, with a :class:`DecodeError` naming the
+reason; the other records of the same message are kept.
+
+>>> from service.model import MessageKind
+>>> from service.registry import DeviceRegistry
+>>> norm = Normalizer(DeviceRegistry())
+>>> out = norm.normalize([{"ts": 1700000000000, "batt": 3.7, "temp": "21.5", "fw": "1.2"}],
+...                      device_id="d1", kind=MessageKind.TELEMETRY, received_at=1700000001.0,
+...                      levels={"site": "a"}, protocol="mqtt")
+>>> r = out.readings[0]
+>>> r.ts, dict(r.metrics), r.meta["firmware"], r.site
+(1700000000.0, {'battery_v': 3.7, 'temperature_c': 21.5}, '1.2', 'a')
+>>> norm.normalize([{"ts": 1700000000000, "batt": 3.7}], device_id="d1",
+...     kind=MessageKind.TELEMETRY, received_at=1700000002.0, levels={}, protocol="mqtt").duplicates
+1
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from config.settings import IngestSettings, MetricAlias
+from service.errors import DecodeError
+from service.model import MessageKind, Reading
+from service.registry import DeviceRegistry
+
+# alias -> (canonical metric, scale, offset)
+DEFAULT_METRIC_ALIASES: dict[str, tuple[str, float, float]] = {
+    "batt": ("battery_v", 1.0, 0.0),
+    "vbat": ("battery_v", 1.0, 0.0),
+    "battery_voltage": ("battery_v", 1.0, 0.0),
+    "battery_volts": ("battery_v", 1.0, 0.0),
+    "battery_mv": ("battery_v", 0.001, 0.0),
+    "vbat_mv": ("battery_v", 0.001, 0.0),
+    "battery_level": ("battery_pct", 1.0, 0.0),
+    "battery_percent": ("battery_pct", 1.0, 0.0),
+    "temp": ("temperature_c", 1.0, 0.0),
+    "temperature": ("temperature_c", 1.0, 0.0),
+    "temp_c": ("temperature_c", 1.0, 0.0),
+    "temperature_f": ("temperature_c", 5.0 / 9.0, -160.0 / 9.0),
+    "temp_f": ("temperature_c", 5.0 / 9.0, -160.0 / 9.0),
+    "humidity": ("humidity_pct", 1.0, 0.0),
+    "rh": ("humidity_pct", 1.0, 0.0),
+    "rssi": ("rssi_dbm", 1.0, 0.0),
+    "snr": ("snr_db", 1.0, 0.0),
+    "power_w": ("power_mw", 1000.0, 0.0),
+    "power": ("power_mw", 1.0, 0.0),
+    "current_ma": ("current_a", 0.001, 0.0),
+    "voltage": ("voltage_v", 1.0, 0.0),
+    "pressure_hpa": ("pressure_kpa", 0.1, 0.0),
+    "pressure_pa": ("pressure_kpa", 0.001, 0.0),
+}
+
+# payload key -> metadata key
+META_KEYS: dict[str, str] = {
+    "firmware": "firmware",
+    "fw": "firmware",
+    "fw_version": "firmware",
+    "firmware_version": "firmware",
+    "model": "model",
+    "device_model": "model",
+    "gateway": "gateway",
+    "gw": "gateway",
+    "gateway_id": "gateway",
+    "site": "site",
+    "zone": "zone",
+    "line": "line",
+    "facility": "facility",
+    "region": "region",
+    "status": "status",
+    "event": "event",
+    "from": "from_version",
+    "to": "to_version",
+    "version": "version",
+    "code": "code",
+    "bearer": "bearer",
+    "technology": "bearer",
+    "network": "bearer",
+    "mode": "mode",
+    "chemistry": "chemistry",
+    "criticality": "criticality",
+    "lat": "lat",
+    "latitude": "lat",
+    "lon": "lon",
+    "lng": "lon",
+    "longitude": "lon",
+    "alt": "alt",
+    "x": "pos_x",
+    "y": "pos_y",
+}
+
+# keys with a meaning of their own, handled apart from metrics and metadata
+_TS_KEYS = ("ts", "timestamp", "time")
+_RESERVED = frozenset({"ts", "timestamp", "time", "seq", "device_id", "metrics", "meta"})
+_UNIT_SUFFIXES = (
+    "_v", "_mv", "_a", "_ma", "_c", "_f", "_k", "_pct", "_dbm", "_db", "_mw", "_w",
+    "_kw", "_wh", "_kwh", "_hz", "_kpa", "_pa", "_ppm", "_lux", "_mps", "_g", "_s", "_ms",
+)  # fmt: skip
+_METRIC_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+MAX_META_VALUE = 256
+MAX_NAME_CACHE = 10_000
+_MIN_MS = 1e11  # numbers above this are milliseconds (year 5138 in seconds)
+_MIN_US = 1e14
+
+
+@dataclass(slots=True)
+class NormalizeResult:
+    """Readings made from one message, and what was rejected or dropped."""
+
+    readings: list[Reading] = field(default_factory=list)
+    rejected: list[DecodeError] = field(default_factory=list)
+    duplicates: int = 0
+    late: int = 0
+    corrected_future: int = 0
+    ignored_fields: int = 0
+
+
+def parse_timestamp(value: Any) -> float:
+    """Epoch seconds from ISO 8601 text, or from seconds, milliseconds or microseconds.
+
+    >>> parse_timestamp("2024-01-01T00:00:00Z"), parse_timestamp(1704067200000)
+    (1704067200.0, 1704067200.0)
+    >>> parse_timestamp("2024-01-01T01:00:00+01:00")
+    1704067200.0
+    """
+    if isinstance(value, bool):
+        raise DecodeError("invalid_timestamp", "ts is a boolean")
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            number = float(text)
+        except ValueError:
+            try:
+                moment = dt.datetime.fromisoformat(text)
+            except ValueError:
+                raise DecodeError(
+                    "invalid_timestamp", f"ts {value[:64]!r} is not ISO 8601"
+                ) from None
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=dt.UTC)
+            return moment.timestamp()
+    else:
+        raise DecodeError("invalid_timestamp", f"ts is a {type(value).__name__}")
+    if not math.isfinite(number):
+        raise DecodeError("invalid_timestamp", "ts is not finite")
+    if number >= _MIN_US:
+        return number / 1e6
+    if number >= _MIN_MS:
+        return number / 1e3
+    return number
+
+
+class Normalizer:
+    """Turns codec records into readings for one device at a time.
+
+    Parameters
+    ----------
+    registry
+        The device registry; it is updated with every accepted reading.
+    settings
+        Ingest settings: limits, timestamp policy, dedupe capacity, metric aliases.
+    """
+
+    def __init__(self, registry: DeviceRegistry, settings: IngestSettings | None = None) -> None:
+        self.registry = registry
+        self.settings = settings or IngestSettings()
+        aliases = dict(DEFAULT_METRIC_ALIASES)
+        for alias, target in self.settings.aliases.items():
+            if isinstance(target, MetricAlias):
+                aliases[alias] = (target.metric, target.scale, target.offset)
+            else:
+                aliases[alias] = (target, 1.0, 0.0)
+        self._aliases = aliases
+        canonical = {name for name, _, _ in aliases.values()}
+        self._metric_names = frozenset(canonical) | frozenset(aliases)
+        self._name_cache: dict[str, tuple[str, float, float] | None] = {}
+        self._seen: dict[tuple[str, Any, float], None] = {}
+        self._seen_capacity = self.settings.dedupe_capacity
+
+    # -- fields ---------------------------------------------------------------------
+
+    def _metric_target(self, name: str) -> tuple[str, float, float] | None:
+        cached = self._name_cache.get(name)
+        if cached is not None or name in self._name_cache:
+            return cached
+        target = self._aliases.get(name)
+        if target is None and _METRIC_NAME.match(name):
+            target = (name, 1.0, 0.0)
+        if len(self._name_cache) < MAX_NAME_CACHE:
+            self._name_cache[name] = target
+        return target
+
+    def _looks_metric(self, name: str) -> bool:
+        return name in self._metric_names or name.endswith(_UNIT_SUFFIXES)
+
+    def _split(
+        self,
+        record: Mapping[str, Any],
+        metrics: dict[str, float],
+        meta: dict[str, str],
+        result: NormalizeResult,
+    ) -> None:
+        limit = self.settings.max_metrics_per_reading
+        for key, value in record.items():
+            if key in _RESERVED:
+                continue
+            meta_key = META_KEYS.get(key)
+            if meta_key is not None:
+                if isinstance(value, str):
+                    meta[meta_key] = value[:MAX_META_VALUE]
+                elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                    meta[meta_key] = repr(value)
+                else:
+                    result.ignored_fields += 1
+                continue
+            if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool)):
+                number = value
+            elif isinstance(value, bool):
+                number = 1.0 if value else 0.0
+            elif isinstance(value, str):
+                try:
+                    number = float(value)
+                except ValueError:
+                    if self._looks_metric(key):
+                        raise DecodeError(
+                            "non_numeric_value", f"{key!r} should be a number, got {value[:32]!r}"
+                        ) from None
+                    if _METRIC_NAME.match(key):
+                        meta[key] = value[:MAX_META_VALUE]
+                    else:
+                        result.ignored_fields += 1
+                    continue
+            elif value is None:
+                continue
+            else:
+                result.ignored_fields += 1
+                continue
+            target = self._metric_target(key)
+            if target is None:
+                result.ignored_fields += 1
+                continue
+            canonical, scale, offset = target
+            try:
+                converted = float(number) * scale + offset
+            except OverflowError:
+                raise DecodeError("non_finite_number", f"{key!r} is out of range") from None
+            if converted - converted != 0.0:
+                raise DecodeError("non_finite_number", f"{key!r} is not finite")
+            metrics[canonical] = converted
+            if len(metrics) > limit:
+                raise DecodeError("too_many_fields", f"more than {limit} metrics in one reading")
+
+    # -- records --------------------------------------------------------------------
+
+    def normalize(
+        self,
+        records: list[dict[str, Any]],
+        *,
+        device_id: str,
+        kind: MessageKind,
+        received_at: float,
+        levels: Mapping[str, str],
+        protocol: str,
+    ) -> NormalizeResult:
+        """Normalize the records of one message from one device."""
+        result = NormalizeResult()
+        settings = self.settings
+        registry = self.registry
+        reading_kind = kind
+        for record in records:
+            try:
+                claimed = record.get("device_id")
+                if claimed is not None and claimed != device_id:
+                    raise DecodeError(
+                        "device_mismatch",
+                        f"payload names device {str(claimed)[:64]!r}, topic names {device_id!r}",
+                        device_id=device_id,
+                    )
+                raw_ts = None
+                for ts_key in _TS_KEYS:
+                    raw_ts = record.get(ts_key)
+                    if raw_ts is not None:
+                        break
+                if raw_ts is None:
+                    ts = received_at
+                else:
+                    ts = parse_timestamp(raw_ts)
+                    if ts < settings.oldest_valid_ts:
+                        raise DecodeError(
+                            "invalid_timestamp", f"ts {ts:.0f} is before the oldest valid time"
+                        )
+                    if ts > received_at + settings.max_future_skew_s:
+                        ts = received_at
+                        result.corrected_future += 1
+                seq_value = record.get("seq")
+                seq: int | None = None
+                if seq_value is not None:
+                    if isinstance(seq_value, bool) or not isinstance(seq_value, (int, float)):
+                        raise DecodeError("invalid_seq", "seq must be a number")
+                    if not math.isfinite(seq_value) or seq_value != int(seq_value):
+                        raise DecodeError("invalid_seq", "seq must be a whole number")
+                    seq = int(seq_value)
+                metrics: dict[str, float] = {}
+                meta: dict[str, str] = {}
+                nested = record.get("metrics")
+                if isinstance(nested, dict):
+                    self._split(nested, metrics, meta, result)
+                nested_meta = record.get("meta")
+                if isinstance(nested_meta, dict):
+                    self._split(nested_meta, metrics, meta, result)
+                self._split(record, metrics, meta, result)
+            except DecodeError as exc:
+                exc.device_id = device_id
+                result.rejected.append(exc)
+                continue
+            # identity from the topic wins over the payload
+            meta.update(levels)
+            if "protocol" not in meta:
+                meta["protocol"] = protocol
+            key = (
+                (device_id, seq, ts) if raw_ts is not None or seq is None else (device_id, seq, 0.0)
+            )
+            seen = self._seen
+            if key in seen:
+                result.duplicates += 1
+                continue
+            if self._seen_capacity:
+                seen[key] = None
+                if len(seen) > self._seen_capacity:
+                    del seen[next(iter(seen))]
+            previous = registry.get(device_id)
+            late = previous is not None and ts < previous.last_ts
+            if late:
+                result.late += 1
+            info = registry.observe(device_id, received_at, ts, meta)
+            result.readings.append(
+                Reading(
+                    device_id=device_id,
+                    ts=ts,
+                    received_at=received_at,
+                    metrics=metrics,
+                    meta=info.meta,
+                    seq=seq,
+                    kind=reading_kind,
+                    late=late,
+                )
+            )
+        return result

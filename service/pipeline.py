@@ -1,0 +1,391 @@
+"""The pipeline: raw messages in, detector signals through the alert lifecycle, changes out.
+
+:class:`Pipeline` is the synchronous core shared by every mode: the daemon, ``replay``
+and the demo all call :meth:`Pipeline.process_messages` on micro-batches and
+:meth:`Pipeline.tick` as time passes. :class:`Intake` adds what the live daemon needs
+around it: a bounded queue, micro-batching, acknowledgement after processing and
+backpressure.
+
+>>> from prometheus_client import CollectorRegistry
+>>> from service.model import RawMessage
+>>> from service.sinks import MemorySink
+>>> sink = MemorySink()
+>>> p = Pipeline.build(Settings(), detectors=[], sinks=[sink],
+...                    metrics=FleetMetrics(CollectorRegistry()))
+>>> out = p.process_messages([
+...     RawMessage("fleet/a/d1/telemetry", b'{"temperature_c": 20}', 1.7e9),
+...     RawMessage("fleet/a/d1/telemetry", b'{oops', 1.7e9)])
+>>> out.accepted, out.rejected, sink.deadletters[0].reason
+(1, 1, 'malformed_json')
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from config.settings import Settings
+from detectors.base import Detector
+from protocols.codecs import CodecSet, DecodeContext
+from service.alerts import AlertChange, AlertManager, Transition
+from service.errors import DecodeError
+from service.metrics import FleetMetrics
+from service.model import DeadLetter, MessageKind, RawMessage, Reading, Signal
+from service.normalize import Normalizer
+from service.registry import DeviceRegistry
+from service.sinks import Sink
+from service.topics import TopicRouter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class BatchOutcome:
+    """What one micro-batch did."""
+
+    messages: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    signals: int = 0
+    alert_changes: int = 0
+
+
+class Pipeline:
+    """Decode, normalize, detect and run the alert lifecycle over micro-batches."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        router: TopicRouter,
+        codecs: CodecSet,
+        normalizer: Normalizer,
+        detectors: Sequence[Detector],
+        alerts: AlertManager,
+        metrics: FleetMetrics,
+        sinks: Sequence[Sink],
+    ) -> None:
+        self.settings = settings
+        self.router = router
+        self.codecs = codecs
+        self.normalizer = normalizer
+        self.registry = normalizer.registry
+        self.detectors = list(detectors)
+        self.alerts = alerts
+        self.metrics = metrics
+        self.sinks = list(sinks)
+        max_records = settings.ingest.max_batch_records
+        self._contexts = {kind: DecodeContext(kind, max_records) for kind in MessageKind}
+        self._max_payload = settings.ingest.max_payload_bytes
+        self.data_time = 0.0
+        metrics.queue_capacity.set(settings.pipeline.queue_size)
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        detectors: Sequence[Detector],
+        sinks: Sequence[Sink],
+        metrics: FleetMetrics,
+        registry: DeviceRegistry | None = None,
+    ) -> Pipeline:
+        """Assemble a pipeline from settings."""
+        return cls(
+            settings=settings,
+            router=TopicRouter(settings.topics.templates),
+            codecs=CodecSet(),
+            normalizer=Normalizer(registry or DeviceRegistry(), settings.ingest),
+            detectors=detectors,
+            alerts=AlertManager(
+                fire_hold_s=settings.alerts.fire_hold_s,
+                resolve_hold_s=settings.alerts.resolve_hold_s,
+                recent_capacity=settings.alerts.recent_capacity,
+            ),
+            metrics=metrics,
+            sinks=sinks,
+        )
+
+    # -- decoding -------------------------------------------------------------------
+
+    def _dead_letter(self, message: RawMessage, error: DecodeError) -> None:
+        self.metrics.decode_errors.labels(reason=error.reason).inc()
+        log.warning("rejected %s: %s", message.topic[:200], error)
+        letter = DeadLetter(
+            topic=message.topic,
+            reason=error.reason,
+            detail=error.detail,
+            payload=message.payload[:4096],
+            received_at=message.received_at,
+            protocol=message.protocol,
+            device_id=error.device_id,
+        )
+        for sink in self.sinks:
+            sink.offer(letter)
+
+    def decode(self, messages: Sequence[RawMessage], outcome: BatchOutcome) -> list[Reading]:
+        """Turn messages into readings; dead-letter what cannot be read."""
+        readings: list[Reading] = []
+        normalize = self.normalizer.normalize
+        match = self.router.match
+        contexts = self._contexts
+        per_protocol: dict[tuple[str, str], int] = {}
+        late = corrected = ignored = 0
+        for message in messages:
+            try:
+                if len(message.payload) > self._max_payload:
+                    raise DecodeError(
+                        "too_large",
+                        f"payload of {len(message.payload)} bytes exceeds {self._max_payload}",
+                    )
+                found = match(message.topic)
+                codec = self.codecs.for_content_type(message.content_type)
+                if codec is None:
+                    raise DecodeError(
+                        "unsupported_content_type",
+                        f"no codec for content type {message.content_type!r}",
+                        device_id=found.device_id,
+                    )
+                records = codec.decode(message.payload, contexts[found.kind])
+                result = normalize(
+                    records,
+                    device_id=found.device_id,
+                    kind=found.kind,
+                    received_at=message.received_at,
+                    levels=found.levels,
+                    protocol=message.protocol,
+                )
+            except DecodeError as exc:
+                if exc.topic is None:
+                    exc.topic = message.topic
+                self._dead_letter(message, exc)
+                outcome.rejected += 1
+                key = (message.protocol, "rejected")
+                per_protocol[key] = per_protocol.get(key, 0) + 1
+                continue
+            except Exception as exc:  # a bug of ours: keep going, but loudly
+                log.exception("internal error decoding %s", message.topic[:200])
+                self._dead_letter(message, DecodeError("internal_error", repr(exc)[:200]))
+                outcome.rejected += 1
+                continue
+            readings.extend(result.readings)
+            outcome.accepted += len(result.readings)
+            outcome.duplicates += result.duplicates
+            late += result.late
+            corrected += result.corrected_future
+            ignored += result.ignored_fields
+            for error in result.rejected:
+                error.topic = message.topic
+                self._dead_letter(message, error)
+            outcome.rejected += len(result.rejected)
+            protocol = message.protocol
+            for result_name, count in (
+                ("accepted", len(result.readings)),
+                ("duplicate", result.duplicates),
+                ("rejected", len(result.rejected)),
+            ):
+                if count:
+                    key = (protocol, result_name)
+                    per_protocol[key] = per_protocol.get(key, 0) + count
+        for (protocol, result_name), count in per_protocol.items():
+            self.metrics.readings.labels(protocol=protocol, result=result_name).inc(count)
+        if late:
+            self.metrics.late_readings.inc(late)
+        if corrected:
+            self.metrics.timestamps_corrected.inc(corrected)
+        if ignored:
+            self.metrics.ignored_fields.inc(ignored)
+        return readings
+
+    # -- detection ------------------------------------------------------------------
+
+    def _run_detectors(self, readings: Sequence[Reading]) -> list[Signal]:
+        signals: list[Signal] = []
+        for detector in self.detectors:
+            started = time.perf_counter()
+            try:
+                signals.extend(detector.process(readings))
+            except Exception:
+                log.exception(
+                    "detector %s failed on a batch of %d readings", detector.name, len(readings)
+                )
+                self.metrics.detector_errors.labels(detector=detector.name).inc()
+            self.metrics.detector_seconds.labels(detector=detector.name).inc(
+                time.perf_counter() - started
+            )
+        return signals
+
+    def _publish_changes(self, changes: Sequence[AlertChange]) -> None:
+        if not changes:
+            return
+        metrics = self.metrics
+        for change in changes:
+            if change.transition is Transition.OPENED:
+                metrics.alerts_fired.labels(kind=change.record.kind).inc()
+            elif change.transition is Transition.RESOLVED:
+                metrics.alerts_resolved.labels(kind=change.record.kind).inc()
+            for sink in self.sinks:
+                sink.offer(change.record)
+        metrics.set_active_alerts(self.alerts.active())
+
+    def _apply_signals(self, signals: Sequence[Signal]) -> list[AlertChange]:
+        flaps = self.alerts.flaps_suppressed
+        changes = self.alerts.apply(signals)
+        if self.alerts.flaps_suppressed > flaps:
+            self.metrics.alert_flaps.inc(self.alerts.flaps_suppressed - flaps)
+        self._publish_changes(changes)
+        return changes
+
+    def process_messages(self, messages: Sequence[RawMessage]) -> BatchOutcome:
+        """Run one micro-batch through decode, detectors and the alert lifecycle."""
+        started = time.perf_counter()
+        outcome = BatchOutcome(messages=len(messages))
+        readings = self.decode(messages, outcome)
+        if readings:
+            newest = max(r.ts for r in readings)
+            if newest > self.data_time:
+                self.data_time = newest
+            signals = self._run_detectors(readings)
+            outcome.signals = len(signals)
+            if signals:
+                outcome.alert_changes = len(self._apply_signals(signals))
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        self.metrics.batch_size.observe(len(messages))
+        return outcome
+
+    def tick(self, now: float) -> list[AlertChange]:
+        """Let detectors and the alert lifecycle see time pass; return alert changes."""
+        signals: list[Signal] = []
+        for detector in self.detectors:
+            started = time.perf_counter()
+            try:
+                signals.extend(detector.tick(now))
+            except Exception:
+                log.exception("detector %s failed on tick", detector.name)
+                self.metrics.detector_errors.labels(detector=detector.name).inc()
+            self.metrics.detector_seconds.labels(detector=detector.name).inc(
+                time.perf_counter() - started
+            )
+        changes = self._apply_signals(signals) if signals else []
+        settled = self.alerts.tick(now)
+        self._publish_changes(settled)
+        self.metrics.devices_known.set(len(self.registry))
+        return changes + settled
+
+
+class Intake:
+    """The live front of the pipeline: a bounded queue, micro-batches, acks after processing.
+
+    A transport calls :meth:`submit` for each message. With ``wait=True`` (QoS 1), the call
+    returns only once the message has been processed (decoded and seen by the detectors, or
+    dead-lettered), so the transport acknowledges it only then. When the queue is full,
+    ``submit`` waits: the transport stops taking messages (backpressure); nothing is
+    dropped. :attr:`has_room` is set while the queue is under its low watermark, for
+    transports that pause reading from their socket.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        *,
+        queue_size: int,
+        max_batch: int,
+        clock: Callable[[], float] = time.time,
+        on_full: Callable[[], None] | None = None,
+        on_room: Callable[[], None] | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self._on_full = on_full
+        self._on_room = on_room
+        self._queue: asyncio.Queue[tuple[RawMessage, asyncio.Future[None] | None]] = asyncio.Queue(
+            queue_size
+        )
+        self._max_batch = max_batch
+        self._low_watermark = max(1, queue_size // 2)
+        self._clock = clock
+        self.has_room = asyncio.Event()
+        self.has_room.set()
+        self._closed = False
+        self.processed = 0
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    @property
+    def full(self) -> bool:
+        return self._queue.full()
+
+    async def submit(self, message: RawMessage, *, wait: bool) -> None:
+        """Queue ``message``; with ``wait``, return once it has been processed."""
+        if self._closed:
+            raise RuntimeError("intake is closed")
+        future: asyncio.Future[None] | None = None
+        if wait:
+            future = asyncio.get_running_loop().create_future()
+        queue = self._queue
+        if queue.full():
+            if self.has_room.is_set():
+                self.has_room.clear()
+                self.pipeline.metrics.intake_paused.inc()
+                if self._on_full is not None:
+                    self._on_full()
+        await queue.put((message, future))
+        if future is not None:
+            await future
+
+    def close(self) -> None:
+        """Refuse further messages (shutdown)."""
+        self._closed = True
+
+    async def run(self) -> None:
+        """Process micro-batches until cancelled."""
+        queue = self._queue
+        metrics = self.pipeline.metrics
+        while True:
+            first = await queue.get()
+            batch = [first]
+            limit = self._max_batch
+            while len(batch) < limit and not queue.empty():
+                batch.append(queue.get_nowait())
+            self._process(batch)
+            depth = queue.qsize()
+            metrics.queue_depth.set(depth)
+            if depth <= self._low_watermark and not self.has_room.is_set():
+                self.has_room.set()
+                if self._on_room is not None:
+                    self._on_room()
+            # let transports and sinks run between batches
+            await asyncio.sleep(0)
+
+    def _process(self, batch: list[tuple[RawMessage, asyncio.Future[None] | None]]) -> None:
+        messages = [message for message, _ in batch]
+        try:
+            self.pipeline.process_messages(messages)
+        except Exception:
+            log.exception("batch of %d messages failed", len(messages))
+        finally:
+            now = self._clock()
+            self.pipeline.metrics.lag_seconds.observe(max(0.0, now - messages[0].received_at))
+            for _, future in batch:
+                if future is not None and not future.done():
+                    future.set_result(None)
+            self.processed += len(batch)
+
+    async def drain(self, timeout: float) -> bool:
+        """Process what is queued (after :meth:`close`); ``False`` if time ran out."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        queue = self._queue
+        while not queue.empty():
+            batch = []
+            while len(batch) < self._max_batch and not queue.empty():
+                batch.append(queue.get_nowait())
+            self._process(batch)
+            if asyncio.get_running_loop().time() > deadline:
+                return queue.empty()
+            await asyncio.sleep(0)
+        return True

@@ -1,0 +1,118 @@
+"""Topic templates: which levels of an inbound topic carry identity.
+
+A template such as ``fleet/{site}/{device_id}/{kind}`` names its levels; literal levels
+must match exactly. Known level names: ``site``, ``zone``, ``gateway``, ``device_id`` and
+``kind`` (a :class:`service.model.MessageKind`; a template without ``{kind}`` means
+telemetry). The first template that matches wins; a topic no template matches is an error
+(counted and dead-lettered, never guessed).
+
+>>> router = TopicRouter(["fleet/{site}/{device_id}/{kind}", "devices/{device_id}/{kind}"])
+>>> m = router.match("fleet/plant-a/th-0001/telemetry")
+>>> m.device_id, m.kind.value, dict(m.levels)
+('th-0001', 'telemetry', {'site': 'plant-a'})
+>>> router.match("fleet/plant-a/th-0001/bogus")
+Traceback (most recent call last):
+...
+service.errors.DecodeError: unknown_kind: topic kind 'bogus' is not one of telemetry, status, firmware, batch, calibration (topic fleet/plant-a/th-0001/bogus)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from service.errors import ConfigError, DecodeError
+from service.model import MessageKind
+
+KNOWN_LEVELS = frozenset({"site", "zone", "gateway", "device_id", "kind"})
+_KINDS = {kind.value: kind for kind in MessageKind}
+_KIND_NAMES = ", ".join(_KINDS)
+MAX_TOPIC_LENGTH = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class TopicMatch:
+    """What a topic said: the device, the message kind and the other named levels."""
+
+    device_id: str
+    kind: MessageKind
+    levels: Mapping[str, str]
+
+
+class TopicTemplate:
+    """One compiled template."""
+
+    __slots__ = ("_levels", "_size", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        levels: list[tuple[bool, str]] = []
+        for part in text.split("/"):
+            if part.startswith("{") and part.endswith("}"):
+                name = part[1:-1]
+                if name not in KNOWN_LEVELS:
+                    known = ", ".join(sorted(KNOWN_LEVELS))
+                    raise ConfigError(
+                        "topics.templates", f"{text!r}: unknown level {{{name}}} (known: {known})"
+                    )
+                levels.append((True, name))
+            else:
+                if "+" in part or "#" in part or "{" in part or "}" in part:
+                    raise ConfigError("topics.templates", f"{text!r}: bad literal level {part!r}")
+                levels.append((False, part))
+        if (True, "device_id") not in levels:
+            raise ConfigError("topics.templates", f"{text!r} has no {{device_id}} level")
+        self._levels = tuple(levels)
+        self._size = len(levels)
+
+    def match(self, parts: list[str]) -> dict[str, str] | None:
+        if len(parts) != self._size:
+            return None
+        found: dict[str, str] = {}
+        for (named, name), part in zip(self._levels, parts, strict=True):
+            if named:
+                if not part:
+                    return None
+                found[name] = part
+            elif part != name:
+                return None
+        return found
+
+    def subscription_filter(self) -> str:
+        """The MQTT filter that covers this template (named levels become ``+``).
+
+        >>> TopicTemplate("fleet/{site}/{device_id}/{kind}").subscription_filter()
+        'fleet/+/+/+'
+        """
+        return "/".join("+" if named else name for named, name in self._levels)
+
+
+class TopicRouter:
+    """Match topics against templates in order."""
+
+    def __init__(self, templates: Iterable[str]) -> None:
+        self.templates = tuple(TopicTemplate(text) for text in templates)
+        if not self.templates:
+            raise ConfigError("topics.templates", "at least one template is needed")
+
+    def match(self, topic: str) -> TopicMatch:
+        """Return what ``topic`` says, or raise :class:`DecodeError` (``unknown_topic``)."""
+        if len(topic) > MAX_TOPIC_LENGTH:
+            raise DecodeError("unknown_topic", f"topic longer than {MAX_TOPIC_LENGTH}")
+        parts = topic.split("/")
+        for template in self.templates:
+            found = template.match(parts)
+            if found is None:
+                continue
+            device_id = found.pop("device_id")
+            kind_text = found.pop("kind", "telemetry")
+            kind = _KINDS.get(kind_text)
+            if kind is None:
+                raise DecodeError(
+                    "unknown_kind",
+                    f"topic kind {kind_text!r} is not one of {_KIND_NAMES}",
+                    topic=topic,
+                    device_id=device_id,
+                )
+            return TopicMatch(device_id=device_id, kind=kind, levels=found)
+        raise DecodeError("unknown_topic", "no topic template matches", topic=topic)
