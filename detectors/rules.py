@@ -235,7 +235,11 @@ class RuleEngine:
         fields = {"device": reading.device_id, "metric": rule.metric, "value": value, "limit": limit}
         template = rule.summary or _DEFAULT_SUMMARY[rule.kind]
         if not firing:
-            template = "{device}: " + rule.metric + " back to normal ({value:.4g})"
+            template = (
+                "{device}: {metric} back under {limit:.4g}/s"
+                if rule.kind == "rate"
+                else "{device}: {metric} back to normal ({value:.4g})"
+            )
         try:
             summary = template.format(**fields)
         except (KeyError, ValueError, IndexError):

@@ -1,0 +1,201 @@
+"""The fault catalogue: what can go wrong with a simulated device.
+
+A fault is switched on for ``count`` devices at ``start_s`` seconds into the simulation
+and, with a ``duration_s``, ends again (the battery is replaced, the device cools down,
+the device comes back). ``FAULTS`` maps each name to its class: a new fault is a class
+and one line there.
+
+>>> spec = FaultSpec.parse("battery_failing=3@60+600")
+>>> spec.name, spec.count, spec.start_s, spec.duration_s
+('battery_failing', 3, 60.0, 600.0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import orjson
+
+from service.simulator.fleet import SimDevice
+
+Extra = tuple[str, bytes]  # (topic suffix kind, payload)
+
+
+@dataclass(frozen=True, slots=True)
+class FaultSpec:
+    """Which fault, on how many devices, from when, for how long, with what parameters."""
+
+    name: str
+    count: int = 1
+    start_s: float = 0.0
+    duration_s: float | None = None
+    params: tuple[tuple[str, float | str], ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> FaultSpec:
+        """Parse ``NAME[=COUNT][@START_S][+DURATION_S][:key=value,...]``."""
+        head, _, options = text.partition(":")
+        params: list[tuple[str, float | str]] = []
+        for item in filter(None, options.split(",")):
+            key, _, raw = item.partition("=")
+            try:
+                params.append((key.strip(), float(raw)))
+            except ValueError:
+                params.append((key.strip(), raw.strip()))
+        duration: float | None = None
+        if "+" in head:
+            head, _, duration_text = head.partition("+")
+            duration = float(duration_text)
+        start = 0.0
+        if "@" in head:
+            head, _, start_text = head.partition("@")
+            start = float(start_text)
+        name, _, count_text = head.partition("=")
+        name = name.strip()
+        if name not in FAULTS:
+            raise ValueError(f"unknown fault {name!r} (known: {', '.join(sorted(FAULTS))})")
+        count = int(count_text) if count_text else 1
+        if count < 0 or start < 0 or (duration is not None and duration <= 0):
+            raise ValueError(f"bad fault spec {text!r}")
+        return cls(name, count, start, duration, tuple(params))
+
+
+@dataclass(frozen=True, slots=True)
+class PlantedFault:
+    """Ground truth: a fault planted on a device, for benchmarks and tests."""
+
+    fault: str
+    device_id: str
+    site: str
+    start_ts: float
+    end_ts: float | None
+
+
+@dataclass
+class Fault:
+    """Base class: a fault active on one device between ``start_ts`` and ``end_ts``."""
+
+    name: ClassVar[str] = "fault"
+    needs: ClassVar[tuple[str, ...]] = ()  # metrics an eligible device must report
+    needs_battery: ClassVar[bool] = False
+
+    device: SimDevice
+    start_ts: float
+    end_ts: float | None
+    params: dict[str, Any] = field(default_factory=dict)
+    started: bool = False
+    ended: bool = False
+
+    @classmethod
+    def eligible(cls, device: SimDevice) -> bool:
+        if cls.needs_battery and not device.model.battery:
+            return False
+        return all(metric in device.model.metrics for metric in cls.needs)
+
+    def param(self, key: str, default: float) -> float:
+        return float(self.params.get(key, default))
+
+    def on_start(self, ts: float) -> list[Extra]:
+        return []
+
+    def on_end(self, ts: float) -> list[Extra]:
+        return []
+
+    def apply(self, ts: float, values: dict[str, float], meta: dict[str, Any]) -> None:
+        """Change the reading the device is about to send."""
+
+
+class BatteryFailing(Fault):
+    """The battery collapses to 3.0 V within ``collapse_s``; at the end it is replaced."""
+
+    name = "battery_failing"
+    needs_battery = True
+
+    def apply(self, ts: float, values: dict[str, float], meta: dict[str, Any]) -> None:
+        if "battery_v" not in values:
+            return
+        progress = min(1.0, (ts - self.start_ts) / max(1.0, self.param("collapse_s", 60.0)))
+        volts = values["battery_v"] - (values["battery_v"] - 3.0) * progress
+        values["battery_v"] = volts
+        if "battery_pct" in values:
+            values["battery_pct"] = max(0.0, (volts - 3.0) / 1.1 * 100.0)
+
+    def on_end(self, ts: float) -> list[Extra]:
+        device = self.device
+        device.battery_v0 = 4.1 + device.drain_v_per_s * (ts - device.overrides.get("start_ts", ts))
+        return []
+
+
+class SensorDrift(Fault):
+    """The temperature reading drifts away at ``rate_c_per_h`` (default 1 °C per hour)."""
+
+    name = "sensor_drift"
+    needs = ("temperature_c",)
+
+    def apply(self, ts: float, values: dict[str, float], meta: dict[str, Any]) -> None:
+        hours = (ts - self.start_ts) / 3600.0
+        values["temperature_c"] += self.param("rate_c_per_h", 1.0) * hours
+
+
+class Overheating(Fault):
+    """The temperature climbs to ``peak_c`` over ``ramp_s``; at the end it cools down."""
+
+    name = "overheating"
+    needs = ("temperature_c",)
+
+    def apply(self, ts: float, values: dict[str, float], meta: dict[str, Any]) -> None:
+        progress = min(1.0, (ts - self.start_ts) / max(1.0, self.param("ramp_s", 20.0)))
+        base = values["temperature_c"]
+        values["temperature_c"] = base + (self.param("peak_c", 85.0) - base) * progress
+
+
+class GatewayOverload(Fault):
+    """The device is moved onto its site's first gateway, whose signal suffers."""
+
+    name = "gateway_overload"
+    needs = ("rssi_dbm",)
+
+    def apply(self, ts: float, values: dict[str, float], meta: dict[str, Any]) -> None:
+        meta["gateway"] = f"gw-{self.device.site}-01"
+        values["rssi_dbm"] -= self.param("rssi_loss_db", 25.0)
+
+
+class FirmwareChange(Fault):
+    """An update nobody ordered: the firmware changes to ``version``."""
+
+    name = "firmware_change"
+
+    def on_start(self, ts: float) -> list[Extra]:
+        old = self.device.firmware
+        new = str(self.params.get("version", "9.9.9-unknown"))
+        self.device.firmware = new
+        event = {"ts": round(ts, 3), "event": "succeeded", "from": old, "to": new}
+        return [("firmware", orjson.dumps(event))]
+
+
+class Silent(Fault):
+    """The device stops reporting; when it comes back it uploads what it buffered."""
+
+    name = "silent"
+
+    def on_start(self, ts: float) -> list[Extra]:
+        self.device.silent = True
+        self.params.setdefault("buffer", [])
+        if self.params.get("graceful"):
+            return [("status", orjson.dumps({"ts": round(ts, 3), "status": "offline"}))]
+        return []
+
+    def on_end(self, ts: float) -> list[Extra]:
+        self.device.silent = False
+        buffered: list[dict[str, Any]] = self.params.get("buffer", [])
+        extras: list[Extra] = [("status", orjson.dumps({"ts": round(ts, 3), "status": "online"}))]
+        if buffered:
+            extras.append(("batch", orjson.dumps(buffered[-100:])))
+        return extras
+
+
+FAULTS: dict[str, type[Fault]] = {
+    cls.name: cls
+    for cls in (BatteryFailing, SensorDrift, Overheating, GatewayOverload, FirmwareChange, Silent)
+}
