@@ -161,8 +161,11 @@ class RuleSettings(_Section):
         missing = [name for name in needed if getattr(self, name) is None]
         if missing:
             raise ValueError(f"rule {self.name!r} of kind {self.kind!r} needs {', '.join(missing)}")
-        if self.kind == "outside" and self.min is not None and self.max is not None and (
-            self.min >= self.max
+        if (
+            self.kind == "outside"
+            and self.min is not None
+            and self.max is not None
+            and (self.min >= self.max)
         ):
             raise ValueError(f"rule {self.name!r}: min must be below max")
         return self

@@ -70,9 +70,13 @@ class Rule:
         for parameter in needed:
             if getattr(self, parameter) is None:
                 raise ValueError(f"rule {self.name!r} of kind {self.kind!r} needs {parameter}")
-        if self.kind == "outside" and self.min is not None and self.max is not None:
-            if self.min >= self.max:
-                raise ValueError(f"rule {self.name!r}: min must be below max")
+        if (
+            self.kind == "outside"
+            and self.min is not None
+            and self.max is not None
+            and self.min >= self.max
+        ):
+            raise ValueError(f"rule {self.name!r}: min must be below max")
         if self.for_s < 0 or self.hysteresis < 0:
             raise ValueError(f"rule {self.name!r}: for_s and hysteresis must not be negative")
 
@@ -232,7 +236,12 @@ class RuleEngine:
         self, rule: Rule, reading: Reading, value: float, firing: bool, since: float | None
     ) -> Signal:
         limit = rule.limit_text()
-        fields = {"device": reading.device_id, "metric": rule.metric, "value": value, "limit": limit}
+        fields = {
+            "device": reading.device_id,
+            "metric": rule.metric,
+            "value": value,
+            "limit": limit,
+        }
         template = rule.summary or _DEFAULT_SUMMARY[rule.kind]
         if not firing:
             template = (

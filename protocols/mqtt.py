@@ -75,7 +75,7 @@ class Backoff:
     def next(self) -> float:
         base = min(self.maximum, self.minimum * (2**self._attempt))
         self._attempt += 1
-        return min(self.maximum, base * self._rng.uniform(0.5, 1.5))
+        return float(min(self.maximum, base * self._rng.uniform(0.5, 1.5)))
 
     def reset(self) -> None:
         self._attempt = 0

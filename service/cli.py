@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from service.errors import ConfigError, FleetWatchError
@@ -31,13 +32,11 @@ def _setup_logging(level: str) -> None:
     )
 
 
-def _install_stop_handlers(stop: callable) -> None:  # type: ignore[valid-type]
+def _install_stop_handlers(stop: Callable[[], None]) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        try:
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on this platform
             loop.add_signal_handler(signum, stop)
-        except (NotImplementedError, RuntimeError):  # not on this platform / thread
-            pass
 
 
 # -- run -----------------------------------------------------------------------------
@@ -99,7 +98,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 else:
                     print(describe_change(item))
 
-    messages = read_recording(args.file, on_error=lambda line, reason: corrupt.append((line, reason)))
+    messages = read_recording(
+        args.file, on_error=lambda line, reason: corrupt.append((line, reason))
+    )
     summary = replay(messages, settings, sinks=[_Printer()])
     span = ""
     if summary.first_ts is not None and summary.last_ts is not None:

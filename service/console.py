@@ -43,7 +43,9 @@ class AlertEvent:
 class AlertConsole:
     """Keeps the active alerts and recent changes seen on the alert topics."""
 
-    def __init__(self, *, history: int = 12, on_event: Callable[[AlertEvent], None] | None = None) -> None:
+    def __init__(
+        self, *, history: int = 12, on_event: Callable[[AlertEvent], None] | None = None
+    ) -> None:
         self.active: dict[str, dict[str, object]] = {}
         self.events: collections.deque[AlertEvent] = collections.deque(maxlen=history)
         self.fired = 0
@@ -86,12 +88,17 @@ class AlertConsole:
         return event
 
     def render(self, header: str = "") -> Group:
-        table = Table(expand=True, title=f"Active alerts ({len(self.active)})", title_justify="left")
+        table = Table(
+            expand=True, title=f"Active alerts ({len(self.active)})", title_justify="left"
+        )
         for column in ("severity", "kind", "subject", "site", "since", "summary"):
             table.add_column(column, overflow="ellipsis", no_wrap=column != "summary")
         rows = sorted(
             self.active.values(),
-            key=lambda a: ({"critical": 0, "warning": 1}.get(str(a.get("severity")), 2), str(a.get("kind"))),
+            key=lambda a: (
+                {"critical": 0, "warning": 1}.get(str(a.get("severity")), 2),
+                str(a.get("kind")),
+            ),
         )
         for alert in rows[:20]:
             severity = str(alert.get("severity", ""))
@@ -106,7 +113,9 @@ class AlertConsole:
             )
         log = Text()
         for event in self.events:
-            style = "green" if event.state == "resolved" else _SEVERITY_STYLE.get(event.severity, "")
+            style = (
+                "green" if event.state == "resolved" else _SEVERITY_STYLE.get(event.severity, "")
+            )
             log.append(event.line() + "\n", style=style)
         return Group(
             Text(header, style="bold"),

@@ -80,7 +80,10 @@ class Daemon:
             "mqtt-alerts", self._deliver_alert, self.metrics, settings.alerts.sink_queue_size
         )
         self.deadletter_sink = QueuedSink(
-            "mqtt-deadletter", self._deliver_deadletter, self.metrics, settings.alerts.sink_queue_size
+            "mqtt-deadletter",
+            self._deliver_deadletter,
+            self.metrics,
+            settings.alerts.sink_queue_size,
         )
         self.pipeline = Pipeline.build(
             settings,
@@ -99,7 +102,7 @@ class Daemon:
 
     def _subscriptions(self) -> list[tuple[str, int]]:
         group = self.settings.mqtt.shared_group
-        subs = []
+        subs: list[tuple[str, int]] = []
         for sub in self.settings.mqtt.subscriptions:
             topic_filter = f"$share/{group}/{sub.filter}" if group else sub.filter
             subs.append((topic_filter, sub.qos))
@@ -180,7 +183,9 @@ class Daemon:
                     group.create_task(self.intake.run(), name="fleetwatch-pipeline"),
                     group.create_task(self._ticker(), name="fleetwatch-ticker"),
                     group.create_task(self.alert_sink.run(), name="fleetwatch-sink-alerts"),
-                    group.create_task(self.deadletter_sink.run(), name="fleetwatch-sink-deadletter"),
+                    group.create_task(
+                        self.deadletter_sink.run(), name="fleetwatch-sink-deadletter"
+                    ),
                 ]
                 connect = group.create_task(self.mqtt.connect(), name="fleetwatch-mqtt-connect")
                 stop = group.create_task(self._stop.wait(), name="fleetwatch-stop")

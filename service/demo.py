@@ -71,7 +71,9 @@ def demo_settings(host: str, port: int, http_port: int) -> Settings:
 def add_demo_parser(sub: Any) -> None:
     demo = sub.add_parser("demo", help="run everything on an embedded default")
     demo.add_argument("--devices", type=int, default=60)
-    demo.add_argument("--interval", type=float, default=2.0, help="seconds between a device's reports")
+    demo.add_argument(
+        "--interval", type=float, default=2.0, help="seconds between a device's reports"
+    )
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     demo.add_argument("--http-port", type=int, default=9108, help="0 picks a free port")
     demo.add_argument("--seed", type=int, default=7)
@@ -147,7 +149,9 @@ async def run_demo(args: argparse.Namespace) -> int:
                 publisher.publish(topic, payload, qos=1)
 
             duration = args.duration if args.duration is not None else 365 * 86_400.0
-            fleet = asyncio.create_task(publish(simulator, send, duration_s=duration), name="demo-fleet")
+            fleet = asyncio.create_task(
+                publish(simulator, send, duration_s=duration), name="demo-fleet"
+            )
             fleet.add_done_callback(lambda _: stop.set())
             started = time.monotonic()
 

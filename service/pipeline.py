@@ -328,12 +328,11 @@ class Intake:
         if wait:
             future = asyncio.get_running_loop().create_future()
         queue = self._queue
-        if queue.full():
-            if self.has_room.is_set():
-                self.has_room.clear()
-                self.pipeline.metrics.intake_paused.inc()
-                if self._on_full is not None:
-                    self._on_full()
+        if queue.full() and self.has_room.is_set():
+            self.has_room.clear()
+            self.pipeline.metrics.intake_paused.inc()
+            if self._on_full is not None:
+                self._on_full()
         await queue.put((message, future))
         if future is not None:
             await future
@@ -381,7 +380,7 @@ class Intake:
         deadline = asyncio.get_running_loop().time() + timeout
         queue = self._queue
         while not queue.empty():
-            batch = []
+            batch: list[tuple[RawMessage, asyncio.Future[None] | None]] = []
             while len(batch) < self._max_batch and not queue.empty():
                 batch.append(queue.get_nowait())
             self._process(batch)

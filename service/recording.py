@@ -43,7 +43,7 @@ class RecordingError(FleetWatchError):
 def _open(path: Path, mode: str) -> IO[bytes]:
     if path.suffix == ".gz":
         return gzip.open(path, mode + "b")  # type: ignore[return-value]
-    return open(path, mode + "b")  # noqa: SIM115
+    return open(path, mode + "b")
 
 
 def write_recording(path: Path | str, messages: Iterable[tuple[str, bytes, float]]) -> int:

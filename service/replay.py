@@ -117,7 +117,9 @@ def replay(
     summary.alerts_opened = pipeline.alerts.fired_total
     summary.alerts_resolved = pipeline.alerts.resolved_total
     for letter in memory.deadletters:
-        summary.rejected_by_reason[letter.reason] = summary.rejected_by_reason.get(letter.reason, 0) + 1
+        summary.rejected_by_reason[letter.reason] = (
+            summary.rejected_by_reason.get(letter.reason, 0) + 1
+        )
     return summary
 
 

@@ -21,8 +21,12 @@ def add_simulate_parser(sub: Any) -> None:
         "Give each as NAME[=COUNT][@START_S][+DURATION_S][:key=value,...].",
     )
     sim.add_argument("--devices", type=int, default=1000)
-    sim.add_argument("--rate", type=float, default=None, help="messages per second for the whole fleet")
-    sim.add_argument("--interval", type=float, default=60.0, help="seconds between a device's reports")
+    sim.add_argument(
+        "--rate", type=float, default=None, help="messages per second for the whole fleet"
+    )
+    sim.add_argument(
+        "--interval", type=float, default=60.0, help="seconds between a device's reports"
+    )
     sim.add_argument("--sites", type=int, default=3)
     sim.add_argument("--seed", type=int, default=1)
     sim.add_argument("--fault", action="append", default=[], metavar="SPEC")
@@ -34,7 +38,9 @@ def add_simulate_parser(sub: Any) -> None:
     sim.add_argument("--port", type=int, default=None)
     sim.add_argument("--qos", type=int, choices=(0, 1), default=1)
     sim.add_argument("--out", type=Path, default=None, help="record to this .jsonl[.gz] file")
-    sim.add_argument("--start", type=float, default=None, help="simulated start (epoch s) for --out")
+    sim.add_argument(
+        "--start", type=float, default=None, help="simulated start (epoch s) for --out"
+    )
     sim.set_defaults(func=cmd_simulate)
 
 
@@ -77,7 +83,9 @@ def _record(args: argparse.Namespace) -> int:
     count = write_recording(args.out, ((m.topic, m.payload, m.ts + delay) for m in messages))
     print(f"recorded {count} messages from {args.devices} devices to {args.out}")
     for planted in simulator.planted():
-        print(f"  fault {planted.fault} on {planted.device_id} ({planted.site}) from {planted.start_ts:.0f}")
+        print(
+            f"  fault {planted.fault} on {planted.device_id} ({planted.site}) from {planted.start_ts:.0f}"
+        )
     return 0
 
 

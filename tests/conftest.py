@@ -42,7 +42,9 @@ class ClientFactory:
 
 
 @pytest.fixture
-async def mqtt_factory(broker: EmbeddedBroker) -> AsyncIterator[Callable[[], Awaitable[TestClient]]]:
+async def mqtt_factory(
+    broker: EmbeddedBroker,
+) -> AsyncIterator[Callable[[], Awaitable[TestClient]]]:
     factory = ClientFactory(broker)
     yield factory
     for client in factory.clients:

@@ -52,7 +52,9 @@ async def running_daemon(settings: Settings, timeout: float = 10.0) -> AsyncIter
     daemon = Daemon(settings)
     task = asyncio.create_task(daemon.run(), name="test-daemon")
     ready = asyncio.create_task(daemon.ready.wait())
-    done, _ = await asyncio.wait({task, ready}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    done, _ = await asyncio.wait(
+        {task, ready}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+    )
     if task in done:
         ready.cancel()
         task.result()

@@ -48,7 +48,9 @@ class TestClient:
     async def close(self) -> None:
         await self._client.disconnect()
 
-    def _on_message(self, client: Any, topic: str, payload: bytes, qos: int, properties: Any) -> int:
+    def _on_message(
+        self, client: Any, topic: str, payload: bytes, qos: int, properties: Any
+    ) -> int:
         retain = bool(properties.get("retain", 0)) if properties else False
         self.received.put_nowait((topic, payload, retain))
         return 0
@@ -85,7 +87,9 @@ class TestClient:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 seen = [(t, p[:80]) for t, p, _ in self._backlog[-10:]]
-                raise TimeoutError(f"nothing matching {topic_filter!r} within {timeout} s; saw {seen}")
+                raise TimeoutError(
+                    f"nothing matching {topic_filter!r} within {timeout} s; saw {seen}"
+                )
             try:
                 item = await asyncio.wait_for(self.received.get(), remaining)
             except TimeoutError:
@@ -94,7 +98,9 @@ class TestClient:
                 return item
             self._backlog.append(item)
 
-    async def collect_until_marker(self, topic_filter: str, marker_topic: str, timeout: float = 5.0) -> list[Received]:
+    async def collect_until_marker(
+        self, topic_filter: str, marker_topic: str, timeout: float = 5.0
+    ) -> list[Received]:
         """Everything matching ``topic_filter`` that arrives before a marker we publish now.
 
         The broker delivers in order on one subscription, so once our own marker arrives,

@@ -6,7 +6,9 @@ from service.alerts import AlertManager, Transition
 from service.model import AlertState, Severity, Signal
 
 
-def sig(firing: bool, at: float, severity: Severity = Severity.WARNING, subject: str = "d1") -> Signal:
+def sig(
+    firing: bool, at: float, severity: Severity = Severity.WARNING, subject: str = "d1"
+) -> Signal:
     return Signal("rule.hot", subject, firing, at=at, severity=severity, summary="hot",
                   evidence={"value": at}, site="plant-a")  # fmt: skip
 

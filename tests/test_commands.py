@@ -87,8 +87,12 @@ threshold = 50
     )  # fmt: skip
     try:
         await mqtt_client.expect(f"{topic_prefix}/status", lambda p: p == b"online", timeout=30)
-        await mqtt_client.publish(f"{topic_prefix}/fleet/s1/dev1/telemetry", b'{"temperature_c": 80}')
-        _, payload, retained = await mqtt_client.expect(f"{topic_prefix}/alerts/rule.hot/dev1", timeout=10)
+        await mqtt_client.publish(
+            f"{topic_prefix}/fleet/s1/dev1/telemetry", b'{"temperature_c": 80}'
+        )
+        _, payload, _retained = await mqtt_client.expect(
+            f"{topic_prefix}/alerts/rule.hot/dev1", timeout=10
+        )
         assert orjson.loads(payload)["state"] == "firing"
         process.send_signal(signal.SIGTERM)
         await mqtt_client.expect(f"{topic_prefix}/status", lambda p: p == b"offline", timeout=15)

@@ -14,14 +14,18 @@ NOW = 1_767_225_600
 
 
 def telemetry(ts: int, seq: int, battery_v: float) -> bytes:
-    return orjson.dumps({"ts": ts, "seq": seq, "battery_v": battery_v, "model": "TH-200", "zone": "z1"})
+    return orjson.dumps(
+        {"ts": ts, "seq": seq, "battery_v": battery_v, "model": "TH-200", "zone": "z1"}
+    )
 
 
 async def scrape(port: int) -> str:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
-            assert response.status == 200
-            return await response.text()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/metrics") as response,
+    ):
+        assert response.status == 200
+        return await response.text()
 
 
 def metric_value(text: str, name: str, **labels: str) -> float | None:
@@ -45,7 +49,7 @@ async def test_rule_breach_alert_fires_and_resolves(broker, topic_prefix, mqtt_c
         await mqtt_client.publish(device_topic, telemetry(NOW, 1, 3.70))
         await mqtt_client.publish(device_topic, telemetry(NOW + 60, 2, 3.10))
 
-        _, payload, retained = await mqtt_client.expect(alert_topic)
+        _, payload, _retained = await mqtt_client.expect(alert_topic)
         alert = orjson.loads(payload)
         assert alert["state"] == "firing" and alert["severity"] == "critical"
         assert alert["site"] == "plant-a" and alert["zone"] == "z1"
@@ -53,8 +57,13 @@ async def test_rule_breach_alert_fires_and_resolves(broker, topic_prefix, mqtt_c
         assert alert["action"] == "Replace the battery."
 
         text = await scrape(daemon.http_port)  # type: ignore[arg-type]
-        assert metric_value(text, "fleetwatch_alerts_active", kind="rule.battery_low", site="plant-a") == 1
-        assert metric_value(text, "fleetwatch_readings_total", protocol="mqtt", result="accepted") == 2
+        assert (
+            metric_value(text, "fleetwatch_alerts_active", kind="rule.battery_low", site="plant-a")
+            == 1
+        )
+        assert (
+            metric_value(text, "fleetwatch_readings_total", protocol="mqtt", result="accepted") == 2
+        )
 
         await mqtt_client.publish(device_topic, telemetry(NOW + 120, 3, 3.72))
         _, payload, _ = await mqtt_client.expect(alert_topic, lambda p: b'"resolved"' in p)
@@ -65,19 +74,29 @@ async def test_rule_breach_alert_fires_and_resolves(broker, topic_prefix, mqtt_c
 
         text = await scrape(daemon.http_port)  # type: ignore[arg-type]
         assert metric_value(text, "fleetwatch_alerts_resolved_total", kind="rule.battery_low") == 1
-        assert metric_value(text, "fleetwatch_alerts_active", kind="rule.battery_low", site="plant-a") in (None, 0)
+        assert metric_value(
+            text, "fleetwatch_alerts_active", kind="rule.battery_low", site="plant-a"
+        ) in (None, 0)
 
 
-async def test_late_subscriber_sees_exactly_the_active_alerts(broker, topic_prefix, mqtt_client, mqtt_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_late_subscriber_sees_exactly_the_active_alerts(
+    broker, topic_prefix, mqtt_client, mqtt_factory
+) -> None:  # type: ignore[no-untyped-def]
     settings = daemon_settings(broker.host, broker.port, topic_prefix)
     alerts = f"{topic_prefix}/fleetwatch/alerts/#"
     async with running_daemon(settings):
         await mqtt_client.subscribe(alerts)
         for device, volts in (("a", 3.0), ("b", 3.1), ("c", 3.9)):
-            await mqtt_client.publish(f"{topic_prefix}/fleet/s/{device}/telemetry", telemetry(NOW, 1, volts))
+            await mqtt_client.publish(
+                f"{topic_prefix}/fleet/s/{device}/telemetry", telemetry(NOW, 1, volts)
+            )
         await mqtt_client.expect(f"{topic_prefix}/fleetwatch/alerts/rule.battery_low/b")
-        await mqtt_client.publish(f"{topic_prefix}/fleet/s/b/telemetry", telemetry(NOW + 60, 2, 3.9))
-        await mqtt_client.expect(f"{topic_prefix}/fleetwatch/alerts/rule.battery_low/b", lambda p: p == b"")
+        await mqtt_client.publish(
+            f"{topic_prefix}/fleet/s/b/telemetry", telemetry(NOW + 60, 2, 3.9)
+        )
+        await mqtt_client.expect(
+            f"{topic_prefix}/fleetwatch/alerts/rule.battery_low/b", lambda p: p == b""
+        )
         await mqtt_client.expect(f"{topic_prefix}/fleetwatch/alerts/rule.battery_low/a")
     late = await mqtt_factory()
     await late.subscribe(alerts)
@@ -97,8 +116,12 @@ BAD = [
 ]
 
 
-async def test_bad_input_is_dead_lettered_and_intake_goes_on(broker, topic_prefix, mqtt_client) -> None:  # type: ignore[no-untyped-def]
-    settings = daemon_settings(broker.host, broker.port, topic_prefix, ingest={"max_payload_bytes": 2048})
+async def test_bad_input_is_dead_lettered_and_intake_goes_on(
+    broker, topic_prefix, mqtt_client
+) -> None:  # type: ignore[no-untyped-def]
+    settings = daemon_settings(
+        broker.host, broker.port, topic_prefix, ingest={"max_payload_bytes": 2048}
+    )
     async with running_daemon(settings) as daemon:
         await mqtt_client.subscribe(f"{topic_prefix}/fleetwatch/deadletter")
         await mqtt_client.subscribe(f"{topic_prefix}/fleetwatch/alerts/#")
@@ -120,7 +143,9 @@ async def test_bad_input_is_dead_lettered_and_intake_goes_on(broker, topic_prefi
         await mqtt_client.expect(f"{topic_prefix}/fleetwatch/alerts/rule.battery_low/good")
         text = await scrape(daemon.http_port)  # type: ignore[arg-type]
         for reason, _, _ in BAD:
-            assert (metric_value(text, "fleetwatch_decode_errors_total", reason=reason) or 0) >= 1, reason
+            assert (
+                metric_value(text, "fleetwatch_decode_errors_total", reason=reason) or 0
+            ) >= 1, reason
 
 
 async def test_status_topic_online_then_offline(broker, topic_prefix, mqtt_client) -> None:  # type: ignore[no-untyped-def]
@@ -134,16 +159,23 @@ async def test_status_topic_online_then_offline(broker, topic_prefix, mqtt_clien
     assert payload == b"offline"
 
 
-async def test_messages_published_while_stopped_are_processed_after_restart(broker, topic_prefix, mqtt_client) -> None:  # type: ignore[no-untyped-def]
+async def test_messages_published_while_stopped_are_processed_after_restart(
+    broker, topic_prefix, mqtt_client
+) -> None:  # type: ignore[no-untyped-def]
     """The persistent session keeps QoS 1 messages for FleetWatch while it is down."""
     settings = daemon_settings(broker.host, broker.port, topic_prefix)
     async with running_daemon(settings):
         pass  # creates the persistent session and its subscriptions
     for seq in range(1, 51):
         volts = 3.0 if seq == 50 else 3.8
-        await mqtt_client.publish(f"{topic_prefix}/fleet/s/d7/telemetry", telemetry(NOW + seq, seq, volts))
+        await mqtt_client.publish(
+            f"{topic_prefix}/fleet/s/d7/telemetry", telemetry(NOW + seq, seq, volts)
+        )
     await mqtt_client.subscribe(f"{topic_prefix}/fleetwatch/alerts/#")
     async with running_daemon(settings) as daemon:
         await mqtt_client.expect(f"{topic_prefix}/fleetwatch/alerts/rule.battery_low/d7")
         text = await scrape(daemon.http_port)  # type: ignore[arg-type]
-        assert metric_value(text, "fleetwatch_readings_total", protocol="mqtt", result="accepted") == 50
+        assert (
+            metric_value(text, "fleetwatch_readings_total", protocol="mqtt", result="accepted")
+            == 50
+        )

@@ -68,7 +68,11 @@ def build(*detectors, **overrides) -> tuple[Pipeline, MemorySink, FleetMetrics]:
     settings = settings_from_mapping({"ingest": {"max_payload_bytes": 1024}, **overrides})
     sink = MemorySink()
     metrics = FleetMetrics(CollectorRegistry())
-    return Pipeline.build(settings, detectors=list(detectors), sinks=[sink], metrics=metrics), sink, metrics
+    return (
+        Pipeline.build(settings, detectors=list(detectors), sinks=[sink], metrics=metrics),
+        sink,
+        metrics,
+    )
 
 
 def sample(metrics: FleetMetrics, name: str, **labels: str) -> float:
@@ -76,8 +80,12 @@ def sample(metrics: FleetMetrics, name: str, **labels: str) -> float:
     return 0.0 if value is None else value
 
 
-@pytest.mark.parametrize(("reason", "message"), BAD_INPUTS, ids=[f"{r}-{i}" for i, (r, _) in enumerate(BAD_INPUTS)])
-def test_each_bad_input_is_counted_dead_lettered_and_the_batch_goes_on(reason: str, message: RawMessage) -> None:
+@pytest.mark.parametrize(
+    ("reason", "message"), BAD_INPUTS, ids=[f"{r}-{i}" for i, (r, _) in enumerate(BAD_INPUTS)]
+)
+def test_each_bad_input_is_counted_dead_lettered_and_the_batch_goes_on(
+    reason: str, message: RawMessage
+) -> None:
     recorder = Recorder()
     pipeline, sink, metrics = build(recorder)
     outcome = pipeline.process_messages([message, GOOD])
@@ -108,16 +116,38 @@ def test_a_failing_detector_does_not_stop_the_others() -> None:
 
 def test_signals_become_alerts_with_metrics() -> None:
     pipeline, sink, metrics = build(Recorder())
-    low = RawMessage("fleet/plant-a/d1/telemetry", b'{"ts": 1767225660, "battery_v": 3.1}', NOW + 60)
-    ok = RawMessage("fleet/plant-a/d1/telemetry", b'{"ts": 1767225720, "battery_v": 3.7}', NOW + 120)
+    low = RawMessage(
+        "fleet/plant-a/d1/telemetry", b'{"ts": 1767225660, "battery_v": 3.1}', NOW + 60
+    )
+    ok = RawMessage(
+        "fleet/plant-a/d1/telemetry", b'{"ts": 1767225720, "battery_v": 3.7}', NOW + 120
+    )
     pipeline.process_messages([GOOD, low])
     assert [a.state.value for a in sink.alerts] == ["firing"]
-    assert sample(metrics, "fleetwatch_alerts_active", kind="test.low", severity="critical", site="plant-a") == 1
+    assert (
+        sample(
+            metrics,
+            "fleetwatch_alerts_active",
+            kind="test.low",
+            severity="critical",
+            site="plant-a",
+        )
+        == 1
+    )
     pipeline.process_messages([ok])
     assert [a.state.value for a in sink.alerts] == ["firing", "resolved"]
     assert sample(metrics, "fleetwatch_alerts_fired_total", kind="test.low") == 1
     assert sample(metrics, "fleetwatch_alerts_resolved_total", kind="test.low") == 1
-    assert sample(metrics, "fleetwatch_alerts_active", kind="test.low", severity="critical", site="plant-a") == 0
+    assert (
+        sample(
+            metrics,
+            "fleetwatch_alerts_active",
+            kind="test.low",
+            severity="critical",
+            site="plant-a",
+        )
+        == 0
+    )
     assert sample(metrics, "fleetwatch_readings_total", protocol="mqtt", result="accepted") == 3
 
 
@@ -135,7 +165,9 @@ async def test_intake_acknowledges_only_after_processing_and_applies_backpressur
     intake = Intake(pipeline, queue_size=4, max_batch=2, on_full=lambda: paused.append("full"),
                     on_room=lambda: paused.append("room"))  # fmt: skip
     messages = [
-        RawMessage("fleet/plant-a/d1/telemetry", f'{{"ts": {NOW + i}, "battery_v": 3.6}}'.encode(), NOW)
+        RawMessage(
+            "fleet/plant-a/d1/telemetry", f'{{"ts": {NOW + i}, "battery_v": 3.6}}'.encode(), NOW
+        )
         for i in range(10)
     ]
     waiters = [asyncio.create_task(intake.submit(m, wait=True)) for m in messages]
@@ -155,7 +187,9 @@ async def test_intake_drain_processes_what_is_queued() -> None:
     pipeline, _, _ = build(recorder)
     intake = Intake(pipeline, queue_size=100, max_batch=10)
     for i in range(25):
-        await intake.submit(RawMessage("fleet/a/d1/telemetry", f'{{"ts": {NOW + i}}}'.encode(), NOW), wait=False)
+        await intake.submit(
+            RawMessage("fleet/a/d1/telemetry", f'{{"ts": {NOW + i}}}'.encode(), NOW), wait=False
+        )
     intake.close()
     assert await intake.drain(5.0)
     assert len(recorder.seen) == 25

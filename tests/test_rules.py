@@ -8,11 +8,15 @@ from detectors.rules import Rule, RuleEngine
 from service.model import MessageKind, Reading, Severity
 
 
-def reading(t: float, value: float, metric: str = "temperature_c", device: str = "d1", **meta: str) -> Reading:
+def reading(
+    t: float, value: float, metric: str = "temperature_c", device: str = "d1", **meta: str
+) -> Reading:
     return Reading(device, t, t, {metric: value}, {"site": "a", "model": "M1", **meta})
 
 
-def feed(engine: RuleEngine, points: list[tuple[float, float]], **kw: str) -> list[tuple[float, bool]]:
+def feed(
+    engine: RuleEngine, points: list[tuple[float, float]], **kw: str
+) -> list[tuple[float, bool]]:
     out = []
     for t, v in points:
         out += [(t, s.firing) for s in engine.process([reading(t, v, **kw)])]
@@ -39,7 +43,9 @@ def test_each_kind_fires_once_and_clears(rule: Rule, points: list, expected: lis
 def test_hysteresis_stops_flapping_around_the_limit() -> None:
     points = [(t, 50.5 if t % 2 else 49.5) for t in range(20)] + [(20, 47.0)]
     plain = feed(RuleEngine([Rule("r", "temperature_c", "above", threshold=50)]), points)
-    steady = feed(RuleEngine([Rule("r", "temperature_c", "above", threshold=50, hysteresis=2)]), points)
+    steady = feed(
+        RuleEngine([Rule("r", "temperature_c", "above", threshold=50, hysteresis=2)]), points
+    )
     assert len(plain) == 20
     assert steady == [(1, True), (20, False)]
 
@@ -56,8 +62,12 @@ def test_model_and_site_filters() -> None:
     rule = Rule("r", "temperature_c", "above", threshold=50, models=("M2",), sites=("a",))
     engine = RuleEngine([rule])
     assert feed(engine, [(0, 60)]) == []  # model M1
-    assert engine.process([Reading("d2", 0, 0, {"temperature_c": 60}, {"site": "a", "model": "M2"})])
-    assert not engine.process([Reading("d3", 0, 0, {"temperature_c": 60}, {"site": "b", "model": "M2"})])
+    assert engine.process(
+        [Reading("d2", 0, 0, {"temperature_c": 60}, {"site": "a", "model": "M2"})]
+    )
+    assert not engine.process(
+        [Reading("d3", 0, 0, {"temperature_c": 60}, {"site": "b", "model": "M2"})]
+    )
 
 
 def test_late_readings_do_not_make_rates() -> None:
@@ -78,15 +88,25 @@ def test_non_telemetry_readings_are_ignored() -> None:
 
 def test_devices_are_independent() -> None:
     engine = RuleEngine([Rule("r", "temperature_c", "above", threshold=50)])
-    signals = engine.process([reading(0, 60, device="a"), reading(0, 40, device="b"), reading(1, 61, device="b")])
+    signals = engine.process(
+        [reading(0, 60, device="a"), reading(0, 40, device="b"), reading(1, 61, device="b")]
+    )
     assert [(s.subject, s.firing) for s in signals] == [("a", True), ("b", True)]
 
 
 def test_signal_carries_evidence_and_operator_text() -> None:
-    rule = Rule("low", "battery_v", "below", threshold=3.3, severity=Severity.CRITICAL, action="Swap it.")
+    rule = Rule(
+        "low", "battery_v", "below", threshold=3.3, severity=Severity.CRITICAL, action="Swap it."
+    )
     (signal,) = RuleEngine([rule]).process([reading(5, 3.1, metric="battery_v", zone="z9")])
     assert signal.kind == "rule.low" and signal.severity is Severity.CRITICAL
-    assert signal.evidence == {"rule": "low", "metric": "battery_v", "value": 3.1, "limit": 3.3, "since": 5}
+    assert signal.evidence == {
+        "rule": "low",
+        "metric": "battery_v",
+        "value": 3.1,
+        "limit": 3.3,
+        "since": 5,
+    }
     assert signal.summary == "d1: battery_v 3.1 below 3.3"
     assert signal.action == "Swap it." and (signal.site, signal.zone) == ("a", "z9")
 

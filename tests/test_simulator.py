@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import orjson
 import pytest
@@ -55,7 +56,9 @@ def test_battery_failing_collapses_and_healthy_batteries_do_not() -> None:
     readings = by_device[planted.device_id]
     assert readings[-1]["battery_v"] < 3.2
     assert all(r["battery_v"] > 3.7 for r in readings if r["ts"] < planted.start_ts)
-    healthy = [d.device_id for d in s.devices if d.model.battery and d.device_id != planted.device_id]
+    healthy = [
+        d.device_id for d in s.devices if d.model.battery and d.device_id != planted.device_id
+    ]
     assert healthy and all(min(r["battery_v"] for r in by_device[d]) > 3.7 for d in healthy)
 
 
@@ -103,7 +106,7 @@ def test_silent_device_stops_then_uploads_its_backlog() -> None:
     kinds = [m.topic.rsplit("/", 1)[1] for m in messages]
     assert "status" in kinds and "batch" in kinds
     gap = [m.ts for m in messages if m.topic.endswith("/telemetry")]
-    assert max(b - a for a, b in zip(gap, gap[1:], strict=False)) >= 60
+    assert max(b - a for a, b in itertools.pairwise(gap)) >= 60
     batch = orjson.loads(next(m.payload for m in messages if m.topic.endswith("/batch")))
     assert isinstance(batch, list) and len(batch) >= 5
 

@@ -40,10 +40,15 @@ def test_unknown_topics_are_errors_not_guesses(topic: str) -> None:
 def test_template_without_kind_means_telemetry() -> None:
     router = TopicRouter(["site/{site}/zone/{zone}/{device_id}"])
     found = router.match("site/s1/zone/z2/dev")
-    assert found.kind is MessageKind.TELEMETRY and dict(found.levels) == {"site": "s1", "zone": "z2"}
+    assert found.kind is MessageKind.TELEMETRY and dict(found.levels) == {
+        "site": "s1",
+        "zone": "z2",
+    }
 
 
-@pytest.mark.parametrize("template", ["fleet/{site}/{kind}", "fleet/{nope}/{device_id}", "a/+/{device_id}"])
+@pytest.mark.parametrize(
+    "template", ["fleet/{site}/{kind}", "fleet/{nope}/{device_id}", "a/+/{device_id}"]
+)
 def test_bad_templates_are_configuration_errors(template: str) -> None:
     with pytest.raises(ConfigError) as info:
         TopicRouter([template])

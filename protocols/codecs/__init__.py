@@ -6,10 +6,12 @@ MQTT 5 content type or a CoAP content format name.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from protocols.codecs.base import Codec, DecodeContext, Record
 from protocols.codecs.json import JsonCodec
 
-CODECS: dict[str, type[Codec]] = {"json": JsonCodec}
+CODECS: dict[str, Callable[[], Codec]] = {"json": JsonCodec}
 
 __all__ = ["CODECS", "Codec", "CodecSet", "DecodeContext", "Record"]
 

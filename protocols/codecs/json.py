@@ -28,8 +28,8 @@ _NON_FINITE_MARKERS = (b"NaN", b"Infinity", b"infinity")
 class JsonCodec:
     """Decode FleetWatch's JSON payload schema."""
 
-    name = "json"
-    content_types = ("application/json", "text/json")
+    name: str = "json"
+    content_types: tuple[str, ...] = ("application/json", "text/json")
 
     def decode(self, payload: bytes, context: DecodeContext) -> list[Record]:
         try:

@@ -27,7 +27,9 @@ class DeviceModel:
 MODELS: tuple[DeviceModel, ...] = (
     DeviceModel("TH-200", ("temperature_c", "humidity_pct", "rssi_dbm"), True, ("1.4.2", "1.5.0")),
     DeviceModel("VB-31", ("vibration_g", "temperature_c", "rssi_dbm"), True, ("2.0.1",), True),
-    DeviceModel("PM-10", ("power_mw", "voltage_v", "temperature_c", "rssi_dbm"), False, ("3.2.0", "3.3.1")),
+    DeviceModel(
+        "PM-10", ("power_mw", "voltage_v", "temperature_c", "rssi_dbm"), False, ("3.2.0", "3.3.1")
+    ),
 )
 
 
@@ -73,7 +75,9 @@ class SimDevice:
             elif metric == "rssi_dbm":
                 out[metric] = self.rssi_base + rng.gauss(0, 2.0)
             elif metric == "power_mw":
-                out[metric] = self.power_base * (1 + 0.05 * day) + rng.gauss(0, self.power_base * 0.02)
+                out[metric] = self.power_base * (1 + 0.05 * day) + rng.gauss(
+                    0, self.power_base * 0.02
+                )
             elif metric == "voltage_v":
                 out[metric] = 230.0 + rng.gauss(0, 1.0)
             elif metric == "vibration_g":

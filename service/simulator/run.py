@@ -85,7 +85,9 @@ class Simulator:
                 end = start + spec.duration_s if spec.duration_s is not None else None
                 fault = cls(device=device, start_ts=start, end_ts=end, params=dict(spec.params))
                 self._faults.setdefault(device.device_id, []).append(fault)
-                self._planted.append(PlantedFault(spec.name, device.device_id, device.site, start, end))
+                self._planted.append(
+                    PlantedFault(spec.name, device.device_id, device.site, start, end)
+                )
 
     def planted(self) -> list[PlantedFault]:
         """Every fault planted, with its device and times (ground truth)."""
@@ -105,7 +107,9 @@ class Simulator:
             if fault.started and not fault.ended:
                 if fault.end_ts is not None and ts >= fault.end_ts:
                     fault.ended = True
-                    out.extend(SimMessage(self._topic(device, k), p, ts) for k, p in fault.on_end(ts))
+                    out.extend(
+                        SimMessage(self._topic(device, k), p, ts) for k, p in fault.on_end(ts)
+                    )
                     values = device.values(ts, self.config.start_ts)
                 else:
                     fault.apply(ts, values, meta)
