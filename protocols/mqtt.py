@@ -1,10 +1,14 @@
 """The MQTT transport: a gmqtt client with at-least-once intake.
 
 Why gmqtt: it is asyncio-native, speaks MQTT 5 and 3.1.1, and is the fastest of the
-maintained Python clients at draining a broker (see ``bench/mqtt_clients.py``). With
-``optimistic_acknowledgement=False`` and an ``async`` message handler, gmqtt sends the
-PUBACK only when the handler returns, so FleetWatch acknowledges a QoS 1 message only
-after the pipeline has processed it.
+maintained Python clients at draining a broker (see ``bench/live_throughput.py``).
+FleetWatch takes over acknowledgement: gmqtt hands each inbound QoS 1 PUBLISH to
+:class:`MqttClient` with its packet id, the message handler queues it with a token, and the
+PUBACKs of a whole processed micro-batch go out in one socket write
+(:meth:`MqttClient.acknowledge`). So a message is acknowledged only after the pipeline has
+processed it, without a task, a future or a system call per message. Tokens carry the
+connection they arrived on: after a reconnect, stale ones are not acknowledged (the broker
+sends those messages again, and duplicates are dropped downstream).
 
 What :class:`MqttClient` adds:
 
@@ -25,7 +29,8 @@ import asyncio
 import logging
 import random
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+import struct
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -37,7 +42,11 @@ from config.settings import MqttSettings
 
 log = logging.getLogger(__name__)
 
-MessageHandler = Callable[[str, bytes, int, dict[str, Any]], Awaitable[int]]
+MessageHandler = Callable[[str, bytes, int, dict[str, Any], int | None], None]
+"""``(topic, payload, qos, properties, token)``: ``token`` is ``None`` for QoS 0; for QoS 1
+the handler must pass it to :meth:`MqttClient.acknowledge` once the message is processed."""
+
+_PUBACK = struct.Struct("!BBH")  # MQTT 3.1.1 and 5 (reason code 0 may be omitted)
 
 _PROTOCOL_REFUSED = (1, 132)  # 3.1.1 "unacceptable protocol version", 5 "unsupported"
 
@@ -91,8 +100,7 @@ class MqttClient:
     client_id
         Overrides ``settings.client_id`` (the simulator and tests use their own).
     on_message
-        ``async (topic, payload, qos, properties) -> reason_code``; the PUBACK is sent when
-        it returns. ``None`` for a publish-only client.
+        A :data:`MessageHandler`, or ``None`` for a publish-only client.
     subscriptions
         ``(filter, qos)`` pairs subscribed on every connect.
     status_topic
@@ -126,6 +134,7 @@ class MqttClient:
         self._client: Client | None = None
         self._closing = False
         self._paused = False
+        self._generation = 0
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -152,14 +161,39 @@ class MqttClient:
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         if self._on_message is not None:
-            client.on_message = self._dispatch
+            client.on_message = self._dispatch_qos0
+            # QoS 1: take the packet id and acknowledge after processing, in bulk
+            client._package_handler._handle_qos_1_publish_packet = self._dispatch_qos1
         return client
 
-    async def _dispatch(
+    def _dispatch_qos0(
         self, client: Client, topic: str, payload: bytes, qos: int, properties: dict[str, Any]
-    ) -> int:
+    ) -> None:
         assert self._on_message is not None
-        return await self._on_message(topic, payload, qos, properties)
+        self._on_message(topic, payload, qos, properties, None)
+
+    def _dispatch_qos1(
+        self, mid: int, payload: bytes, topic: str, properties: dict[str, Any]
+    ) -> None:
+        assert self._on_message is not None
+        self._on_message(topic, payload, 1, properties, (self._generation << 16) | mid)
+
+    def acknowledge(self, tokens: Sequence[int]) -> int:
+        """Send the PUBACKs for ``tokens`` in one write; return how many were sent.
+
+        Tokens from an earlier connection are skipped: the broker redelivers those.
+        """
+        protocol = getattr(getattr(self._client, "_connection", None), "_protocol", None)
+        if protocol is None or not self.connected.is_set():
+            return 0
+        generation = self._generation
+        pack = _PUBACK.pack
+        data = b"".join(
+            pack(0x40, 2, token & 0xFFFF) for token in tokens if token >> 16 == generation
+        )
+        if data:
+            protocol.write_data(data)
+        return len(data) // 4
 
     async def _connect_once(self) -> None:
         client = self._make_client()
@@ -245,6 +279,7 @@ class MqttClient:
 
     def _handle_connect(self, client: Client, flags: int, rc: int, properties: Any) -> None:
         self.connections += 1
+        self._generation += 1
         self._backoff.reset()
         client.set_config({"reconnect_delay": self._backoff.next()})
         for topic_filter, qos in self.subscriptions:

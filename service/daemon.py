@@ -98,6 +98,7 @@ class Daemon:
             clock=clock,
             on_full=self.mqtt.pause_reading,
             on_room=self.mqtt.resume_reading,
+            acknowledge=self.mqtt.acknowledge,
         )
 
     def _subscriptions(self) -> list[tuple[str, int]]:
@@ -110,15 +111,20 @@ class Daemon:
 
     # -- transport callbacks --------------------------------------------------------
 
-    async def _on_message(self, topic: str, payload: bytes, qos: int, properties: Any) -> int:
+    def _on_message(
+        self, topic: str, payload: bytes, qos: int, properties: Any, token: int | None
+    ) -> None:
         content_type = None
         if properties:
             value = properties.get("content_type")
             if value:
                 content_type = value[0]
         message = RawMessage(topic, payload, self.clock(), "mqtt", content_type)
-        await self.intake.submit(message, wait=qos > 0)
-        return 0
+        try:
+            self.intake.offer(message, token)
+        except RuntimeError:
+            # shutting down: not acknowledged, so the broker delivers it again later
+            log.debug("intake closed; %s left for redelivery", topic)
 
     def _connection_changed(self, connected: bool) -> None:
         self.metrics.mqtt_connected.set(1 if connected else 0)

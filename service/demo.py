@@ -117,9 +117,12 @@ async def run_demo(args: argparse.Namespace) -> int:
         daemon_task = asyncio.create_task(daemon.run(), name="demo-daemon")
         await asyncio.wait_for(daemon.ready.wait(), 20)
 
-        async def on_alert(topic: str, payload: bytes, qos: int, properties: Any) -> int:
+        def on_alert(
+            topic: str, payload: bytes, qos: int, properties: Any, token: int | None
+        ) -> None:
             view.handle(topic, payload)
-            return 0
+            if token is not None:
+                viewer.acknowledge([token])
 
         viewer = MqttClient(
             settings.mqtt, client_id="fleetwatch-demo-view", on_message=on_alert,

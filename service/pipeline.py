@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -277,15 +278,27 @@ class Pipeline:
         return changes + settled
 
 
+Token = int | asyncio.Future[None] | None
+"""How a queued message is acknowledged once processed: a transport's integer token (an MQTT
+packet id, acknowledged in bulk through ``acknowledge``), a future to resolve, or nothing."""
+
+
 class Intake:
     """The live front of the pipeline: a bounded queue, micro-batches, acks after processing.
 
-    A transport calls :meth:`submit` for each message. With ``wait=True`` (QoS 1), the call
-    returns only once the message has been processed (decoded and seen by the detectors, or
-    dead-lettered), so the transport acknowledges it only then. When the queue is full,
-    ``submit`` waits: the transport stops taking messages (backpressure); nothing is
-    dropped. :attr:`has_room` is set while the queue is under its low watermark, for
-    transports that pause reading from their socket.
+    Transports hand messages over in one of two ways:
+
+    - :meth:`offer` (synchronous, for transports that parse many messages per socket read,
+      like MQTT): the message is queued with an integer token; once its batch has been
+      processed, ``acknowledge`` is called with the tokens of the whole batch at once, so
+      the transport acknowledges (e.g. sends its PUBACKs) in one write. When the queue
+      reaches its bound, ``on_full`` is called and the transport stops reading from its
+      socket; ``on_room`` is called when the queue is back under half its bound. The queue
+      can exceed its bound only by what one socket read already held.
+    - :meth:`submit` (async, for request/response transports): waits while the queue is
+      full, and with ``wait=True`` returns only once the message has been processed.
+
+    Nothing is ever dropped from the queue.
     """
 
     def __init__(
@@ -297,16 +310,18 @@ class Intake:
         clock: Callable[[], float] = time.time,
         on_full: Callable[[], None] | None = None,
         on_room: Callable[[], None] | None = None,
+        acknowledge: Callable[[list[int]], None] | None = None,
     ) -> None:
         self.pipeline = pipeline
-        self._on_full = on_full
-        self._on_room = on_room
-        self._queue: asyncio.Queue[tuple[RawMessage, asyncio.Future[None] | None]] = asyncio.Queue(
-            queue_size
-        )
+        self._queue: deque[tuple[RawMessage, Token]] = deque()
+        self._capacity = queue_size
         self._max_batch = max_batch
         self._low_watermark = max(1, queue_size // 2)
         self._clock = clock
+        self._on_full = on_full
+        self._on_room = on_room
+        self.acknowledge = acknowledge
+        self._ready = asyncio.Event()
         self.has_room = asyncio.Event()
         self.has_room.set()
         self._closed = False
@@ -314,26 +329,41 @@ class Intake:
 
     @property
     def depth(self) -> int:
-        return self._queue.qsize()
+        return len(self._queue)
 
     @property
     def full(self) -> bool:
-        return self._queue.full()
+        return len(self._queue) >= self._capacity
 
-    async def submit(self, message: RawMessage, *, wait: bool) -> None:
-        """Queue ``message``; with ``wait``, return once it has been processed."""
-        if self._closed:
-            raise RuntimeError("intake is closed")
-        future: asyncio.Future[None] | None = None
-        if wait:
-            future = asyncio.get_running_loop().create_future()
-        queue = self._queue
-        if queue.full() and self.has_room.is_set():
+    def _check_full(self) -> None:
+        if len(self._queue) >= self._capacity and self.has_room.is_set():
             self.has_room.clear()
             self.pipeline.metrics.intake_paused.inc()
             if self._on_full is not None:
                 self._on_full()
-        await queue.put((message, future))
+
+    def offer(self, message: RawMessage, token: int | None = None) -> None:
+        """Queue ``message`` without waiting; ``token`` is acknowledged after processing."""
+        if self._closed:
+            raise RuntimeError("intake is closed")
+        self._queue.append((message, token))
+        self._ready.set()
+        if len(self._queue) >= self._capacity:
+            self._check_full()
+
+    async def submit(self, message: RawMessage, *, wait: bool) -> None:
+        """Queue ``message`` (waiting for room); with ``wait``, return once processed."""
+        if self._closed:
+            raise RuntimeError("intake is closed")
+        while len(self._queue) >= self._capacity:
+            self._check_full()
+            await self.has_room.wait()
+        future: asyncio.Future[None] | None = None
+        if wait:
+            future = asyncio.get_running_loop().create_future()
+        self._queue.append((message, future))
+        self._ready.set()
+        self._check_full()
         if future is not None:
             await future
 
@@ -346,13 +376,11 @@ class Intake:
         queue = self._queue
         metrics = self.pipeline.metrics
         while True:
-            first = await queue.get()
-            batch = [first]
-            limit = self._max_batch
-            while len(batch) < limit and not queue.empty():
-                batch.append(queue.get_nowait())
-            self._process(batch)
-            depth = queue.qsize()
+            if not queue:
+                self._ready.clear()
+                await self._ready.wait()
+            self._process_next()
+            depth = len(queue)
             metrics.queue_depth.set(depth)
             if depth <= self._low_watermark and not self.has_room.is_set():
                 self.has_room.set()
@@ -361,7 +389,10 @@ class Intake:
             # let transports and sinks run between batches
             await asyncio.sleep(0)
 
-    def _process(self, batch: list[tuple[RawMessage, asyncio.Future[None] | None]]) -> None:
+    def _process_next(self) -> None:
+        queue = self._queue
+        count = min(self._max_batch, len(queue))
+        batch = [queue.popleft() for _ in range(count)]
         messages = [message for message, _ in batch]
         try:
             self.pipeline.process_messages(messages)
@@ -370,21 +401,25 @@ class Intake:
         finally:
             now = self._clock()
             self.pipeline.metrics.lag_seconds.observe(max(0.0, now - messages[0].received_at))
-            for _, future in batch:
-                if future is not None and not future.done():
-                    future.set_result(None)
-            self.processed += len(batch)
+            tokens: list[int] = []
+            for _, token in batch:
+                if token is None:
+                    continue
+                if type(token) is int:
+                    tokens.append(token)
+                elif not token.done():  # type: ignore[union-attr]
+                    token.set_result(None)  # type: ignore[union-attr]
+            if tokens and self.acknowledge is not None:
+                self.acknowledge(tokens)
+            self.processed += count
 
     async def drain(self, timeout: float) -> bool:
         """Process what is queued (after :meth:`close`); ``False`` if time ran out."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        queue = self._queue
-        while not queue.empty():
-            batch: list[tuple[RawMessage, asyncio.Future[None] | None]] = []
-            while len(batch) < self._max_batch and not queue.empty():
-                batch.append(queue.get_nowait())
-            self._process(batch)
-            if asyncio.get_running_loop().time() > deadline:
-                return queue.empty()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._queue:
+            self._process_next()
+            if loop.time() > deadline:
+                return not self._queue
             await asyncio.sleep(0)
         return True

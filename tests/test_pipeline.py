@@ -208,3 +208,29 @@ def test_tick_reaches_detectors() -> None:
 
 def test_settings_default_is_valid() -> None:
     assert Settings().pipeline.queue_size > 0
+
+
+async def test_offered_messages_are_acknowledged_in_bulk_after_processing() -> None:
+    recorder = Recorder()
+    pipeline, _, _ = build(recorder)
+    acked: list[list[int]] = []
+    events: list[str] = []
+    intake = Intake(
+        pipeline,
+        queue_size=8,
+        max_batch=5,
+        acknowledge=acked.append,
+        on_full=lambda: events.append("full"),
+        on_room=lambda: events.append("room"),
+    )
+    for i in range(10):
+        body = f'{{"ts": {NOW + i}, "battery_v": 3.6}}'.encode()
+        intake.offer(RawMessage("fleet/plant-a/d1/telemetry", body, NOW), token=100 + i)
+    assert acked == []  # nothing acknowledged before processing
+    assert events == ["full"]  # the transport is told to stop reading
+    runner = asyncio.create_task(intake.run())
+    while intake.processed < 10:
+        await asyncio.sleep(0)
+    runner.cancel()
+    assert acked == [list(range(100, 105)), list(range(105, 110))]
+    assert len(recorder.seen) == 10 and events == ["full", "room"]

@@ -1,0 +1,130 @@
+"""Live throughput: draining QoS 1 telemetry queued at a real mosquitto.
+
+N messages are queued at a private mosquitto for two persistent sessions, FleetWatch's and
+a bare ``mosquitto_sub``'s; then each drains them and the rates are compared. FleetWatch
+acknowledges each message only after the pipeline (decode, normalize, rules, alerts) has
+processed it. Every run is bounded in count and time.
+
+    uv run python bench/live_throughput.py --messages 200000 --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gmqtt import Client
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from config.settings import settings_from_mapping  # noqa: E402
+from service.broker import EmbeddedBroker  # noqa: E402
+from service.daemon import Daemon  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+RULES = [
+    {"name": "battery_low", "metric": "battery_v", "kind": "below", "threshold": 3.3},
+    {"name": "hot", "metric": "temperature_c", "kind": "above", "threshold": 70.0},
+    {"name": "weak", "metric": "rssi_dbm", "kind": "below", "threshold": -110.0},
+]
+
+
+async def register_session(host: str, port: int, client_id: str, topic_filter: str) -> None:
+    client = Client(client_id, clean_session=False, session_expiry_interval=3600)
+    await client.connect(host, port)
+    client.subscribe(topic_filter, qos=1)
+    await asyncio.sleep(0.2)
+    await client.disconnect()
+
+
+def publish(host: str, port: int, count: int, devices: int, prefix: str) -> float:
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, str(HERE / "_publisher.py"), host, str(port), str(count), str(devices), prefix],
+        check=True,
+        timeout=600,
+    )
+    return time.perf_counter() - started
+
+
+def drain_mosquitto_sub(host: str, port: int, count: int, client_id: str, topic_filter: str) -> float:
+    binary = shutil.which("mosquitto_sub")
+    if binary is None:
+        return float("nan")
+    started = time.perf_counter()
+    subprocess.run(
+        [binary, "-h", host, "-p", str(port), "-c", "-i", client_id, "-q", "1", "-t", topic_filter,
+         "-C", str(count), "-V", "mqttv5", "-x", "3600"],
+        check=True, stdout=subprocess.DEVNULL, timeout=600,
+    )  # fmt: skip
+    return time.perf_counter() - started
+
+
+async def drain_fleetwatch(host: str, port: int, count: int, prefix: str, timeout: float) -> float:
+    settings = settings_from_mapping(
+        {
+            "mqtt": {"host": host, "port": port, "client_id": f"fw-{prefix}",
+                     "subscriptions": [{"filter": f"{prefix}/fleet/+/+/+", "qos": 1}]},
+            "topics": {"templates": [f"{prefix}/fleet/{{site}}/{{device_id}}/{{kind}}"],
+                       "alerts_prefix": f"{prefix}/alerts"},
+            "http": {"enabled": False},
+            "rules": RULES,
+        }
+    )  # fmt: skip
+    daemon = Daemon(settings)
+    task = asyncio.create_task(daemon.run())
+    await daemon.ready.wait()
+    started = time.perf_counter()
+    deadline = started + timeout
+    while daemon.intake.processed < count and time.perf_counter() < deadline:
+        await asyncio.sleep(0.02)
+    elapsed = time.perf_counter() - started
+    processed = daemon.intake.processed
+    daemon.stop()
+    await task
+    if processed < count:
+        raise RuntimeError(f"FleetWatch processed {processed} of {count} within {timeout} s")
+    return elapsed
+
+
+async def one_run(count: int, devices: int, run: int) -> tuple[float, float]:
+    prefix = f"b{run}"
+    async with EmbeddedBroker(prefer="mosquitto") as broker:
+        host, port = broker.host, broker.port
+        # FleetWatch's persistent session: start once so the broker keeps its subscription
+        await drain_fleetwatch(host, port, 0, prefix, 5)
+        await register_session(host, port, f"sub-{prefix}", f"{prefix}/fleet/#")
+        publish(host, port, count, devices, prefix)
+        bare = drain_mosquitto_sub(host, port, count, f"sub-{prefix}", f"{prefix}/fleet/#")
+        ours = await drain_fleetwatch(host, port, count, prefix, 600)
+    return count / bare, count / ours
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--devices", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    bare_rates, our_rates = [], []
+    for run in range(args.repeat):
+        bare, ours = asyncio.run(one_run(args.messages, args.devices, run))
+        bare_rates.append(bare)
+        our_rates.append(ours)
+        print(f"run {run + 1}: mosquitto_sub {bare:,.0f} msg/s, FleetWatch {ours:,.0f} readings/s", flush=True)
+    bare_m, ours_m = statistics.median(bare_rates), statistics.median(our_rates)
+    print()
+    print(f"| path | messages | median rate | ratio to mosquitto_sub |")
+    print(f"|---|---|---|---|")
+    print(f"| mosquitto_sub, QoS 1 drain | {args.messages:,} | {bare_m:,.0f} msg/s | 1.00 |")
+    print(f"| FleetWatch daemon, QoS 1, ack after processing, rules on | {args.messages:,} | {ours_m:,.0f} readings/s | {ours_m / bare_m:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
