@@ -23,7 +23,9 @@ async def main(host: str, port: int, count: int, devices: int, prefix: str) -> N
             {"ts": base + i // devices, "seq": i // devices, "battery_v": 3.7 - (i % 7) * 0.01,
              "temperature_c": 21.5, "rssi_dbm": -70.0, "model": "TH-200", "firmware": "1.4.2"}
         )  # fmt: skip
-        client.publish(f"{prefix}/fleet/site-{device % 5}/dev-{device:06d}/telemetry", payload, qos=1)
+        client.publish(
+            f"{prefix}/fleet/site-{device % 5}/dev-{device:06d}/telemetry", payload, qos=1
+        )
         if i % 500 == 499:
             await asyncio.sleep(0)  # let acks in and the transport drain
             storage = client._persistent_storage  # unacknowledged QoS 1 messages

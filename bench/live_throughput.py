@@ -23,9 +23,9 @@ from gmqtt import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from config.settings import settings_from_mapping  # noqa: E402
-from service.broker import EmbeddedBroker  # noqa: E402
-from service.daemon import Daemon  # noqa: E402
+from config.settings import settings_from_mapping
+from service.broker import EmbeddedBroker
+from service.daemon import Daemon
 
 HERE = Path(__file__).resolve().parent
 RULES = [
@@ -46,14 +46,24 @@ async def register_session(host: str, port: int, client_id: str, topic_filter: s
 def publish(host: str, port: int, count: int, devices: int, prefix: str) -> float:
     started = time.perf_counter()
     subprocess.run(
-        [sys.executable, str(HERE / "_publisher.py"), host, str(port), str(count), str(devices), prefix],
+        [
+            sys.executable,
+            str(HERE / "_publisher.py"),
+            host,
+            str(port),
+            str(count),
+            str(devices),
+            prefix,
+        ],
         check=True,
         timeout=600,
     )
     return time.perf_counter() - started
 
 
-def drain_mosquitto_sub(host: str, port: int, count: int, client_id: str, topic_filter: str) -> float:
+def drain_mosquitto_sub(
+    host: str, port: int, count: int, client_id: str, topic_filter: str
+) -> float:
     binary = shutil.which("mosquitto_sub")
     if binary is None:
         return float("nan")
@@ -117,13 +127,18 @@ def main() -> None:
         bare, ours = asyncio.run(one_run(args.messages, args.devices, run))
         bare_rates.append(bare)
         our_rates.append(ours)
-        print(f"run {run + 1}: mosquitto_sub {bare:,.0f} msg/s, FleetWatch {ours:,.0f} readings/s", flush=True)
+        print(
+            f"run {run + 1}: mosquitto_sub {bare:,.0f} msg/s, FleetWatch {ours:,.0f} readings/s",
+            flush=True,
+        )
     bare_m, ours_m = statistics.median(bare_rates), statistics.median(our_rates)
     print()
-    print(f"| path | messages | median rate | ratio to mosquitto_sub |")
-    print(f"|---|---|---|---|")
+    print("| path | messages | median rate | ratio to mosquitto_sub |")
+    print("|---|---|---|---|")
     print(f"| mosquitto_sub, QoS 1 drain | {args.messages:,} | {bare_m:,.0f} msg/s | 1.00 |")
-    print(f"| FleetWatch daemon, QoS 1, ack after processing, rules on | {args.messages:,} | {ours_m:,.0f} readings/s | {ours_m / bare_m:.2f} |")
+    print(
+        f"| FleetWatch daemon, QoS 1, ack after processing, rules on | {args.messages:,} | {ours_m:,.0f} readings/s | {ours_m / bare_m:.2f} |"
+    )
 
 
 if __name__ == "__main__":
