@@ -310,7 +310,7 @@ class Intake:
         clock: Callable[[], float] = time.time,
         on_full: Callable[[], None] | None = None,
         on_room: Callable[[], None] | None = None,
-        acknowledge: Callable[[list[int]], None] | None = None,
+        acknowledge: Callable[[list[int]], object] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self._queue: deque[tuple[RawMessage, Token]] = deque()
