@@ -112,7 +112,6 @@ META_KEYS: dict[str, str] = {
 }
 
 # keys with a meaning of their own, handled apart from metrics and metadata
-_TS_KEYS = ("ts", "timestamp", "time")
 _RESERVED = frozenset({"ts", "timestamp", "time", "seq", "device_id", "metrics", "meta"})
 _UNIT_SUFFIXES = (
     "_v", "_mv", "_a", "_ma", "_c", "_f", "_k", "_pct", "_dbm", "_db", "_mw", "_w",
@@ -120,6 +119,8 @@ _UNIT_SUFFIXES = (
 )  # fmt: skip
 _METRIC_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 MAX_META_VALUE = 256
+# what a payload key is
+_SKIP, _META, _METRIC, _IGNORE = range(4)
 MAX_NAME_CACHE = 10_000
 _MIN_MS = 1e11  # numbers above this are milliseconds (year 5138 in seconds)
 _MIN_US = 1e14
@@ -197,22 +198,32 @@ class Normalizer:
         self._aliases = aliases
         canonical = {name for name, _, _ in aliases.values()}
         self._metric_names = frozenset(canonical) | frozenset(aliases)
-        self._name_cache: dict[str, tuple[str, float, float] | None] = {}
+        self._classes: dict[str, tuple[int, str, float, float, bool]] = {}
         self._seen: dict[tuple[str, Any, float], None] = {}
         self._seen_capacity = self.settings.dedupe_capacity
 
     # -- fields ---------------------------------------------------------------------
 
-    def _metric_target(self, name: str) -> tuple[str, float, float] | None:
-        cached = self._name_cache.get(name)
-        if cached is not None or name in self._name_cache:
+    def _classify(self, key: str) -> tuple[int, str, float, float, bool]:
+        """What a payload key is: (kind, target name, scale, offset, strict number)."""
+        cached = self._classes.get(key)
+        if cached is not None:
             return cached
-        target = self._aliases.get(name)
-        if target is None and _METRIC_NAME.match(name):
-            target = (name, 1.0, 0.0)
-        if len(self._name_cache) < MAX_NAME_CACHE:
-            self._name_cache[name] = target
-        return target
+        found: tuple[int, str, float, float, bool]
+        if key in _RESERVED:
+            found = (_SKIP, key, 1.0, 0.0, False)
+        elif key in META_KEYS:
+            found = (_META, META_KEYS[key], 1.0, 0.0, False)
+        elif key in self._aliases:
+            canonical, scale, offset = self._aliases[key]
+            found = (_METRIC, canonical, scale, offset, True)
+        elif _METRIC_NAME.match(key):
+            found = (_METRIC, key, 1.0, 0.0, self._looks_metric(key))
+        else:
+            found = (_IGNORE, key, 1.0, 0.0, False)
+        if len(self._classes) < MAX_NAME_CACHE:
+            self._classes[key] = found
+        return found
 
     def _looks_metric(self, name: str) -> bool:
         return name in self._metric_names or name.endswith(_UNIT_SUFFIXES)
@@ -224,55 +235,52 @@ class Normalizer:
         meta: dict[str, str],
         result: NormalizeResult,
     ) -> None:
-        limit = self.settings.max_metrics_per_reading
+        classes = self._classes
+        classify = self._classify
         for key, value in record.items():
-            if key in _RESERVED:
-                continue
-            meta_key = META_KEYS.get(key)
-            if meta_key is not None:
-                if isinstance(value, str):
-                    meta[meta_key] = value[:MAX_META_VALUE]
-                elif isinstance(value, (int, float)) and not isinstance(value, bool):
-                    meta[meta_key] = repr(value)
+            kind, name, scale, offset, strict = classes.get(key) or classify(key)
+            if kind == _METRIC:
+                value_type = type(value)
+                if value_type is float or value_type is int:
+                    number = value
+                elif value_type is str:
+                    try:
+                        number = float(value)
+                    except ValueError:
+                        if strict:
+                            raise DecodeError(
+                                "non_numeric_value",
+                                f"{key!r} should be a number, got {value[:32]!r}",
+                            ) from None
+                        meta[key] = value[:MAX_META_VALUE]
+                        continue
+                elif value_type is bool:
+                    number = 1.0 if value else 0.0
+                elif value is None:
+                    continue
                 else:
                     result.ignored_fields += 1
-                continue
-            if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool)):
-                number = value
-            elif isinstance(value, bool):
-                number = 1.0 if value else 0.0
-            elif isinstance(value, str):
-                try:
-                    number = float(value)
-                except ValueError:
-                    if self._looks_metric(key):
-                        raise DecodeError(
-                            "non_numeric_value", f"{key!r} should be a number, got {value[:32]!r}"
-                        ) from None
-                    if _METRIC_NAME.match(key):
-                        meta[key] = value[:MAX_META_VALUE]
-                    else:
-                        result.ignored_fields += 1
                     continue
-            elif value is None:
-                continue
-            else:
+                try:
+                    converted = float(number) * scale + offset
+                except OverflowError:
+                    raise DecodeError("non_finite_number", f"{key!r} is out of range") from None
+                if converted - converted != 0.0:
+                    raise DecodeError("non_finite_number", f"{key!r} is not finite")
+                metrics[name] = converted
+            elif kind == _META:
+                value_type = type(value)
+                if value_type is str:
+                    meta[name] = value[:MAX_META_VALUE]
+                elif value_type is float or value_type is int:
+                    meta[name] = repr(value)
+                else:
+                    result.ignored_fields += 1
+            elif kind == _IGNORE:
                 result.ignored_fields += 1
-                continue
-            target = self._metric_target(key)
-            if target is None:
-                result.ignored_fields += 1
-                continue
-            canonical, scale, offset = target
-            try:
-                converted = float(number) * scale + offset
-            except OverflowError:
-                raise DecodeError("non_finite_number", f"{key!r} is out of range") from None
-            if converted - converted != 0.0:
-                raise DecodeError("non_finite_number", f"{key!r} is not finite")
-            metrics[canonical] = converted
-            if len(metrics) > limit:
-                raise DecodeError("too_many_fields", f"more than {limit} metrics in one reading")
+        if len(metrics) > self.settings.max_metrics_per_reading:
+            limit = self.settings.max_metrics_per_reading
+            raise DecodeError("too_many_fields", f"more than {limit} metrics in one reading")
 
     # -- records --------------------------------------------------------------------
 
@@ -285,9 +293,14 @@ class Normalizer:
         received_at: float,
         levels: Mapping[str, str],
         protocol: str,
+        result: NormalizeResult | None = None,
     ) -> NormalizeResult:
-        """Normalize the records of one message from one device."""
-        result = NormalizeResult()
+        """Normalize the records of one message from one device.
+
+        Pass ``result`` to collect several messages into one result (a micro-batch).
+        """
+        if result is None:
+            result = NormalizeResult()
         settings = self.settings
         registry = self.registry
         reading_kind = kind
@@ -300,15 +313,19 @@ class Normalizer:
                         f"payload names device {str(claimed)[:64]!r}, topic names {device_id!r}",
                         device_id=device_id,
                     )
-                raw_ts = None
-                for ts_key in _TS_KEYS:
-                    raw_ts = record.get(ts_key)
-                    if raw_ts is not None:
-                        break
+                raw_ts = record.get("ts")
+                if raw_ts is None:
+                    raw_ts = record.get("timestamp")
+                    if raw_ts is None:
+                        raw_ts = record.get("time")
                 if raw_ts is None:
                     ts = received_at
                 else:
-                    ts = parse_timestamp(raw_ts)
+                    raw_type = type(raw_ts)
+                    if (raw_type is float or raw_type is int) and raw_ts < _MIN_MS:
+                        ts = float(raw_ts)
+                    else:
+                        ts = parse_timestamp(raw_ts)
                     if ts < settings.oldest_valid_ts:
                         raise DecodeError(
                             "invalid_timestamp", f"ts {ts:.0f} is before the oldest valid time"
@@ -358,15 +375,6 @@ class Normalizer:
                 result.late += 1
             info = registry.observe(device_id, received_at, ts, meta)
             result.readings.append(
-                Reading(
-                    device_id=device_id,
-                    ts=ts,
-                    received_at=received_at,
-                    metrics=metrics,
-                    meta=info.meta,
-                    seq=seq,
-                    kind=reading_kind,
-                    late=late,
-                )
+                Reading(device_id, ts, received_at, metrics, info.meta, seq, reading_kind, late)
             )
         return result

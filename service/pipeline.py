@@ -35,7 +35,7 @@ from service.alerts import AlertChange, AlertManager, Transition
 from service.errors import DecodeError
 from service.metrics import FleetMetrics
 from service.model import DeadLetter, MessageKind, RawMessage, Reading, Signal
-from service.normalize import Normalizer
+from service.normalize import Normalizer, NormalizeResult
 from service.registry import DeviceRegistry
 from service.sinks import Sink
 from service.topics import TopicRouter
@@ -130,21 +130,30 @@ class Pipeline:
 
     def decode(self, messages: Sequence[RawMessage], outcome: BatchOutcome) -> list[Reading]:
         """Turn messages into readings; dead-letter what cannot be read."""
-        readings: list[Reading] = []
         normalize = self.normalizer.normalize
         match = self.router.match
         contexts = self._contexts
-        per_protocol: dict[tuple[str, str], int] = {}
-        late = corrected = ignored = 0
+        for_content_type = self.codecs.for_content_type
+        max_payload = self._max_payload
+        result = NormalizeResult()
+        readings = result.readings
+        rejected = result.rejected
+        # per protocol: [accepted, duplicates, rejected]
+        counts: dict[str, list[int]] = {}
         for message in messages:
+            protocol = message.protocol
+            tally = counts.get(protocol)
+            if tally is None:
+                tally = counts[protocol] = [0, 0, 0]
+            n_readings, n_duplicates, n_rejected = len(readings), result.duplicates, len(rejected)
             try:
-                if len(message.payload) > self._max_payload:
+                if len(message.payload) > max_payload:
                     raise DecodeError(
                         "too_large",
-                        f"payload of {len(message.payload)} bytes exceeds {self._max_payload}",
+                        f"payload of {len(message.payload)} bytes exceeds {max_payload}",
                     )
                 found = match(message.topic)
-                codec = self.codecs.for_content_type(message.content_type)
+                codec = for_content_type(message.content_type)
                 if codec is None:
                     raise DecodeError(
                         "unsupported_content_type",
@@ -152,54 +161,50 @@ class Pipeline:
                         device_id=found.device_id,
                     )
                 records = codec.decode(message.payload, contexts[found.kind])
-                result = normalize(
+                normalize(
                     records,
                     device_id=found.device_id,
                     kind=found.kind,
                     received_at=message.received_at,
                     levels=found.levels,
-                    protocol=message.protocol,
+                    protocol=protocol,
+                    result=result,
                 )
             except DecodeError as exc:
                 if exc.topic is None:
                     exc.topic = message.topic
                 self._dead_letter(message, exc)
-                outcome.rejected += 1
-                key = (message.protocol, "rejected")
-                per_protocol[key] = per_protocol.get(key, 0) + 1
+                tally[2] += 1
                 continue
             except Exception as exc:  # a bug of ours: keep going, but loudly
                 log.exception("internal error decoding %s", message.topic[:200])
                 self._dead_letter(message, DecodeError("internal_error", repr(exc)[:200]))
-                outcome.rejected += 1
+                tally[2] += 1
                 continue
-            readings.extend(result.readings)
-            outcome.accepted += len(result.readings)
-            outcome.duplicates += result.duplicates
-            late += result.late
-            corrected += result.corrected_future
-            ignored += result.ignored_fields
-            for error in result.rejected:
-                error.topic = message.topic
-                self._dead_letter(message, error)
-            outcome.rejected += len(result.rejected)
-            protocol = message.protocol
+            tally[0] += len(readings) - n_readings
+            tally[1] += result.duplicates - n_duplicates
+            if len(rejected) > n_rejected:
+                for error in rejected[n_rejected:]:
+                    error.topic = message.topic
+                    self._dead_letter(message, error)
+                tally[2] += len(rejected) - n_rejected
+        for protocol, (accepted, duplicates, failed) in counts.items():
+            outcome.accepted += accepted
+            outcome.duplicates += duplicates
+            outcome.rejected += failed
             for result_name, count in (
-                ("accepted", len(result.readings)),
-                ("duplicate", result.duplicates),
-                ("rejected", len(result.rejected)),
+                ("accepted", accepted),
+                ("duplicate", duplicates),
+                ("rejected", failed),
             ):
                 if count:
-                    key = (protocol, result_name)
-                    per_protocol[key] = per_protocol.get(key, 0) + count
-        for (protocol, result_name), count in per_protocol.items():
-            self.metrics.readings.labels(protocol=protocol, result=result_name).inc(count)
-        if late:
-            self.metrics.late_readings.inc(late)
-        if corrected:
-            self.metrics.timestamps_corrected.inc(corrected)
-        if ignored:
-            self.metrics.ignored_fields.inc(ignored)
+                    self.metrics.readings.labels(protocol=protocol, result=result_name).inc(count)
+        if result.late:
+            self.metrics.late_readings.inc(result.late)
+        if result.corrected_future:
+            self.metrics.timestamps_corrected.inc(result.corrected_future)
+        if result.ignored_fields:
+            self.metrics.ignored_fields.inc(result.ignored_fields)
         return readings
 
     # -- detection ------------------------------------------------------------------

@@ -31,6 +31,7 @@ class DeviceInfo:
     last_seen: float
     last_ts: float
     meta: Mapping[str, str]
+    last_update: dict[str, str] | None = None  # the last metadata a message carried
 
 
 class DeviceRegistry:
@@ -64,6 +65,9 @@ class DeviceRegistry:
             info.last_seen = received_at
         if ts > info.last_ts:
             info.last_ts = ts
+        if meta == info.last_update:  # the common case: nothing new
+            return info
+        info.last_update = dict(meta)
         known = info.meta
         for key, value in meta.items():
             if known.get(key) != value:

@@ -90,13 +90,29 @@ class TopicTemplate:
 class TopicRouter:
     """Match topics against templates in order."""
 
-    def __init__(self, templates: Iterable[str]) -> None:
+    def __init__(self, templates: Iterable[str], cache_size: int = 200_000) -> None:
         self.templates = tuple(TopicTemplate(text) for text in templates)
         if not self.templates:
             raise ConfigError("topics.templates", "at least one template is needed")
+        self._cache: dict[str, TopicMatch] = {}
+        self._cache_size = cache_size
 
     def match(self, topic: str) -> TopicMatch:
-        """Return what ``topic`` says, or raise :class:`DecodeError` (``unknown_topic``)."""
+        """Return what ``topic`` says, or raise :class:`DecodeError` (``unknown_topic``).
+
+        Matches are cached (topics repeat: one per device and message kind); the cache is
+        bounded and starts afresh when full.
+        """
+        found = self._cache.get(topic)
+        if found is not None:
+            return found
+        found = self._match(topic)
+        if len(self._cache) >= self._cache_size:
+            self._cache.clear()
+        self._cache[topic] = found
+        return found
+
+    def _match(self, topic: str) -> TopicMatch:
         if len(topic) > MAX_TOPIC_LENGTH:
             raise DecodeError("unknown_topic", f"topic longer than {MAX_TOPIC_LENGTH}")
         parts = topic.split("/")
