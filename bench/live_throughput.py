@@ -103,17 +103,53 @@ async def drain_fleetwatch(host: str, port: int, count: int, prefix: str, timeou
     return elapsed
 
 
-async def one_run(count: int, devices: int, run: int) -> tuple[float, float]:
+async def drain_client_only(
+    host: str, port: int, count: int, client_id: str, topic_filter: str
+) -> float:
+    """FleetWatch's MQTT client alone: receive, then acknowledge in bulk, no pipeline."""
+    from config.settings import MqttSettings
+    from protocols.mqtt import MqttClient
+
+    done = asyncio.Event()
+    pending: list[int] = []
+    received = 0
+
+    def on_message(
+        topic: str, payload: bytes, qos: int, properties: object, token: int | None
+    ) -> None:
+        nonlocal received
+        received += 1
+        if token is not None:
+            pending.append(token)
+        if len(pending) >= 500 or received >= count:
+            client.acknowledge(pending)
+            pending.clear()
+        if received >= count:
+            done.set()
+
+    settings = MqttSettings(host=host, port=port, client_id=client_id, session_expiry_s=3600)
+    client = MqttClient(settings, on_message=on_message, subscriptions=[(topic_filter, 1)])
+    async with client:
+        started = time.perf_counter()
+        await asyncio.wait_for(done.wait(), 600)
+        return time.perf_counter() - started
+
+
+async def one_run(count: int, devices: int, run: int) -> tuple[float, float, float]:
     prefix = f"b{run}"
     async with EmbeddedBroker(prefer="mosquitto") as broker:
         host, port = broker.host, broker.port
         # FleetWatch's persistent session: start once so the broker keeps its subscription
         await drain_fleetwatch(host, port, 0, prefix, 5)
         await register_session(host, port, f"sub-{prefix}", f"{prefix}/fleet/#")
+        await register_session(host, port, f"client-{prefix}", f"{prefix}/fleet/#")
         publish(host, port, count, devices, prefix)
         bare = drain_mosquitto_sub(host, port, count, f"sub-{prefix}", f"{prefix}/fleet/#")
+        client_only = await drain_client_only(
+            host, port, count, f"client-{prefix}", f"{prefix}/fleet/#"
+        )
         ours = await drain_fleetwatch(host, port, count, prefix, 600)
-    return count / bare, count / ours
+    return count / bare, count / client_only, count / ours
 
 
 def main() -> None:
@@ -122,20 +158,30 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    bare_rates, our_rates = [], []
+    bare_rates: list[float] = []
+    client_rates: list[float] = []
+    our_rates: list[float] = []
     for run in range(args.repeat):
-        bare, ours = asyncio.run(one_run(args.messages, args.devices, run))
+        bare, client_only, ours = asyncio.run(one_run(args.messages, args.devices, run))
         bare_rates.append(bare)
+        client_rates.append(client_only)
         our_rates.append(ours)
         print(
-            f"run {run + 1}: mosquitto_sub {bare:,.0f} msg/s, FleetWatch {ours:,.0f} readings/s",
+            f"run {run + 1}: mosquitto_sub {bare:,.0f} msg/s, client alone "
+            f"{client_only:,.0f} msg/s, FleetWatch {ours:,.0f} readings/s",
             flush=True,
         )
-    bare_m, ours_m = statistics.median(bare_rates), statistics.median(our_rates)
+    bare_m = statistics.median(bare_rates)
+    client_m = statistics.median(client_rates)
+    ours_m = statistics.median(our_rates)
     print()
     print("| path | messages | median rate | ratio to mosquitto_sub |")
     print("|---|---|---|---|")
     print(f"| mosquitto_sub, QoS 1 drain | {args.messages:,} | {bare_m:,.0f} msg/s | 1.00 |")
+    print(
+        f"| FleetWatch MQTT client alone (gmqtt, PUBACKs in bulk) | {args.messages:,} | "
+        f"{client_m:,.0f} msg/s | {client_m / bare_m:.2f} |"
+    )
     print(
         f"| FleetWatch daemon, QoS 1, ack after processing, rules on | {args.messages:,} | {ours_m:,.0f} readings/s | {ours_m / bare_m:.2f} |"
     )
