@@ -175,6 +175,14 @@ class DetectorSettings(_Section):
     enabled: tuple[str, ...] = ("rules",)
 
 
+class StateSettings(_Section):
+    enabled: bool = True
+    path: Path = Path("fleetwatch-state.db")
+    checkpoint_interval_s: float = Field(60.0, gt=0)
+    journal: bool = True
+    synchronous: Literal["normal", "full"] = "normal"
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -186,6 +194,7 @@ class Settings(_Section):
     pipeline: PipelineSettings = PipelineSettings()
     alerts: AlertSettings = AlertSettings()
     http: HttpSettings = HttpSettings()
+    state: StateSettings = StateSettings()
     logging: LoggingSettings = LoggingSettings()
     detectors: DetectorSettings = DetectorSettings()
     rules: tuple[RuleSettings, ...] = ()

@@ -134,6 +134,8 @@ class MqttClient:
         self._client: Client | None = None
         self._closing = False
         self._paused = False
+        self._read_gate = asyncio.Event()
+        self._read_gate.set()
         self._generation = 0
 
     # -- lifecycle ------------------------------------------------------------------
@@ -286,6 +288,7 @@ class MqttClient:
             client.subscribe(topic_filter, qos=qos)
         if self.status_topic:
             client.publish(self.status_topic, b"online", qos=1, retain=True)
+        self._gate_reads()
         if self._paused:
             self._set_reading(False)
         self.connected.set()
@@ -318,7 +321,35 @@ class MqttClient:
         connection = getattr(self._client, "_connection", None)
         return getattr(connection, "_transport", None)
 
+    def _gate_reads(self) -> None:
+        """Make the client's socket read loop wait while intake is paused.
+
+        Pausing the transport alone is not enough: gmqtt reads through an asyncio
+        StreamReader, whose own flow control resumes the transport as soon as its buffer
+        drains. With the read loop held at this gate, nothing more is parsed (so nothing
+        more reaches the intake) than the one read of at most 64 KiB already in progress;
+        the StreamReader then pauses the socket itself once its buffer is full.
+        """
+        protocol = getattr(getattr(self._client, "_connection", None), "_protocol", None)
+        if protocol is None or getattr(protocol, "_fleetwatch_gated", False):
+            return
+        read = protocol.read
+        gate = self._read_gate
+
+        async def gated_read(n: int = -1) -> bytes:
+            if not gate.is_set():
+                await gate.wait()
+            data: bytes = await read(n)
+            return data
+
+        protocol.read = gated_read
+        protocol._fleetwatch_gated = True
+
     def _set_reading(self, reading: bool) -> None:
+        if reading:
+            self._read_gate.set()
+        else:
+            self._read_gate.clear()
         transport = self._transport()
         if transport is None or transport.is_closing():
             return

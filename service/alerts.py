@@ -35,7 +35,16 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-from service.model import AlertRecord, AlertState, Severity, Signal, SubjectType
+from service.errors import check_state_version
+from service.model import (
+    AlertRecord,
+    AlertState,
+    Signal,
+    alert_from_state,
+    alert_to_state,
+    signal_from_state,
+    signal_to_state,
+)
 
 
 class Transition(enum.StrEnum):
@@ -222,33 +231,47 @@ class AlertManager:
 
     # -- checkpoints ----------------------------------------------------------------
 
+    STATE_VERSION = 2
+
     def state_dict(self) -> dict[str, Any]:
+        """Open alerts, pending ones, recent history and totals, as plain data."""
         return {
-            "version": 1,
+            "version": self.STATE_VERSION,
             "open": [
-                {**entry.record.to_json_dict(), "_started_at": entry.record.started_at,
-                 "_updated_at": entry.record.updated_at, "clearing_since": entry.clearing_since}
+                {
+                    "record": alert_to_state(entry.record),
+                    "clearing_since": entry.clearing_since,
+                    "clear_signal": (
+                        None if entry.clear_signal is None else signal_to_state(entry.clear_signal)
+                    ),
+                }
                 for entry in self._open.values()
             ],
-        }  # fmt: skip
+            "pending": [
+                {"signal": signal_to_state(p.signal), "since": p.since}
+                for p in self._pending.values()
+            ],
+            "recent": [alert_to_state(record) for record in self.recent],
+            "fired_total": self.fired_total,
+            "resolved_total": self.resolved_total,
+            "flaps_suppressed": self.flaps_suppressed,
+        }
 
     def load_state(self, state: dict[str, Any]) -> None:
+        check_state_version("alerts", state, self.STATE_VERSION)
         self._reset()
         for row in state.get("open", []):
-            record = AlertRecord(
-                id=row["id"],
-                kind=row["kind"],
-                subject=row["subject"],
-                subject_type=SubjectType(row["subject_type"]),
-                site=row["site"],
-                zone=row["zone"],
-                severity=Severity.parse(row["severity"]),
-                state=AlertState.FIRING,
-                started_at=float(row["_started_at"]),
-                updated_at=float(row["_updated_at"]),
-                resolved_at=None,
-                summary=row["summary"],
-                evidence=row["evidence"],
-                action=row["action"],
+            record = alert_from_state(row["record"])
+            clear = row.get("clear_signal")
+            self._open[record.key] = _Open(
+                record,
+                clearing_since=row.get("clearing_since"),
+                clear_signal=None if clear is None else signal_from_state(clear),
             )
-            self._open[record.key] = _Open(record, clearing_since=row.get("clearing_since"))
+        for row in state.get("pending", []):
+            signal = signal_from_state(row["signal"])
+            self._pending[(signal.kind, signal.subject)] = _Pending(signal, float(row["since"]))
+        self.recent.extend(alert_from_state(row) for row in state.get("recent", []))
+        self.fired_total = int(state.get("fired_total", 0))
+        self.resolved_total = int(state.get("resolved_total", 0))
+        self.flaps_suppressed = int(state.get("flaps_suppressed", 0))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +32,7 @@ from service.metrics import FleetMetrics
 from service.model import AlertRecord, AlertState, DeadLetter, RawMessage
 from service.pipeline import Intake, Pipeline
 from service.sinks import Item, QueuedSink, Sink
+from service.state import RestoreSummary, StateStore, outbox_items, outbox_state
 from service.wire import alert_payload, alert_topic, deadletter_payload
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,12 @@ class Daemon:
             sinks=[_Router(self.alert_sink, self.deadletter_sink), *extra_sinks],
             metrics=self.metrics,
         )
+        self.store = (
+            StateStore(settings.state.path, synchronous=settings.state.synchronous)
+            if settings.state.enabled
+            else None
+        )
+        self.restored: RestoreSummary | None = None
         self.intake = Intake(
             self.pipeline,
             queue_size=settings.pipeline.queue_size,
@@ -99,6 +107,7 @@ class Daemon:
             on_full=self.mqtt.pause_reading,
             on_room=self.mqtt.resume_reading,
             acknowledge=self.mqtt.acknowledge,
+            journal=self._journal if self.store is not None and settings.state.journal else None,
         )
 
     def _subscriptions(self) -> list[tuple[str, int]]:
@@ -156,6 +165,23 @@ class Daemon:
     def healthy(self) -> bool:
         return self.mqtt.connected.is_set()
 
+    def status(self) -> dict[str, Any]:
+        """What the daemon has done since its state began (survives restarts)."""
+        totals = self.pipeline.totals
+        restored = self.restored
+        return {
+            "connected": self.mqtt.connected.is_set(),
+            "messages": totals.messages,
+            "readings": totals.accepted,
+            "rejected": totals.rejected,
+            "duplicates": totals.duplicates,
+            "devices": len(self.pipeline.registry),
+            "alerts_active": sum(1 for _ in self.pipeline.alerts.active()),
+            "queue_depth": self.intake.depth,
+            "journal": self.store.journal_length if self.store is not None else None,
+            "restored": None if restored is None else dataclasses.asdict(restored),
+        }
+
     async def _ticker(self) -> None:
         interval = self.settings.pipeline.tick_interval_s
         window = self.settings.pipeline.active_window_s
@@ -165,9 +191,80 @@ class Daemon:
             self.pipeline.tick(now)
             self.metrics.devices_active.set(self.pipeline.registry.count_active(now - window))
 
+    # -- state --------------------------------------------------------------------
+
+    def _journal(self, messages: Sequence[RawMessage]) -> None:
+        assert self.store is not None
+        self.store.append_journal(messages)
+        self.metrics.journal_length.set(self.store.journal_length)
+
+    def checkpoint(self) -> None:
+        """Save every component's state and the undelivered outbound items, atomically."""
+        if self.store is None:
+            return
+        started = time.perf_counter()
+        components = self.pipeline.state_dict()
+        components["outbox"] = outbox_state(
+            [*self.alert_sink.pending(), *self.deadletter_sink.pending()]
+        )
+        try:
+            size = self.store.save_checkpoint(components, saved_at=self.clock())
+        except Exception:
+            self.metrics.state_errors.labels(operation="checkpoint").inc()
+            log.exception("checkpoint to %s failed", self.store.path)
+            return
+        self.metrics.checkpoints.inc()
+        self.metrics.checkpoint_seconds.set(time.perf_counter() - started)
+        self.metrics.checkpoint_bytes.set(size)
+        self.metrics.journal_length.set(0)
+
+    def _restore(self) -> None:
+        """Open the state store; load the checkpoint; run the journal; checkpoint afresh."""
+        if self.store is None:
+            return
+        store = self.store.open()
+        started = time.perf_counter()
+        summary = RestoreSummary()
+        checkpoint = store.load_checkpoint()
+        if checkpoint is not None:
+            self.pipeline.load_state(checkpoint.components)
+            summary.checkpoint_at = checkpoint.saved_at
+            for item in outbox_items(checkpoint.components.get("outbox", {})):
+                _Router(self.alert_sink, self.deadletter_sink).offer(item)
+                summary.outbox += 1
+        batch: list[RawMessage] = []
+        for message in store.journal():
+            batch.append(message)
+            if len(batch) >= self.settings.pipeline.max_batch:
+                self.pipeline.process_messages(batch)
+                summary.journaled += len(batch)
+                batch = []
+        if batch:
+            self.pipeline.process_messages(batch)
+            summary.journaled += len(batch)
+        summary.devices = len(self.pipeline.registry)
+        summary.alerts_active = sum(1 for _ in self.pipeline.alerts.active())
+        summary.seconds = time.perf_counter() - started
+        self.restored = summary
+        if checkpoint is not None or summary.journaled:
+            log.info(
+                "restored state from %s: %d devices, %d active alerts, %d journaled messages "
+                "run again, %d undelivered items re-queued, in %.2f s",
+                store.path, summary.devices, summary.alerts_active, summary.journaled,
+                summary.outbox, summary.seconds,
+            )  # fmt: skip
+        self.checkpoint()
+
+    async def _checkpointer(self) -> None:
+        interval = self.settings.state.checkpoint_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            self.checkpoint()
+
     async def run(self) -> None:
         """Run until :meth:`stop` is called, then shut down within the timeout."""
         settings = self.settings
+        self._restore()
         http = (
             HttpServer(
                 settings.http.host,
@@ -175,11 +272,14 @@ class Daemon:
                 self.registry,
                 healthy=self.healthy,
                 active_alerts=self.pipeline.alerts.active,
+                status=self.status,
             )
             if settings.http.enabled
             else None
         )
         async with contextlib.AsyncExitStack() as stack:
+            if self.store is not None:
+                stack.callback(self.store.close)
             if http is not None:
                 await stack.enter_async_context(http)
                 self.http_port = http.port
@@ -193,6 +293,10 @@ class Daemon:
                         self.deadletter_sink.run(), name="fleetwatch-sink-deadletter"
                     ),
                 ]
+                if self.store is not None:
+                    tasks.append(
+                        group.create_task(self._checkpointer(), name="fleetwatch-checkpoint")
+                    )
                 connect = group.create_task(self.mqtt.connect(), name="fleetwatch-mqtt-connect")
                 stop = group.create_task(self._stop.wait(), name="fleetwatch-stop")
                 await asyncio.wait({connect, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -222,6 +326,7 @@ class Daemon:
             remaining = max(0.1, deadline - loop.time())
             if self.mqtt.connected.is_set() and not await sink.flush(remaining):
                 log.warning("shutdown timeout: %d items left in sink %s", len(sink), sink.name)
+        self.checkpoint()
         await self.mqtt.close()
         log.info("FleetWatch stopped")
 

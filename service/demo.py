@@ -15,7 +15,9 @@ import contextlib
 import logging
 import signal
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -55,7 +57,7 @@ DEMO_RULES: list[dict[str, Any]] = [
 ]  # fmt: skip
 
 
-def demo_settings(host: str, port: int, http_port: int) -> Settings:
+def demo_settings(host: str, port: int, http_port: int, state_path: Path) -> Settings:
     return settings_from_mapping(
         {
             "mqtt": {"host": host, "port": port, "client_id": "fleetwatch-demo",
@@ -63,6 +65,7 @@ def demo_settings(host: str, port: int, http_port: int) -> Settings:
             "pipeline": {"tick_interval_s": 1.0, "shutdown_timeout_s": 5.0},
             "alerts": {"resolve_hold_s": 3.0},
             "http": {"port": http_port},
+            "state": {"path": str(state_path), "checkpoint_interval_s": 10.0},
             "rules": DEMO_RULES,
         }
     )  # fmt: skip
@@ -103,6 +106,7 @@ async def run_demo(args: argparse.Namespace) -> int:
             loop.add_signal_handler(signum, stop.set)
 
     view = AlertConsole(on_event=None if live_view else plain_printer(console))
+    state_dir = tempfile.TemporaryDirectory(prefix="fleetwatch-demo-")
     async with EmbeddedBroker(prefer=args.broker) as broker:
         http_port = args.http_port
         if http_port:
@@ -112,7 +116,9 @@ async def run_demo(args: argparse.Namespace) -> int:
                 free_port_check(http_port)
             if not port_is_free(http_port):
                 http_port = free_port()
-        settings = demo_settings(broker.host, broker.port, http_port)
+        settings = demo_settings(
+            broker.host, broker.port, http_port, Path(state_dir.name) / "state.db"
+        )
         daemon = Daemon(settings)
         daemon_task = asyncio.create_task(daemon.run(), name="demo-daemon")
         await asyncio.wait_for(daemon.ready.wait(), 20)
@@ -180,6 +186,7 @@ async def run_demo(args: argparse.Namespace) -> int:
                 await fleet
         daemon.stop()
         await asyncio.wait_for(daemon_task, 15)
+    state_dir.cleanup()
     console.print(
         f"stopped cleanly: {daemon.intake.processed} messages processed, "
         f"{view.fired} alerts fired, {view.resolved} resolved"

@@ -3,10 +3,14 @@
 - :class:`ConfigError` stops start-up; its message names the setting.
 - :class:`DecodeError` is per message: it is counted by ``reason``, dead-lettered, logged
   at WARNING, and the daemon goes on.
+- :class:`StateError` stops start-up: the state file cannot be read.
 - Anything else raised from our own code is a bug and logged at ERROR.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 
 class FleetWatchError(Exception):
@@ -53,3 +57,24 @@ class DecodeError(FleetWatchError):
 
 class BrokerUnavailableError(FleetWatchError):
     """No MQTT broker could be started or reached."""
+
+
+class StateError(FleetWatchError):
+    """Saved state cannot be used (newer format, corrupt, not a FleetWatch file)."""
+
+
+def check_state_version(component: str, state: Mapping[str, Any], supported: int) -> None:
+    """Refuse saved state of ``component`` written in a newer format than ``supported``.
+
+    >>> check_state_version("alerts", {"version": 1}, 1)
+    >>> check_state_version("alerts", {"version": 3}, 1)
+    Traceback (most recent call last):
+    ...
+    service.errors.StateError: saved state of alerts has format 3; this FleetWatch reads up to 1 (upgrade FleetWatch, or move the state file away to start fresh)
+    """
+    version = state.get("version", 1)
+    if not isinstance(version, int) or version > supported:
+        raise StateError(
+            f"saved state of {component} has format {version}; this FleetWatch reads up to "
+            f"{supported} (upgrade FleetWatch, or move the state file away to start fresh)"
+        )

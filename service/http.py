@@ -1,4 +1,5 @@
-"""The daemon's HTTP server: ``/metrics`` for Prometheus, ``/healthz``, ``/api/alerts``.
+"""The daemon's HTTP server: ``/metrics`` for Prometheus, ``/healthz``, ``/api/alerts``,
+``/api/status``.
 
 It binds to the configured address only (127.0.0.1 by default). Port 0 picks a free port;
 :attr:`HttpServer.port` tells which.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from types import TracebackType
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -27,12 +29,14 @@ class HttpServer:
         *,
         healthy: Callable[[], bool] = lambda: True,
         active_alerts: Callable[[], Iterable[AlertRecord]] = lambda: (),
+        status: Callable[[], dict[str, Any]] = dict,
     ) -> None:
         self.host = host
         self.port = port
         self._registry = registry
         self._healthy = healthy
         self._active_alerts = active_alerts
+        self._status = status
         self._runner: web.AppRunner | None = None
 
     def _app(self) -> web.Application:
@@ -40,6 +44,7 @@ class HttpServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._health)
         app.router.add_get("/api/alerts", self._alerts)
+        app.router.add_get("/api/status", self._status_view)
         return app
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -54,6 +59,9 @@ class HttpServer:
         rows = [alert.to_json_dict() for alert in self._active_alerts()]
         rows.sort(key=lambda row: (row["kind"], row["subject"]))
         return web.Response(body=orjson.dumps({"active": rows}), content_type="application/json")
+
+    async def _status_view(self, request: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps(self._status()), content_type="application/json")
 
     async def __aenter__(self) -> HttpServer:
         runner = web.AppRunner(self._app(), access_log=None)

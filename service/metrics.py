@@ -147,6 +147,32 @@ class FleetMetrics:
             ["sink"],
             registry=registry,
         )
+        self.checkpoints = Counter(
+            "fleetwatch_checkpoints",
+            "Checkpoints written to the state store.",
+            registry=registry,
+        )
+        self.checkpoint_seconds = Gauge(
+            "fleetwatch_checkpoint_duration_seconds",
+            "Time the last checkpoint took.",
+            registry=registry,
+        )
+        self.checkpoint_bytes = Gauge(
+            "fleetwatch_checkpoint_size_bytes",
+            "Size of the last checkpoint.",
+            registry=registry,
+        )
+        self.journal_length = Gauge(
+            "fleetwatch_journal_messages",
+            "Messages journaled since the last checkpoint.",
+            registry=registry,
+        )
+        self.state_errors = Counter(
+            "fleetwatch_state_errors",
+            "Failures writing the state store (journal or checkpoint).",
+            ["operation"],
+            registry=registry,
+        )
         self.mqtt_connected = Gauge(
             "fleetwatch_mqtt_connected", "1 while connected to the MQTT broker.", registry=registry
         )

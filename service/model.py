@@ -218,3 +218,75 @@ def iso_utc(ts: float) -> str:
     if moment.microsecond:
         return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def alert_to_state(record: AlertRecord) -> dict[str, Any]:
+    """An alert as plain data with exact times, for checkpoints (see :func:`alert_from_state`)."""
+    state = record.to_json_dict()
+    state["started_at"] = record.started_at
+    state["updated_at"] = record.updated_at
+    state["resolved_at"] = record.resolved_at
+    return state
+
+
+def alert_from_state(state: Mapping[str, Any]) -> AlertRecord:
+    """The alert :func:`alert_to_state` saved.
+
+    >>> rec = AlertRecord(id="a1", kind="rule.hot", subject="d1",
+    ...     subject_type=SubjectType.DEVICE, site="s", zone=None,
+    ...     severity=Severity.CRITICAL, state=AlertState.FIRING, started_at=1.5,
+    ...     updated_at=2.5, resolved_at=None, summary="hot", evidence={"v": 1}, action="")
+    >>> alert_from_state(alert_to_state(rec)) == rec
+    True
+    """
+    resolved_at = state.get("resolved_at")
+    return AlertRecord(
+        id=str(state["id"]),
+        kind=str(state["kind"]),
+        subject=str(state["subject"]),
+        subject_type=SubjectType(state["subject_type"]),
+        site=state.get("site"),
+        zone=state.get("zone"),
+        severity=Severity.parse(state["severity"]),
+        state=AlertState(state["state"]),
+        started_at=float(state["started_at"]),
+        updated_at=float(state["updated_at"]),
+        resolved_at=None if resolved_at is None else float(resolved_at),
+        summary=str(state.get("summary", "")),
+        evidence=dict(state.get("evidence", {})),
+        action=str(state.get("action", "")),
+    )
+
+
+def signal_to_state(signal: Signal) -> dict[str, Any]:
+    """A signal as plain data, for checkpoints."""
+    return {
+        "kind": signal.kind,
+        "subject": signal.subject,
+        "firing": signal.firing,
+        "at": signal.at,
+        "severity": signal.severity.label,
+        "subject_type": signal.subject_type.value,
+        "summary": signal.summary,
+        "evidence": dict(signal.evidence),
+        "action": signal.action,
+        "site": signal.site,
+        "zone": signal.zone,
+    }
+
+
+def signal_from_state(state: Mapping[str, Any]) -> Signal:
+    """The signal :func:`signal_to_state` saved."""
+    return Signal(
+        kind=str(state["kind"]),
+        subject=str(state["subject"]),
+        firing=bool(state["firing"]),
+        at=float(state["at"]),
+        severity=Severity.parse(state["severity"]),
+        subject_type=SubjectType(state["subject_type"]),
+        summary=str(state.get("summary", "")),
+        evidence=dict(state.get("evidence", {})),
+        action=str(state.get("action", "")),
+        site=state.get("site"),
+        zone=state.get("zone"),
+    )

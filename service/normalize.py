@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from config.settings import IngestSettings, MetricAlias
-from service.errors import DecodeError
+from service.errors import DecodeError, check_state_version
 from service.model import MessageKind, Reading
 from service.registry import DeviceRegistry
 
@@ -201,6 +201,20 @@ class Normalizer:
         self._classes: dict[str, tuple[int, str, float, float, bool]] = {}
         self._seen: dict[tuple[str, Any, float], None] = {}
         self._seen_capacity = self.settings.dedupe_capacity
+
+    # -- checkpoints ----------------------------------------------------------------
+
+    STATE_VERSION = 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """The duplicate window, oldest first, as plain data."""
+        return {"version": self.STATE_VERSION, "seen": [list(key) for key in self._seen]}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        check_state_version("normalizer", state, self.STATE_VERSION)
+        self._seen = {(str(d), seq, float(ts)): None for d, seq, ts in state.get("seen", [])}
+        while self._seen_capacity and len(self._seen) > self._seen_capacity:
+            del self._seen[next(iter(self._seen))]
 
     # -- fields ---------------------------------------------------------------------
 

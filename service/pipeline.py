@@ -25,14 +25,15 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from config.settings import Settings
 from detectors.base import Detector
 from protocols.codecs import CodecSet, DecodeContext
 from service.alerts import AlertChange, AlertManager, Transition
-from service.errors import DecodeError
+from service.errors import DecodeError, StateError, check_state_version
 from service.metrics import FleetMetrics
 from service.model import DeadLetter, MessageKind, RawMessage, Reading, Signal
 from service.normalize import Normalizer, NormalizeResult
@@ -83,6 +84,7 @@ class Pipeline:
         self._contexts = {kind: DecodeContext(kind, max_records) for kind in MessageKind}
         self._max_payload = settings.ingest.max_payload_bytes
         self.data_time = 0.0
+        self.totals = BatchOutcome()
         metrics.queue_capacity.set(settings.pipeline.queue_size)
 
     @classmethod
@@ -261,7 +263,72 @@ class Pipeline:
                 outcome.alert_changes = len(self._apply_signals(signals))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_size.observe(len(messages))
+        totals = self.totals
+        totals.messages += outcome.messages
+        totals.accepted += outcome.accepted
+        totals.rejected += outcome.rejected
+        totals.duplicates += outcome.duplicates
+        totals.signals += outcome.signals
+        totals.alert_changes += outcome.alert_changes
         return outcome
+
+    # -- checkpoints ----------------------------------------------------------------
+
+    STATE_VERSION = 1
+
+    def state_dict(self) -> dict[str, dict[str, Any]]:
+        """Every component's state by name, as plain data (one checkpoint)."""
+        components: dict[str, dict[str, Any]] = {
+            "pipeline": {
+                "version": self.STATE_VERSION,
+                "data_time": self.data_time,
+                "totals": asdict(self.totals),
+            },
+            "registry": {"version": 1, "devices": self.registry.export()},
+            "normalizer": self.normalizer.state_dict(),
+            "alerts": self.alerts.state_dict(),
+        }
+        for detector in self.detectors:
+            components[f"detector.{detector.name}"] = detector.state_dict()
+        return components
+
+    def load_state(self, components: Mapping[str, dict[str, Any]]) -> None:
+        """Restore what :meth:`state_dict` saved; refuse, naming it, what cannot be read.
+
+        A detector with no saved state (newly enabled) starts fresh; saved state of a
+        detector no longer enabled is ignored.
+        """
+        for name, state in components.items():
+            try:
+                if name == "pipeline":
+                    check_state_version(name, state, self.STATE_VERSION)
+                    self.data_time = float(state.get("data_time", 0.0))
+                    self.totals = BatchOutcome(**state.get("totals", {}))
+                elif name == "registry":
+                    check_state_version(name, state, 1)
+                    self.registry.restore(state.get("devices", []))
+                elif name == "normalizer":
+                    self.normalizer.load_state(state)
+                elif name == "alerts":
+                    self.alerts.load_state(state)
+            except StateError:
+                raise
+            except Exception as exc:
+                raise StateError(f"saved state of {name} cannot be read: {exc!r}") from exc
+        for detector in self.detectors:
+            saved = components.get(f"detector.{detector.name}")
+            if saved is None:
+                continue
+            try:
+                detector.load_state(saved)
+            except StateError:
+                raise
+            except Exception as exc:
+                raise StateError(
+                    f"saved state of detector {detector.name} cannot be read: {exc!r}"
+                ) from exc
+        self.metrics.set_active_alerts(self.alerts.active())
+        self.metrics.devices_known.set(len(self.registry))
 
     def tick(self, now: float) -> list[AlertChange]:
         """Let detectors and the alert lifecycle see time pass; return alert changes."""
@@ -303,6 +370,9 @@ class Intake:
     - :meth:`submit` (async, for request/response transports): waits while the queue is
       full, and with ``wait=True`` returns only once the message has been processed.
 
+    With a ``journal`` (the state store's), each processed batch is journaled before it
+    is acknowledged; a batch that cannot be journaled is not acknowledged.
+
     Nothing is ever dropped from the queue.
     """
 
@@ -316,6 +386,7 @@ class Intake:
         on_full: Callable[[], None] | None = None,
         on_room: Callable[[], None] | None = None,
         acknowledge: Callable[[list[int]], object] | None = None,
+        journal: Callable[[Sequence[RawMessage]], object] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self._queue: deque[tuple[RawMessage, Token]] = deque()
@@ -326,11 +397,13 @@ class Intake:
         self._on_full = on_full
         self._on_room = on_room
         self.acknowledge = acknowledge
+        self.journal = journal
         self._ready = asyncio.Event()
         self.has_room = asyncio.Event()
         self.has_room.set()
         self._closed = False
         self.processed = 0
+        self.max_depth = 0
 
     @property
     def depth(self) -> int:
@@ -351,9 +424,15 @@ class Intake:
         """Queue ``message`` without waiting; ``token`` is acknowledged after processing."""
         if self._closed:
             raise RuntimeError("intake is closed")
-        self._queue.append((message, token))
+        queue = self._queue
+        queue.append((message, token))
         self._ready.set()
-        if len(self._queue) >= self._capacity:
+        depth = len(queue)
+        if depth > self.max_depth:
+            self.max_depth = depth
+            if depth >= self._capacity:
+                self._check_full()
+        elif depth >= self._capacity:
             self._check_full()
 
     async def submit(self, message: RawMessage, *, wait: bool) -> None:
@@ -399,10 +478,20 @@ class Intake:
         count = min(self._max_batch, len(queue))
         batch = [queue.popleft() for _ in range(count)]
         messages = [message for message, _ in batch]
+        journaled = True
         try:
             self.pipeline.process_messages(messages)
+            if self.journal is not None:
+                journaled = False
+                self.journal(messages)
+                journaled = True
         except Exception:
-            log.exception("batch of %d messages failed", len(messages))
+            if journaled:
+                log.exception("batch of %d messages failed", len(messages))
+            else:
+                # not acknowledged: the broker delivers these again once reconnected
+                log.exception("journal write failed; %d messages left unacknowledged", count)
+                self.pipeline.metrics.state_errors.labels(operation="journal").inc()
         finally:
             now = self._clock()
             self.pipeline.metrics.lag_seconds.observe(max(0.0, now - messages[0].received_at))
@@ -411,9 +500,15 @@ class Intake:
                 if token is None:
                     continue
                 if type(token) is int:
-                    tokens.append(token)
+                    if journaled:
+                        tokens.append(token)
                 elif not token.done():  # type: ignore[union-attr]
-                    token.set_result(None)  # type: ignore[union-attr]
+                    if journaled:
+                        token.set_result(None)  # type: ignore[union-attr]
+                    else:
+                        token.set_exception(  # type: ignore[union-attr]
+                            StateError("the message could not be journaled")
+                        )
             if tokens and self.acknowledge is not None:
                 self.acknowledge(tokens)
             self.processed += count

@@ -91,6 +91,10 @@ class QueuedSink:
         self._wakeup.set()
         self._metrics.sink_queue_depth.labels(sink=self.name).set(len(self))
 
+    def pending(self) -> list[Item]:
+        """What is waiting to be delivered, oldest first (for checkpoints)."""
+        return [*self._queue, *self._coalesced.values()]
+
     def _next(self) -> Item | None:
         if self._queue:
             return self._queue.popleft()

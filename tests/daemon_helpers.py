@@ -36,6 +36,7 @@ def daemon_settings(host: str, port: int, prefix: str, **overrides: Any) -> Sett
         },
         "pipeline": {"tick_interval_s": 0.2, "shutdown_timeout_s": 5.0},
         "http": {"port": 0},
+        "state": {"enabled": False},
         "rules": RULES,
     }
     for section, values in overrides.items():

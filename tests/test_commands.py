@@ -11,6 +11,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from service.state import StateStore
+
 pytestmark = pytest.mark.broker
 
 FLEETWATCH = [sys.executable, "-m", "service.cli"]
@@ -72,6 +74,8 @@ deadletter = "{topic_prefix}/deadletter"
 port = 0
 [pipeline]
 tick_interval_s = 0.2
+[state]
+path = "{tmp_path / "state.db"}"
 [[rules]]
 name = "hot"
 metric = "temperature_c"
@@ -103,6 +107,11 @@ threshold = 50
             await process.wait()
     assert process.returncode == 0
     assert b"FleetWatch stopped" in output
+    # the shutdown checkpoint holds the alert that is still active
+    with StateStore(tmp_path / "state.db") as store:
+        checkpoint = store.load_checkpoint()
+    assert checkpoint is not None
+    assert [row["record"]["subject"] for row in checkpoint.components["alerts"]["open"]] == ["dev1"]
     assert b"not-logged" not in output
 
 
