@@ -139,6 +139,10 @@ class Daemon:
         self.metrics.mqtt_connected.set(1 if connected else 0)
         if connected and self.mqtt.connections > 1:
             self.metrics.mqtt_reconnects.inc()
+            # a broker that lost its state also lost the retained alerts and any alert
+            # publish in flight: publish the active set again (same ids, idempotent)
+            for record in self.pipeline.alerts.active():
+                self.alert_sink.offer(record)
 
     async def _deliver_alert(self, item: Item) -> None:
         assert isinstance(item, AlertRecord)
