@@ -110,6 +110,8 @@ class IngestSettings(_Section):
     max_future_skew_s: float = Field(300.0, ge=0)
     oldest_valid_ts: float = Field(946_684_800.0, description="2000-01-01T00:00:00Z")
     dedupe_capacity: int = Field(500_000, ge=0)
+    allowed_devices: tuple[str, ...] = ()
+    allowed_sites: tuple[str, ...] = ()
     aliases: dict[str, str | MetricAlias] = Field(default_factory=dict)
 
 
@@ -132,6 +134,18 @@ class HttpSettings(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(9108, ge=0, le=65535)
+    username: str | None = None
+    password: str | None = Field(None, repr=False)
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _auth_pairs(self) -> HttpSettings:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password must be set together")
+        if self.tls_key_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_key_file needs tls_cert_file")
+        return self
 
 
 class RuleSettings(_Section):

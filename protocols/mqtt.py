@@ -129,6 +129,7 @@ class MqttClient:
         self._on_connection_change = on_connection_change
         self.connected = asyncio.Event()
         self.connections = 0
+        self.failed_attempts = 0
         self.protocol_version = MQTTv50 if settings.protocol != "3.1.1" else MQTTv311
         self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
         self._client: Client | None = None
@@ -234,6 +235,7 @@ class MqttClient:
                     "cannot reach MQTT broker %s:%d (%s); retrying in %.1f s",
                     self.settings.host, self.settings.port, exc, delay,
                 )  # fmt: skip
+            self.failed_attempts += 1
             await self._discard_client()
             await asyncio.sleep(delay)
 

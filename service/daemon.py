@@ -27,7 +27,7 @@ from config.settings import Settings
 from detectors import build_detectors
 from detectors.base import Detector
 from protocols.mqtt import MqttClient
-from service.http import HttpServer
+from service.http import HttpServer, server_ssl_context
 from service.metrics import FleetMetrics
 from service.model import AlertRecord, AlertState, DeadLetter, RawMessage
 from service.pipeline import Intake, Pipeline
@@ -277,6 +277,16 @@ class Daemon:
                 healthy=self.healthy,
                 active_alerts=self.pipeline.alerts.active,
                 status=self.status,
+                credentials=(
+                    (settings.http.username, settings.http.password)
+                    if settings.http.username is not None and settings.http.password is not None
+                    else None
+                ),
+                ssl_context=(
+                    server_ssl_context(settings.http.tls_cert_file, settings.http.tls_key_file)
+                    if settings.http.tls_cert_file is not None
+                    else None
+                ),
             )
             if settings.http.enabled
             else None

@@ -1,5 +1,5 @@
 """The daemon's HTTP server: ``/metrics`` for Prometheus, ``/healthz``, ``/api/alerts``,
-``/api/status``.
+``/api/status``; optionally behind basic auth (all but ``/healthz``) and over TLS.
 
 It binds to the configured address only (127.0.0.1 by default). Port 0 picks a free port;
 :attr:`HttpServer.port` tells which.
@@ -7,7 +7,11 @@ It binds to the configured address only (127.0.0.1 by default). Port 0 picks a f
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import base64
+import hmac
+import ssl
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -30,6 +34,8 @@ class HttpServer:
         healthy: Callable[[], bool] = lambda: True,
         active_alerts: Callable[[], Iterable[AlertRecord]] = lambda: (),
         status: Callable[[], dict[str, Any]] = dict,
+        credentials: tuple[str, str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -37,10 +43,33 @@ class HttpServer:
         self._healthy = healthy
         self._active_alerts = active_alerts
         self._status = status
+        self._credentials = credentials
+        self._ssl = ssl_context
         self._runner: web.AppRunner | None = None
 
+    @web.middleware
+    async def _authenticate(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        if self._credentials is not None and request.path != "/healthz":
+            given = _basic_credentials(request.headers.get("Authorization", ""))
+            expected_user, expected_password = self._credentials
+            if (
+                given is None
+                or not hmac.compare_digest(given[0].encode(), expected_user.encode())
+                or not hmac.compare_digest(given[1].encode(), expected_password.encode())
+            ):
+                return web.json_response(
+                    {"error": "authentication required"},
+                    status=401,
+                    headers={"WWW-Authenticate": 'Basic realm="fleetwatch"'},
+                )
+        return await handler(request)
+
     def _app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._authenticate])
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._health)
         app.router.add_get("/api/alerts", self._alerts)
@@ -66,7 +95,7 @@ class HttpServer:
     async def __aenter__(self) -> HttpServer:
         runner = web.AppRunner(self._app(), access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
+        site = web.TCPSite(runner, self.host, self.port, ssl_context=self._ssl)
         await site.start()
         self._runner = runner
         server = site._server
@@ -86,4 +115,31 @@ class HttpServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self._ssl is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+
+def _basic_credentials(header: str) -> tuple[str, str] | None:
+    """User and password from a basic ``Authorization`` header, or ``None``.
+
+    >>> _basic_credentials("Basic dXNlcjpwYXNz")
+    ('user', 'pass')
+    >>> _basic_credentials("Bearer x") is None, _basic_credentials("Basic !!") is None
+    (True, True)
+    """
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    user, colon, password = decoded.partition(":")
+    return (user, password) if colon else None
+
+
+def server_ssl_context(cert_file: Path, key_file: Path | None) -> ssl.SSLContext:
+    """A TLS context for serving HTTPS with the given certificate (and key)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert_file), str(key_file) if key_file else None)
+    return context

@@ -34,6 +34,7 @@ from detectors.base import Detector
 from protocols.codecs import CodecSet, DecodeContext
 from service.alerts import AlertChange, AlertManager, Transition
 from service.errors import DecodeError, StateError, check_state_version
+from service.identity import AllowList
 from service.metrics import FleetMetrics
 from service.model import DeadLetter, MessageKind, RawMessage, Reading, Signal
 from service.normalize import Normalizer, NormalizeResult
@@ -83,6 +84,7 @@ class Pipeline:
         max_records = settings.ingest.max_batch_records
         self._contexts = {kind: DecodeContext(kind, max_records) for kind in MessageKind}
         self._max_payload = settings.ingest.max_payload_bytes
+        self.allow = AllowList(settings.ingest.allowed_devices, settings.ingest.allowed_sites)
         self.data_time = 0.0
         self.totals = BatchOutcome()
         metrics.queue_capacity.set(settings.pipeline.queue_size)
@@ -137,6 +139,7 @@ class Pipeline:
         contexts = self._contexts
         for_content_type = self.codecs.for_content_type
         max_payload = self._max_payload
+        allow = None if self.allow.open else self.allow
         result = NormalizeResult()
         readings = result.readings
         rejected = result.rejected
@@ -155,6 +158,14 @@ class Pipeline:
                         f"payload of {len(message.payload)} bytes exceeds {max_payload}",
                     )
                 found = match(message.topic)
+                if allow is not None and not allow.permits(
+                    found.device_id, found.levels.get("site")
+                ):
+                    raise DecodeError(
+                        "not_allowed",
+                        "device or site is not in ingest.allowed_devices / allowed_sites",
+                        device_id=found.device_id,
+                    )
                 codec = for_content_type(message.content_type)
                 if codec is None:
                     raise DecodeError(
