@@ -121,6 +121,7 @@ class PipelineSettings(_Section):
     tick_interval_s: float = Field(5.0, gt=0)
     shutdown_timeout_s: float = Field(10.0, gt=0)
     active_window_s: float = Field(900.0, gt=0)
+    report_interval_s: float = Field(60.0, gt=0)
 
 
 class AlertSettings(_Section):
@@ -186,7 +187,8 @@ class RuleSettings(_Section):
 
 
 class DetectorSettings(_Section):
-    enabled: tuple[str, ...] = ("rules",)
+    enabled: tuple[str, ...] = ("rules", "connectivity")
+    connectivity: dict[str, float | int] = Field(default_factory=dict)
 
 
 class StateSettings(_Section):

@@ -19,8 +19,19 @@ def _rules(settings: Settings) -> Detector:
     return RuleEngine([Rule.from_settings(rule) for rule in settings.rules])
 
 
+def _connectivity(settings: Settings) -> Detector:
+    from detectors.connectivity import ConnectivityConfig, ConnectivityDetector
+
+    try:
+        config = ConnectivityConfig.from_mapping(settings.detectors.connectivity)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError("detectors.connectivity", str(exc)) from exc
+    return ConnectivityDetector(config)
+
+
 DETECTORS: dict[str, Callable[[Settings], Detector]] = {
     "rules": _rules,
+    "connectivity": _connectivity,
 }
 
 

@@ -118,6 +118,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
         f"  alerts still active {len(summary.active)}",
         f"  time                {summary.seconds:.2f} s ({summary.readings_per_s:,.0f} readings/s)",
     ]
+    if args.reports is not None:
+        args.reports.mkdir(parents=True, exist_ok=True)
+        for name, report in summary.reports.items():
+            (args.reports / f"{name}.json").write_bytes(
+                orjson.dumps(report, option=orjson.OPT_INDENT_2)
+            )
+        lines.append(
+            f"  reports             {', '.join(sorted(summary.reports))} in {args.reports}"
+        )
     print("\n".join(lines), file=sys.stderr if args.json else sys.stdout)
     return 0
 
@@ -143,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--json", action="store_true", help="print alert changes as JSON lines")
     rep.add_argument("--quiet", action="store_true", help="print only the summary")
     rep.add_argument("--verbose", action="store_true")
+    rep.add_argument(
+        "--reports", type=Path, default=None, help="write the detectors' reports to this folder"
+    )
     rep.set_defaults(func=cmd_replay)
 
     from service.demo import add_demo_parser

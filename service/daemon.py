@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import orjson
 from prometheus_client import CollectorRegistry
 
 from config.settings import Settings
@@ -259,6 +260,16 @@ class Daemon:
             )  # fmt: skip
         self.checkpoint()
 
+    async def _reporter(self) -> None:
+        interval = self.settings.pipeline.report_interval_s
+        prefix = self.settings.topics.reports_prefix
+        while True:
+            await asyncio.sleep(interval)
+            if not self.mqtt.connected.is_set():
+                continue
+            for name, report in self.pipeline.reports(self.clock()).items():
+                self.mqtt.publish(f"{prefix}/{name}", orjson.dumps(report), qos=1, retain=True)
+
     async def _checkpointer(self) -> None:
         interval = self.settings.state.checkpoint_interval_s
         while True:
@@ -307,6 +318,7 @@ class Daemon:
                         self.deadletter_sink.run(), name="fleetwatch-sink-deadletter"
                     ),
                 ]
+                tasks.append(group.create_task(self._reporter(), name="fleetwatch-reports"))
                 if self.store is not None:
                     tasks.append(
                         group.create_task(self._checkpointer(), name="fleetwatch-checkpoint")

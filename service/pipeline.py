@@ -283,6 +283,20 @@ class Pipeline:
         totals.alert_changes += outcome.alert_changes
         return outcome
 
+    def reports(self, now: float) -> dict[str, dict[str, Any]]:
+        """Each reporting detector's report, by detector name."""
+        out: dict[str, dict[str, Any]] = {}
+        for detector in self.detectors:
+            report = getattr(detector, "report", None)
+            if report is None:
+                continue
+            try:
+                out[detector.name] = report(now)
+            except Exception:
+                log.exception("detector %s failed to report", detector.name)
+                self.metrics.detector_errors.labels(detector=detector.name).inc()
+        return out
+
     # -- checkpoints ----------------------------------------------------------------
 
     STATE_VERSION = 1

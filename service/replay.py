@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -49,6 +50,7 @@ class ReplaySummary:
     last_ts: float | None = None
     seconds: float = 0.0
     active: list[AlertRecord] = field(default_factory=list)
+    reports: dict[str, dict[str, Any]] = field(default_factory=dict)
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -114,6 +116,7 @@ def replay(
     summary.duplicates = total.duplicates
     summary.devices = len(pipeline.registry)
     summary.active = sorted(pipeline.alerts.active(), key=lambda a: (a.kind, a.subject))
+    summary.reports = pipeline.reports(summary.last_ts if summary.last_ts is not None else 0.0)
     summary.alerts_opened = pipeline.alerts.fired_total
     summary.alerts_resolved = pipeline.alerts.resolved_total
     for letter in memory.deadletters:

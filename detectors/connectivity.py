@@ -1,0 +1,654 @@
+"""Connectivity: devices that went quiet, gateways that went down, links that are fading.
+
+Time here is *receive* time (``reading.received_at``), because connectivity is about when
+FleetWatch hears from a device, not about the device's own clock: a device whose clock is
+skewed cannot fake a gap, and a gateway that uploads a buffered batch after an outage is one
+arrival, not many.
+
+Per device, online and in bounded memory:
+
+- the **expected interval** between arrivals, learned as an exponentially weighted mean
+  with outliers clipped (devices report from every few seconds to every few hours); bursts
+  (several readings within ``burst_s``) count as one arrival, so batched uploads are fine;
+- **offline**: silent for ``offline_factor`` times its interval (and at least
+  ``min_offline_s``). The alert says whether the trouble is *persistent* (one long outage)
+  or *intermittent* (many short gaps), with the gap history as evidence;
+- **intermittent connectivity**: ``intermittent_gaps`` or more gaps (silences longer than
+  ``gap_factor`` intervals) within ``intermittent_window_s``, even when none is long enough
+  to count as offline;
+- **signal degrading**: a least-squares trend of RSSI (or SNR, link quality) over the last
+  readings that will cross the loss level within ``signal_horizon_s``.
+
+Per gateway, the root cause: when ``gateway_offline_fraction`` of the devices behind one
+gateway (at least ``gateway_min_devices``) are all silent for ``gateway_factor`` times their
+own interval, one ``gateway_down`` alert is raised and the per-device offline alerts it
+explains are held back; it resolves when its devices are heard again. Devices that roam
+between gateways are followed (the gateway is the one on the latest reading).
+
+:meth:`ConnectivityDetector.report` adds the patterns: outages concentrated at some hours
+of the day (chi-square test against a uniform spread over 24 hours), in one zone compared
+with the rest of its site, or on one radio technology compared with the rest of the fleet
+(one-sided binomial tests), and devices that switch technology.
+
+>>> from service.model import Reading
+>>> det = ConnectivityDetector(ConnectivityConfig(min_offline_s=0))
+>>> for t in range(0, 600, 60):
+...     _ = det.process([Reading("d1", t, t, {"rssi_dbm": -70.0})])
+>>> [s.kind for s in det.tick(now=540 + 60 * 3.5)]
+['device_offline']
+>>> [s.firing for s in det.process([Reading("d1", 800.0, 800.0, {})])]
+[False]
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from scipy import stats
+
+from service.model import Reading, Severity, Signal, SubjectType, iso_utc
+
+TECH_KEYS = ("radio", "technology", "network", "bearer")
+SIGNAL_METRICS = (("rssi_dbm", -115.0), ("snr_db", -10.0), ("link_quality_pct", 10.0))
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectivityConfig:
+    """Parameters; every one has a default that suits a fleet reporting every 1-60 minutes."""
+
+    offline_factor: float = 3.0
+    min_offline_s: float = 120.0
+    gap_factor: float = 2.0
+    burst_s: float = 2.0
+    persistent_s: float = 3_600.0
+    intermittent_gaps: int = 4
+    intermittent_window_s: float = 86_400.0
+    gateway_factor: float = 1.5
+    gateway_offline_fraction: float = 0.8
+    gateway_min_devices: int = 3
+    gateway_resolve_fraction: float = 0.5
+    active_window_s: float = 86_400.0
+    signal_window: int = 24
+    signal_horizon_s: float = 86_400.0
+    signal_min_drop_db: float = 3.0
+    signal_min_t: float = 5.0
+    signal_spacing_s: float = 300.0
+    history: int = 64
+    pattern_window_s: float = 7 * 86_400.0
+    pattern_alpha: float = 0.01
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> ConnectivityConfig:
+        """Build from plain data (a TOML table); unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown connectivity settings: {', '.join(sorted(unknown))}")
+        return cls(**dict(data))
+
+
+class _Device:
+    __slots__ = (
+        "acc_n", "acc_sum", "acc_t", "alerted", "gaps", "gateway", "intermittent", "interval", "intervals", "last_rx",
+        "offline", "severity", "signal", "signal_alert", "site", "switches", "tech", "zone",
+    )  # fmt: skip
+
+    def __init__(self, now: float) -> None:
+        self.last_rx = now
+        self.interval = 0.0
+        self.intervals = 0
+        self.offline = False
+        self.alerted = False
+        self.severity = Severity.WARNING
+        self.gaps: deque[tuple[float, float]] = deque(maxlen=64)
+        self.gateway: str | None = None
+        self.site: str | None = None
+        self.zone: str | None = None
+        self.tech: str | None = None
+        self.switches = 0
+        self.intermittent = False
+        self.signal: deque[tuple[float, float]] = deque(maxlen=24)
+        self.signal_alert = False
+        self.acc_sum = 0.0
+        self.acc_n = 0
+        self.acc_t = 0.0
+
+
+class ConnectivityDetector:
+    """Offline devices, gateway outages, intermittent links and fading signals."""
+
+    name = "connectivity"
+    STATE_VERSION = 1
+
+    def __init__(self, config: ConnectivityConfig | None = None) -> None:
+        self.config = config or ConnectivityConfig()
+        self._devices: dict[str, _Device] = {}
+        self._gateways: dict[str, set[str]] = {}
+        self._gateway_down: dict[str, float] = {}
+        self._gateway_recovered: dict[str, float] = {}
+        self.now = 0.0
+
+    # -- learning -------------------------------------------------------------------
+
+    def _device(self, reading: Reading) -> _Device:
+        device = self._devices.get(reading.device_id)
+        if device is None:
+            device = _Device(reading.received_at)
+            device.gaps = deque(maxlen=self.config.history)
+            device.signal = deque(maxlen=self.config.signal_window)
+            self._devices[reading.device_id] = device
+        return device
+
+    def _follow_meta(self, device_id: str, device: _Device, meta: Mapping[str, str]) -> None:
+        gateway = meta.get("gateway")
+        if gateway is not None and gateway != device.gateway:
+            if device.gateway is not None:
+                self._gateways.get(device.gateway, set()).discard(device_id)
+            self._gateways.setdefault(gateway, set()).add(device_id)
+            device.gateway = gateway
+        device.site = meta.get("site", device.site)
+        device.zone = meta.get("zone", device.zone)
+        for key in TECH_KEYS:
+            tech = meta.get(key)
+            if tech is not None:
+                if device.tech is not None and tech != device.tech:
+                    device.switches += 1
+                device.tech = tech
+                break
+
+    def process(self, batch: Sequence[Reading]) -> list[Signal]:
+        config = self.config
+        signals: list[Signal] = []
+        for reading in batch:
+            received = reading.received_at
+            if received > self.now:
+                self.now = received
+            device = self._devices.get(reading.device_id)
+            if device is None:
+                device = self._device(reading)
+                self._follow_meta(reading.device_id, device, reading.meta)
+                self._track_signal(reading, device, signals)
+                continue
+            self._follow_meta(reading.device_id, device, reading.meta)
+            silence = received - device.last_rx
+            if silence > config.burst_s:
+                self._arrival(reading.device_id, device, received, silence, signals)
+            self._track_signal(reading, device, signals)
+        return signals
+
+    def _arrival(
+        self, device_id: str, device: _Device, received: float, silence: float, out: list[Signal]
+    ) -> None:
+        config = self.config
+        interval = device.interval
+        if device.intervals and silence > config.gap_factor * interval:
+            # the gap starts when the first report went missing
+            device.gaps.append((device.last_rx + interval, silence))
+        # learn the interval; long silences are outages, not the device's rhythm
+        if device.intervals == 0:
+            device.interval = silence
+        else:
+            clipped = min(max(silence, 0.5 * interval), 2.0 * interval)
+            weight = 0.5 if device.intervals < 4 else 0.1
+            device.interval = interval + weight * (clipped - interval)
+        device.intervals += 1
+        device.last_rx = received
+        if device.offline:
+            device.offline = False
+            if device.alerted:
+                device.alerted = False
+                out.append(
+                    self._signal(
+                        "device_offline", device_id, device, False, received,
+                        summary=f"{device_id} is reporting again after {silence / 60:.0f} min",
+                    )
+                )  # fmt: skip
+        self._judge_intermittent(device_id, device, received, out)
+
+    def _judge_intermittent(
+        self, device_id: str, device: _Device, now: float, out: list[Signal]
+    ) -> None:
+        config = self.config
+        recent = [gap for gap in device.gaps if gap[0] >= now - config.intermittent_window_s]
+        if not device.intermittent and len(recent) >= config.intermittent_gaps:
+            device.intermittent = True
+            mean_gap = sum(d for _, d in recent) / len(recent)
+            out.append(
+                self._signal(
+                    "intermittent_connectivity", device_id, device, True, now,
+                    summary=(f"{device_id}: {len(recent)} connection gaps in the last "
+                             f"{config.intermittent_window_s / 3600:.0f} h "
+                             f"(mean {mean_gap / 60:.1f} min)"),
+                    evidence={"gaps": len(recent), "mean_gap_s": round(mean_gap, 1),
+                              "expected_interval_s": round(device.interval, 1),
+                              "technology": device.tech, "gateway": device.gateway},
+                    action=("Check the radio link: antenna, distance to the gateway and "
+                            "interference from machinery nearby."),
+                )
+            )  # fmt: skip
+        elif device.intermittent and len(recent) < max(1, config.intermittent_gaps // 2):
+            device.intermittent = False
+            out.append(
+                self._signal(
+                    "intermittent_connectivity", device_id, device, False, now,
+                    summary=f"{device_id}: connection is steady again",
+                )
+            )  # fmt: skip
+
+    def _track_signal(self, reading: Reading, device: _Device, out: list[Signal]) -> None:
+        metrics = reading.metrics
+        for metric, loss_level in SIGNAL_METRICS:
+            value = metrics.get(metric)
+            if value is None:
+                continue
+            # readings are averaged into one point per signal_spacing_s, so the trend
+            # spans hours whatever the reporting rate, and noise averages out
+            received = reading.received_at
+            if device.acc_n == 0:
+                device.acc_t = received
+            device.acc_sum += value
+            device.acc_n += 1
+            if received - device.acc_t < self.config.signal_spacing_s:
+                return
+            window = device.signal
+            window.append((device.acc_t, device.acc_sum / device.acc_n))
+            device.acc_sum, device.acc_n = 0.0, 0
+            if len(window) < window.maxlen // 2:  # type: ignore[operator]
+                return
+            slope, level, t_stat = _trend(window)
+            config = self.config
+            now = reading.received_at
+            degrading = False
+            eta = math.inf
+            if slope < 0 and level > loss_level:
+                eta = (level - loss_level) / -slope
+                drop = -slope * (window[-1][0] - window[0][0])
+                degrading = (
+                    eta <= config.signal_horizon_s
+                    and drop >= config.signal_min_drop_db
+                    and t_stat <= -config.signal_min_t
+                )
+            if degrading and not device.signal_alert:
+                device.signal_alert = True
+                out.append(
+                    self._signal(
+                        "signal_degrading", reading.device_id, device, True, now,
+                        summary=(f"{reading.device_id}: {metric} falling "
+                                 f"{-slope * 3600:.1f}/h, link lost in about {eta / 3600:.1f} h"),
+                        evidence={"metric": metric, "level": round(level, 1),
+                                  "slope_per_h": round(slope * 3600, 2),
+                                  "loss_level": loss_level,
+                                  "predicted_loss_at": iso_utc(now + eta),
+                                  "gateway": device.gateway, "technology": device.tech},
+                        action=("Check what changed between the device and its gateway "
+                                "(new obstruction, moved device, failing antenna)."),
+                    )
+                )  # fmt: skip
+            elif device.signal_alert and (slope >= 0 or eta > 2 * config.signal_horizon_s):
+                device.signal_alert = False
+                out.append(
+                    self._signal(
+                        "signal_degrading", reading.device_id, device, False, now,
+                        summary=f"{reading.device_id}: {metric} is stable again",
+                    )
+                )  # fmt: skip
+            return
+
+    # -- silence ----------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[Signal]:
+        """Judge silence at ``now`` (receive-time clock): gateways first, then devices."""
+        if now < self.now:
+            now = self.now  # never judge silence before the newest arrival
+        config = self.config
+        signals: list[Signal] = []
+        self._judge_gateways(now, signals)
+        offline_factor = config.offline_factor
+        min_offline = config.min_offline_s
+        persistent = config.persistent_s
+        down = self._gateway_down
+        for device_id, device in self._devices.items():
+            if device.intervals < 2:
+                continue
+            silence = now - device.last_rx
+            limit = offline_factor * device.interval
+            if silence <= limit or silence <= min_offline:
+                continue
+            if silence > config.active_window_s and not device.alerted:
+                continue  # long gone before we could judge it: retired, not an outage
+            device.offline = True
+            if device.gateway in down:
+                continue  # explained by the gateway outage
+            recovered = self._gateway_recovered.get(device.gateway)  # type: ignore[arg-type]
+            if recovered is not None and now - recovered < limit + device.interval:
+                continue  # its gateway just came back: give the device time to report
+            if device.intermittent and silence < persistent:
+                continue  # explained by the open intermittent-connectivity alert
+            severity = Severity.CRITICAL if silence >= persistent else Severity.WARNING
+            if device.alerted and severity <= device.severity:
+                continue
+            device.alerted = True
+            device.severity = severity
+            signals.append(self._offline_signal(device_id, device, now, silence, severity))
+        return signals
+
+    def _offline_signal(
+        self, device_id: str, device: _Device, now: float, silence: float, severity: Severity
+    ) -> Signal:
+        config = self.config
+        recent = [g for g in device.gaps if g[0] >= now - config.intermittent_window_s]
+        shape = "persistent" if silence >= config.persistent_s or len(recent) < 2 else (
+            "intermittent"
+        )  # fmt: skip
+        action = (
+            "Visit the device: check power, the antenna and whether it was moved or removed."
+            if shape == "persistent"
+            else "The link keeps dropping: check the radio path and the gateway's coverage."
+        )
+        return self._signal(
+            "device_offline", device_id, device, True, now, severity=severity,
+            summary=(f"{device_id} silent for {silence / 60:.0f} min "
+                     f"(expected every {device.interval / 60:.1f} min), {shape}"),
+            evidence={"silent_s": round(silence, 1), "last_seen": iso_utc(device.last_rx),
+                      "expected_interval_s": round(device.interval, 1), "class": shape,
+                      "gaps_recent": len(recent), "gateway": device.gateway,
+                      "technology": device.tech},
+            action=action,
+        )  # fmt: skip
+
+    def _judge_gateways(self, now: float, out: list[Signal]) -> None:
+        config = self.config
+        for gateway, members in self._gateways.items():
+            active = [
+                self._devices[d]
+                for d in members
+                if now - self._devices[d].last_rx <= config.active_window_s
+                and self._devices[d].intervals >= 2
+            ]
+            if len(active) < config.gateway_min_devices:
+                if gateway in self._gateway_down and not active:
+                    continue
+                if len(active) == 0:
+                    continue
+            silent = [d for d in active if now - d.last_rx > config.gateway_factor * d.interval]
+            fraction = len(silent) / len(active) if active else 0.0
+            since = self._gateway_down.get(gateway)
+            if since is None:
+                if len(active) >= config.gateway_min_devices and (
+                    fraction >= config.gateway_offline_fraction
+                ):
+                    started = min(d.last_rx for d in silent)
+                    self._gateway_down[gateway] = now
+                    site = next((d.site for d in active if d.site), None)
+                    out.append(
+                        Signal(
+                            kind="gateway_down", subject=gateway, firing=True, at=now,
+                            severity=Severity.CRITICAL, subject_type=SubjectType.GATEWAY,
+                            summary=(f"gateway {gateway} down: {len(silent)} of its "
+                                     f"{len(active)} devices silent since {iso_utc(started)}"),
+                            evidence={"devices_silent": len(silent), "devices": len(active),
+                                      "silent_since": iso_utc(started)},
+                            action=("Check the gateway's power and backhaul; the devices behind "
+                                    "it are held back from alerting one by one."),
+                            site=site,
+                        )
+                    )  # fmt: skip
+            else:
+                back = sum(1 for d in active if d.last_rx > since)
+                if active and back / len(active) >= config.gateway_resolve_fraction:
+                    del self._gateway_down[gateway]
+                    self._gateway_recovered[gateway] = now
+                    out.append(
+                        Signal(
+                            kind="gateway_down", subject=gateway, firing=False, at=now,
+                            severity=Severity.CRITICAL, subject_type=SubjectType.GATEWAY,
+                            summary=f"gateway {gateway} is carrying traffic again",
+                            site=next((d.site for d in active if d.site), None),
+                        )
+                    )  # fmt: skip
+
+    def _signal(
+        self,
+        kind: str,
+        device_id: str,
+        device: _Device,
+        firing: bool,
+        at: float,
+        *,
+        severity: Severity = Severity.WARNING,
+        summary: str = "",
+        evidence: dict[str, Any] | None = None,
+        action: str = "",
+    ) -> Signal:
+        return Signal(
+            kind=kind, subject=device_id, firing=firing, at=at, severity=severity,
+            summary=summary, evidence=evidence or {}, action=action,
+            site=device.site, zone=device.zone,
+        )  # fmt: skip
+
+    # -- queries and patterns -----------------------------------------------------------
+
+    @property
+    def gateways_down(self) -> dict[str, float]:
+        """Gateways currently down, with the time the outage was recognised."""
+        return dict(self._gateway_down)
+
+    def expected_interval(self, device_id: str) -> float | None:
+        device = self._devices.get(device_id)
+        return device.interval if device is not None and device.intervals else None
+
+    def report(self, now: float) -> dict[str, Any]:
+        """Outage patterns over ``pattern_window_s``: by hour of day, zone and technology."""
+        config = self.config
+        since = now - config.pattern_window_s
+        starts: list[tuple[float, _Device]] = [
+            (start, device)
+            for device in self._devices.values()
+            for start, _ in device.gaps
+            if start >= since
+        ]
+        return {
+            "generated_at": iso_utc(now),
+            "window_s": config.pattern_window_s,
+            "devices": len(self._devices),
+            "outages": len(starts),
+            "gateways_down": sorted(self._gateway_down),
+            "by_hour": _hour_pattern([s for s, _ in starts], config.pattern_alpha),
+            "by_zone": _zone_pattern(self._devices.values(), starts, config.pattern_alpha),
+            "by_technology": _technology_pattern(
+                self._devices.values(), starts, config.pattern_alpha
+            ),
+            "technology_switches": sorted(
+                (
+                    {"device_id": device_id, "switches": d.switches, "technology": d.tech}
+                    for device_id, d in self._devices.items()
+                    if d.switches
+                ),
+                key=_by_switches,
+            )[:100],
+        }
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.STATE_VERSION,
+            "now": self.now,
+            "gateways_down": self._gateway_down,
+            "gateways_recovered": self._gateway_recovered,
+            "devices": {
+                device_id: [
+                    d.last_rx, d.interval, d.intervals, d.offline, d.alerted, int(d.severity),
+                    [list(g) for g in d.gaps], d.gateway, d.site, d.zone, d.tech, d.switches,
+                    d.intermittent, [list(s) for s in d.signal], d.signal_alert,
+                    d.acc_sum, d.acc_n, d.acc_t,
+                ]
+                for device_id, d in self._devices.items()
+            },
+        }  # fmt: skip
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        version = state.get("version")
+        if version != self.STATE_VERSION:
+            raise ValueError(f"connectivity state format {version} is not {self.STATE_VERSION}")
+        self._devices = {}
+        self._gateways = {}
+        self.now = float(state.get("now", 0.0))
+        self._gateway_down = {str(k): float(v) for k, v in state.get("gateways_down", {}).items()}
+        self._gateway_recovered = {
+            str(k): float(v) for k, v in state.get("gateways_recovered", {}).items()
+        }
+        for device_id, row in state.get("devices", {}).items():
+            (last_rx, interval, intervals, offline, alerted, severity, gaps, gateway, site,
+             zone, tech, switches, intermittent, signal, signal_alert, acc_sum, acc_n,
+             acc_t) = row  # fmt: skip
+            device = _Device(float(last_rx))
+            device.interval = float(interval)
+            device.intervals = int(intervals)
+            device.offline = bool(offline)
+            device.alerted = bool(alerted)
+            device.severity = Severity(int(severity))
+            device.gaps = deque(((float(a), float(b)) for a, b in gaps), maxlen=self.config.history)
+            device.gateway, device.site, device.zone, device.tech = gateway, site, zone, tech
+            device.switches = int(switches)
+            device.intermittent = bool(intermittent)
+            device.signal = deque(
+                ((float(a), float(b)) for a, b in signal), maxlen=self.config.signal_window
+            )
+            device.signal_alert = bool(signal_alert)
+            device.acc_sum, device.acc_n, device.acc_t = float(acc_sum), int(acc_n), float(acc_t)
+            self._devices[device_id] = device
+            if gateway is not None:
+                self._gateways.setdefault(gateway, set()).add(device_id)
+
+
+def _by_switches(row: Mapping[str, Any]) -> tuple[int, str]:
+    return (-int(row["switches"]), str(row["device_id"]))
+
+
+def _trend(points: Sequence[tuple[float, float]]) -> tuple[float, float, float]:
+    """Least-squares slope (per second), the fitted level at the last point, and the
+    slope's t statistic (slope over its standard error)."""
+    n = len(points)
+    t0 = points[0][0]
+    mean_t = sum(t - t0 for t, _ in points) / n
+    mean_v = sum(v for _, v in points) / n
+    var = sum((t - t0 - mean_t) ** 2 for t, _ in points)
+    if var <= 0 or n < 3:
+        return 0.0, mean_v, 0.0
+    slope = sum((t - t0 - mean_t) * (v - mean_v) for t, v in points) / var
+    intercept = mean_v - slope * mean_t
+    residual = sum((v - intercept - slope * (t - t0)) ** 2 for t, v in points)
+    standard_error = math.sqrt(residual / (n - 2) / var)
+    t_stat = slope / standard_error if standard_error > 0 else math.copysign(math.inf, slope)
+    return slope, mean_v + slope * (points[-1][0] - t0 - mean_t), t_stat
+
+
+def _hour_pattern(starts: Sequence[float], alpha: float) -> dict[str, Any]:
+    counts = [0] * 24
+    for start in starts:
+        counts[int(start // 3600) % 24] += 1
+    total = sum(counts)
+    if total < 24:
+        return {"counts": counts, "test": "chi-square vs uniform", "enough_data": False}
+    result = stats.chisquare(counts)
+    expected = total / 24
+    hot = [
+        {"hour_utc": hour, "outages": count, "ratio": round(count / expected, 2)}
+        for hour, count in enumerate(counts)
+        if (count - expected) / math.sqrt(expected) > 3
+    ]
+    return {
+        "counts": counts,
+        "test": "chi-square vs uniform",
+        "enough_data": True,
+        "statistic": round(float(result.statistic), 2),
+        "p_value": float(result.pvalue),
+        "concentrated": bool(result.pvalue < alpha and hot),
+        "hours": hot,
+    }
+
+
+def _binomial_findings(
+    groups: Mapping[Any, tuple[int, int]], totals: Mapping[Any, tuple[int, int]], alpha: float
+) -> list[dict[str, Any]]:
+    """Groups with more outages than their share of devices: one-sided binomial test.
+
+    ``groups`` maps a group key to (devices, outages); ``totals`` maps the key's parent to the
+    same pair for the parent (site, or the whole fleet).
+    """
+    findings: list[dict[str, Any]] = []
+    for key, (devices, outages) in groups.items():
+        parent_devices, parent_outages = totals[key[0] if isinstance(key, tuple) else None]
+        if parent_devices <= devices or parent_outages == 0 or outages == 0:
+            continue
+        share = devices / parent_devices
+        result = stats.binomtest(outages, parent_outages, share, alternative="greater")
+        rest_rate = (parent_outages - outages) / max(1, parent_devices - devices)
+        rate = outages / devices
+        ratio = rate / rest_rate if rest_rate > 0 else math.inf
+        if result.pvalue < alpha and ratio >= 2:
+            findings.append(
+                {
+                    "group": list(key) if isinstance(key, tuple) else key,
+                    "devices": devices,
+                    "outages": outages,
+                    "outages_per_device": round(rate, 2),
+                    "rest_per_device": round(rest_rate, 2),
+                    "ratio": round(ratio, 2) if math.isfinite(ratio) else None,
+                    "p_value": float(result.pvalue),
+                }
+            )
+    findings.sort(key=lambda row: float(row["p_value"]))
+    return findings
+
+
+def _zone_pattern(
+    devices: Any, starts: Sequence[tuple[float, _Device]], alpha: float
+) -> dict[str, Any]:
+    zone_devices: dict[tuple[str, str], int] = {}
+    site_devices: dict[str, int] = {}
+    for device in devices:
+        if device.site is None or device.zone is None:
+            continue
+        zone_devices[(device.site, device.zone)] = (
+            zone_devices.get((device.site, device.zone), 0) + 1
+        )
+        site_devices[device.site] = site_devices.get(device.site, 0) + 1
+    zone_outages: dict[tuple[str, str], int] = {}
+    site_outages: dict[str, int] = {}
+    for _, device in starts:
+        if device.site is None or device.zone is None:
+            continue
+        key = (device.site, device.zone)
+        zone_outages[key] = zone_outages.get(key, 0) + 1
+        site_outages[device.site] = site_outages.get(device.site, 0) + 1
+    groups = {key: (n, zone_outages.get(key, 0)) for key, n in zone_devices.items()}
+    totals = {site: (n, site_outages.get(site, 0)) for site, n in site_devices.items()}
+    return {
+        "test": "one-sided binomial: zone's share of its site's outages vs its share of devices",
+        "findings": _binomial_findings(groups, totals, alpha),
+    }
+
+
+def _technology_pattern(
+    devices: Any, starts: Sequence[tuple[float, _Device]], alpha: float
+) -> dict[str, Any]:
+    tech_devices: dict[str, int] = {}
+    for device in devices:
+        if device.tech is not None:
+            tech_devices[device.tech] = tech_devices.get(device.tech, 0) + 1
+    tech_outages: dict[str, int] = {}
+    for _, device in starts:
+        if device.tech is not None:
+            tech_outages[device.tech] = tech_outages.get(device.tech, 0) + 1
+    groups = {tech: (n, tech_outages.get(tech, 0)) for tech, n in tech_devices.items()}
+    fleet = (sum(tech_devices.values()), sum(tech_outages.values()))
+    return {
+        "test": "one-sided binomial: technology's share of outages vs its share of devices",
+        "findings": _binomial_findings(groups, {None: fleet}, alpha),
+    }

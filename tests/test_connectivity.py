@@ -1,0 +1,205 @@
+"""Connectivity detector on synthetic fleets: offline, gateway outages, intermittent links,
+fading signal, batched uploads, clock skew and outage patterns."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import orjson
+
+from detectors.connectivity import ConnectivityConfig, ConnectivityDetector
+from service.model import Reading, Severity, Signal
+
+T0 = 1_767_225_600.0  # midnight UTC
+INTERVAL = 60.0
+
+
+def meta(
+    gateway: str, zone: str = "z1", site: str = "plant-a", radio: str = "wifi"
+) -> dict[str, str]:
+    return {"gateway": gateway, "zone": zone, "site": site, "radio": radio}
+
+
+def run_fleet(
+    detector: ConnectivityDetector,
+    devices: dict[str, dict[str, str]],
+    until: float,
+    *,
+    silent: Callable[[str, float], bool] = lambda device, t: False,
+    start: float = T0,
+    interval: float = INTERVAL,
+    tick_every: float = 10.0,
+    seed: int = 1,
+    metrics: Callable[[str, float], dict[str, float]] = lambda device, t: {},
+) -> list[Signal]:
+    """Every device reports every ``interval`` (with jitter) unless ``silent``; tick often."""
+    rng = random.Random(seed)
+    next_report = {d: start + rng.uniform(0, interval) for d in devices}
+    signals: list[Signal] = []
+    t = start
+    while t < until:
+        t += tick_every
+        batch = []
+        for device, due in next_report.items():
+            while due <= t:
+                if not silent(device, due):
+                    batch.append(
+                        Reading(device, due, due + 0.05, metrics(device, due), devices[device])
+                    )
+                due += interval * rng.uniform(0.9, 1.1)
+            next_report[device] = due
+        batch.sort(key=lambda r: r.received_at)
+        signals += detector.process(batch)
+        signals += detector.tick(t)
+    return signals
+
+
+def kinds(signals: list[Signal], firing: bool = True) -> list[tuple[str, str]]:
+    return [(s.kind, s.subject) for s in signals if s.firing is firing]
+
+
+def test_a_dead_gateway_is_one_alert_within_two_intervals_and_no_device_alerts() -> None:
+    devices = {f"d{g}{i}": meta(f"gw{g}") for g in range(3) for i in range(10)}
+    death, revival = T0 + 3600, T0 + 3 * 3600
+    detector = ConnectivityDetector()
+
+    def silent(device: str, t: float) -> bool:
+        return device.startswith("d1") and death <= t < revival
+
+    signals = run_fleet(detector, devices, T0 + 4 * 3600, silent=silent)
+    down = [s for s in signals if s.kind == "gateway_down" and s.firing]
+    assert [(s.subject, s.severity) for s in down] == [("gw1", Severity.CRITICAL)]
+    assert down[0].at - death <= 2 * INTERVAL + 10
+    assert [s for s in signals if s.kind == "device_offline"] == []
+    cleared = [s for s in signals if s.kind == "gateway_down" and not s.firing]
+    assert len(cleared) == 1 and revival <= cleared[0].at <= revival + 2 * INTERVAL
+    assert detector.gateways_down == {}
+
+
+def test_a_silent_device_goes_offline_then_persistent_then_recovers() -> None:
+    devices = {f"d{i}": meta("gw0") for i in range(10)}
+    gone, back = T0 + 3600, T0 + 3 * 3600
+    detector = ConnectivityDetector()
+    signals = run_fleet(
+        detector, devices, T0 + 4 * 3600, silent=lambda d, t: d == "d3" and gone <= t < back
+    )
+    offline = [s for s in signals if s.kind == "device_offline"]
+    assert [(s.subject, s.firing, s.severity) for s in offline] == [
+        ("d3", True, Severity.WARNING),
+        ("d3", True, Severity.CRITICAL),
+        ("d3", False, Severity.WARNING),
+    ]
+    assert offline[0].at - gone <= 3 * INTERVAL * 1.1 + 2 * INTERVAL
+    assert offline[1].evidence["class"] == "persistent"
+    assert [s for s in signals if s.kind == "gateway_down"] == []
+
+
+def test_many_short_gaps_are_intermittent_not_an_outage() -> None:
+    devices = {f"d{i}": meta("gw0") for i in range(6)}
+    detector = ConnectivityDetector()
+
+    def silent(device: str, t: float) -> bool:
+        # d0 misses 3 reports every two hours
+        return device == "d0" and (t - T0) % 7200 < 3 * INTERVAL
+
+    signals = run_fleet(detector, devices, T0 + 12 * 3600, silent=silent)
+    raised = [s for s in signals if s.kind == "intermittent_connectivity" and s.firing]
+    assert [s.subject for s in raised] == ["d0"]
+    assert raised[0].evidence["gaps"] >= 4
+    # once the link is known to be intermittent, its short drop-outs raise nothing more
+    later = [s for s in signals if s.at > raised[0].at and s.firing]
+    assert later == []
+    assert {s.subject for s in signals} == {"d0"}
+
+
+def test_batched_uploads_and_skewed_clocks_are_not_outages() -> None:
+    detector = ConnectivityDetector()
+    signals: list[Signal] = []
+    info = meta("gw0")
+    for hour in range(1, 24):
+        received = T0 + hour * 3600
+        # an hourly upload of 12 buffered readings, all received together
+        batch = [
+            Reading("logger", received - 3600 + 300 * k, received, {"t": 1.0}, info)
+            for k in range(12)
+        ]
+        # a device whose clock is two hours ahead but that reports every minute
+        batch += [
+            Reading("skewed", received + 7200 - 60 * k, received - 60 * k, {}, info)
+            for k in range(60, 0, -1)
+        ]
+        batch.sort(key=lambda r: r.received_at)
+        signals += detector.process(batch)
+        signals += detector.tick(received)
+    assert signals == []
+    assert abs(detector.expected_interval("logger") - 3600) < 60  # type: ignore[operator]
+    assert abs(detector.expected_interval("skewed") - 60) < 5  # type: ignore[operator]
+
+
+def test_fading_signal_is_predicted_before_the_link_is_lost() -> None:
+    devices = {"fading": meta("gw0"), "steady": meta("gw0")}
+    detector = ConnectivityDetector()
+    rng = random.Random(3)
+
+    def rssi(device: str, t: float) -> dict[str, float]:
+        hours = (t - T0) / 3600
+        base = -80.0 - (2.0 * hours if device == "fading" else 0.0)
+        return {"rssi_dbm": base + rng.gauss(0, 1.0)}
+
+    signals = run_fleet(detector, devices, T0 + 6 * 3600, metrics=rssi, interval=300, tick_every=60)
+    firing = [s for s in signals if s.kind == "signal_degrading" and s.firing]
+    assert [s.subject for s in firing] == ["fading"]
+    slope = firing[0].evidence["slope_per_h"]
+    assert -3.0 < slope < -1.0
+    # -80 dBm falling 2 dB/h reaches -115 dBm 17.5 h after the start
+    loss_at = firing[0].evidence["predicted_loss_at"]
+    assert loss_at.startswith("2026-01-01T1")
+
+
+def test_outages_at_one_hour_in_one_zone_are_found_as_patterns() -> None:
+    devices = {f"a{i}": meta("gw0", zone="z1") for i in range(20)}
+    devices |= {f"b{i}": meta("gw1", zone="z2") for i in range(10)}
+    devices |= {f"c{i}": meta("gw2", zone="z3", site="plant-b", radio="lorawan") for i in range(10)}
+    detector = ConnectivityDetector(ConnectivityConfig(pattern_window_s=6 * 86_400))
+
+    def silent(device: str, t: float) -> bool:
+        hour = ((t - T0) % 86_400) / 3600
+        in_shift = device.startswith("b") and 14.0 <= hour < 14.1  # a machine runs at 14:00
+        flaky_radio = device.startswith("c") and (t - T0) % 9000 < 2 * INTERVAL
+        return in_shift or flaky_radio
+
+    run_fleet(detector, devices, T0 + 5 * 86_400, silent=silent, tick_every=60)
+    report = detector.report(T0 + 5 * 86_400)
+    orjson.dumps(report)  # it is published as JSON
+    hours = report["by_hour"]
+    assert hours["concentrated"] and 14 in [h["hour_utc"] for h in hours["hours"]]
+    zones = [tuple(f["group"]) for f in report["by_zone"]["findings"]]
+    assert ("plant-a", "z2") in zones and ("plant-a", "z1") not in zones
+    technologies = [f["group"] for f in report["by_technology"]["findings"]]
+    assert technologies == ["lorawan"]
+
+
+def test_roaming_devices_follow_their_gateway_and_switches_are_reported() -> None:
+    detector = ConnectivityDetector()
+    detector.process([Reading("d1", T0, T0, {}, meta("gw0", radio="wifi"))])
+    detector.process([Reading("d1", T0 + 60, T0 + 60, {}, meta("gw1", radio="cellular"))])
+    report = detector.report(T0 + 120)
+    assert report["technology_switches"] == [
+        {"device_id": "d1", "switches": 1, "technology": "cellular"}
+    ]
+    assert "d1" in detector._gateways["gw1"] and "d1" not in detector._gateways["gw0"]
+
+
+def test_state_round_trip_carries_on_identically() -> None:
+    devices = {f"d{i}": meta(f"gw{i % 2}") for i in range(8)}
+    gone = T0 + 2 * 3600
+    silent = lambda d, t: d == "d1" and t >= gone  # noqa: E731
+    first = ConnectivityDetector()
+    run_fleet(first, devices, gone, silent=silent)
+    restored = ConnectivityDetector()
+    restored.load_state(orjson.loads(orjson.dumps(first.state_dict())))
+    later_first = run_fleet(first, devices, gone + 3600, silent=silent, start=gone, seed=9)
+    later_restored = run_fleet(restored, devices, gone + 3600, silent=silent, start=gone, seed=9)
+    assert later_first == later_restored
+    assert kinds(later_first) == [("device_offline", "d1"), ("device_offline", "d1")]
