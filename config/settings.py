@@ -187,8 +187,9 @@ class RuleSettings(_Section):
 
 
 class DetectorSettings(_Section):
-    enabled: tuple[str, ...] = ("rules", "connectivity")
+    enabled: tuple[str, ...] = ("rules", "connectivity", "gateway")
     connectivity: dict[str, float | int] = Field(default_factory=dict)
+    gateway: dict[str, float | int | dict[str, int]] = Field(default_factory=dict)
 
 
 class StateSettings(_Section):

@@ -29,9 +29,20 @@ def _connectivity(settings: Settings) -> Detector:
     return ConnectivityDetector(config)
 
 
+def _gateway(settings: Settings) -> Detector:
+    from detectors.gateway import GatewayConfig, GatewayDetector
+
+    try:
+        config = GatewayConfig.from_mapping(settings.detectors.gateway)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError("detectors.gateway", str(exc)) from exc
+    return GatewayDetector(config)
+
+
 DETECTORS: dict[str, Callable[[Settings], Detector]] = {
     "rules": _rules,
     "connectivity": _connectivity,
+    "gateway": _gateway,
 }
 
 

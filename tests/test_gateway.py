@@ -1,0 +1,113 @@
+"""Gateway load: overload against capacity and against what gateways report, site imbalance,
+rebalancing moves that respect capacity and zones, roaming devices."""
+
+from __future__ import annotations
+
+import orjson
+
+from detectors.gateway import GatewayConfig, GatewayDetector
+from service.model import MessageKind, Reading, Severity
+
+T0 = 1_767_225_600.0
+
+
+def attach(detector: GatewayDetector, gateway: str, count: int, *, zone: str = "z1",
+           site: str = "plant-a", prefix: str | None = None, at: float = T0) -> None:  # fmt: skip
+    name = prefix or gateway
+    detector.process(
+        [Reading(f"{name}-{i}", at, at, {}, {"gateway": gateway, "site": site, "zone": zone})
+         for i in range(count)]
+    )  # fmt: skip
+
+
+def test_balanced_site_raises_nothing() -> None:
+    detector = GatewayDetector()
+    for gateway in ("gw1", "gw2", "gw3"):
+        attach(detector, gateway, 100)
+    assert detector.tick(T0 + 60) == []
+    report = detector.report(T0 + 60)["sites"]["plant-a"]
+    assert report["cv"] == 0.0 and report["moves"] == []
+
+
+def test_overloaded_gateway_and_imbalance_with_moves_within_capacity() -> None:
+    detector = GatewayDetector(GatewayConfig(capacity_devices=250))
+    attach(detector, "gw1", 180, zone="z1", prefix="a")
+    attach(detector, "gw1", 140, zone="z2", prefix="b")
+    attach(detector, "gw2", 60, zone="z2")
+    attach(detector, "gw3", 40, zone="z3")
+    signals = detector.tick(T0 + 60)
+    assert [(s.kind, s.subject, s.severity) for s in signals] == [
+        ("gateway_overloaded", "gw1", Severity.CRITICAL),  # 320 > 1.2 x 250
+        ("gateway_imbalance", "plant-a", Severity.WARNING),
+    ]
+    moves = signals[1].evidence["moves"]
+    moved = {m["to"]: m["devices"] for m in moves}
+    assert all(m["from"] == "gw1" for m in moves)
+    assert sum(moved.values()) == 320 - 140
+    # gw2 already serves zone z2: the z2 devices go there first
+    first = moves[0]
+    assert first["to"] == "gw2" and first["zones"] == ["z2"]
+    loads = {"gw1": 320 - sum(moved.values()), "gw2": 60 + moved["gw2"], "gw3": 40 + moved["gw3"]}
+    assert all(load <= 250 for load in loads.values())
+    assert "from gw1 to gw2" in signals[1].action
+
+
+def test_a_gateway_reporting_strain_is_overloaded_below_its_capacity() -> None:
+    detector = GatewayDetector()
+    attach(detector, "gw1", 120)
+    attach(detector, "gw2", 80)
+    status = {"uplink_latency_ms": 900.0, "packet_loss_pct": 7.5, "cpu_pct": 95.0}
+    detector.process([Reading("gw1", T0, T0, status, {"site": "plant-a", "role": "gateway"},
+                              kind=MessageKind.STATUS)])  # fmt: skip
+    detector.process([Reading("gw2", T0, T0, status, {"site": "plant-a", "role": "gateway"},
+                              kind=MessageKind.STATUS)])  # fmt: skip
+    signals = detector.tick(T0 + 60)
+    assert [(s.kind, s.subject) for s in signals] == [("gateway_overloaded", "gw1")]
+    assert signals[0].evidence["uplink_latency_ms"] == 900.0
+    assert "packet loss 7.5%" in signals[0].summary
+
+
+def test_roaming_devices_are_counted_where_they_were_heard_last() -> None:
+    detector = GatewayDetector()
+    attach(detector, "gw1", 10)
+    detector.process([Reading("gw1-3", T0 + 5, T0 + 5, {}, {"gateway": "gw2", "site": "plant-a"})])
+    report = detector.report(T0 + 10)["sites"]["plant-a"]["gateways"]
+    assert report["gw1"]["devices"] == 9 and report["gw2"]["devices"] == 1
+
+
+def test_overload_resolves_once_devices_move_away() -> None:
+    detector = GatewayDetector(GatewayConfig(capacity_devices=120, active_window_s=600))
+    attach(detector, "gw1", 130)
+    attach(detector, "gw2", 70)
+    fired = detector.tick(T0 + 60)
+    assert [(s.kind, s.subject, s.firing) for s in fired] == [("gateway_overloaded", "gw1", True)]
+    # 30 devices roam to gw2; the others keep reporting through gw1
+    detector.process([Reading(f"gw1-{i}", T0 + 300, T0 + 300, {},
+                              {"gateway": "gw2" if i < 30 else "gw1", "site": "plant-a"})
+                      for i in range(130)])  # fmt: skip
+    attach(detector, "gw2", 70, at=T0 + 300)
+    cleared = detector.tick(T0 + 360)
+    assert [(s.kind, s.subject, s.firing) for s in cleared] == [
+        ("gateway_overloaded", "gw1", False)
+    ]
+
+
+def test_message_rate_is_tracked_per_gateway() -> None:
+    detector = GatewayDetector(GatewayConfig(rate_smoothing=1.0))
+    detector.process([Reading("d1", T0, T0, {}, {"gateway": "gw1"})])
+    detector.tick(T0)
+    for second in range(1, 61):
+        detector.process([Reading("d1", T0 + second, T0 + second, {}, {"gateway": "gw1"})] * 2)
+    detector.tick(T0 + 60)
+    assert detector.report(T0 + 60)["sites"][""]["gateways"]["gw1"]["messages_per_s"] == 2.0
+
+
+def test_state_round_trip() -> None:
+    detector = GatewayDetector()
+    attach(detector, "gw1", 300)
+    attach(detector, "gw2", 20)
+    detector.tick(T0 + 60)
+    restored = GatewayDetector()
+    restored.load_state(orjson.loads(orjson.dumps(detector.state_dict())))
+    assert restored.report(T0 + 120) == detector.report(T0 + 120)
+    assert restored.tick(T0 + 120) == detector.tick(T0 + 120) == []
