@@ -133,3 +133,52 @@ async def test_publish_is_bounded_by_count() -> None:
         publish(s, send, duration_s=60, max_messages=25, clock=lambda: 0.0), 10
     )
     assert sent == 25 == len(got)
+
+
+def test_group_faults_hit_every_device_of_the_group_and_plant_the_group() -> None:
+    import orjson as _orjson
+
+    from service.simulator import FaultSpec as _Spec
+    from service.simulator import SimulationConfig as _Config
+    from service.simulator import Simulator as _Simulator
+
+    config = _Config(devices=120, interval_s=60, seed=3,
+                     faults=(_Spec.parse("gateway_down=1@600+1200"),))  # fmt: skip
+    simulator = _Simulator(config)
+    [planted] = simulator.planted()
+    assert planted.fault == "gateway_down" and planted.device_id.startswith("gw-")
+    behind = {d.device_id for d in simulator.devices if d.gateway == planted.device_id}
+    start, end = planted.start_ts, planted.end_ts
+    assert end is not None
+    heard_during = set()
+    heard_after = set()
+    for message in simulator.messages(config.start_ts + 3600):
+        body = _orjson.loads(message.payload)
+        device = message.topic.split("/")[2]
+        assert body["radio"] in {"lorawan", "wifi", "cellular"}
+        if start <= message.ts < end:
+            heard_during.add(device)
+        elif message.ts >= end + 120:
+            heard_after.add(device)
+    assert behind and not behind & heard_during
+    assert behind <= heard_after
+
+
+def test_intermittent_and_fading_faults_lose_reports() -> None:
+    from service.simulator import FaultSpec as _Spec
+    from service.simulator import SimulationConfig as _Config
+    from service.simulator import Simulator as _Simulator
+
+    config = _Config(devices=20, interval_s=60, seed=4, faults=(
+        _Spec.parse("intermittent=1:period_s=1800,outage_s=300"),
+        _Spec.parse("fading_signal=1:rate_db_per_h=60"),
+    ))  # fmt: skip
+    simulator = _Simulator(config)
+    counts: dict[str, int] = {}
+    for message in simulator.messages(config.start_ts + 7200):
+        device = message.topic.split("/")[2]
+        counts[device] = counts.get(device, 0) + 1
+    flaky, fading = (p.device_id for p in simulator.planted())
+    healthy = max(counts.values())
+    assert counts[flaky] < healthy * 0.9  # 5 of every 30 minutes lost
+    assert counts.get(fading, 0) < healthy * 0.75  # link lost within the first 1.5 h

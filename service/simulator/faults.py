@@ -12,6 +12,7 @@ and one line there.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -77,6 +78,7 @@ class Fault:
     """Base class: a fault active on one device between ``start_ts`` and ``end_ts``."""
 
     name: ClassVar[str] = "fault"
+    scope: ClassVar[str] = "device"  # or "gateway", "zone", "radio": COUNT groups, all members
     needs: ClassVar[tuple[str, ...]] = ()  # metrics an eligible device must report
     needs_battery: ClassVar[bool] = False
 
@@ -104,6 +106,10 @@ class Fault:
 
     def apply(self, ts: float, values: dict[str, float], meta: dict[str, Any]) -> None:
         """Change the reading the device is about to send."""
+
+    def drops(self, ts: float, values: dict[str, float]) -> bool:
+        """Whether the report at ``ts`` is lost on the way (connectivity faults)."""
+        return False
 
 
 class BatteryFailing(Fault):
@@ -195,7 +201,82 @@ class Silent(Fault):
         return extras
 
 
+class GatewayDown(Fault):
+    """A gateway dies (COUNT gateways): every device behind it goes unheard, nothing is
+    buffered; at the end the gateway is back."""
+
+    name = "gateway_down"
+    scope = "gateway"
+
+    def drops(self, ts: float, values: dict[str, float]) -> bool:
+        return True
+
+
+class Intermittent(Fault):
+    """The link drops for ``outage_s`` (default 240 s) every ``period_s`` (default 2 h)."""
+
+    name = "intermittent"
+
+    def drops(self, ts: float, values: dict[str, float]) -> bool:
+        period = self.param("period_s", 7200.0)
+        return (ts - self.start_ts) % period < self.param("outage_s", 240.0)
+
+
+class FadingSignal(Fault):
+    """RSSI falls ``rate_db_per_h`` (default 2 dB/h) until the link is lost below
+    ``loss_dbm`` (default -120 dBm)."""
+
+    name = "fading_signal"
+    needs = ("rssi_dbm",)
+
+    def apply(self, ts: float, values: dict[str, float], meta: dict[str, Any]) -> None:
+        hours = (ts - self.start_ts) / 3600.0
+        values["rssi_dbm"] -= self.param("rate_db_per_h", 2.0) * hours
+
+    def drops(self, ts: float, values: dict[str, float]) -> bool:
+        return values.get("rssi_dbm", 0.0) < self.param("loss_dbm", -120.0)
+
+
+class ShiftDropout(Fault):
+    """A machine runs in a zone (COUNT zones) from ``from_h`` to ``to_h`` UTC every day
+    (default 14-15): devices there drop out with probability ``p`` (default 0.9)."""
+
+    name = "shift_dropout"
+    scope = "zone"
+
+    def drops(self, ts: float, values: dict[str, float]) -> bool:
+        hour = (ts % 86_400.0) / 3600.0
+        if not self.param("from_h", 14.0) <= hour < self.param("to_h", 15.0):
+            return False
+        return self.device.rng.random() < self.param("p", 0.9)
+
+
+class FlakyRadio(Fault):
+    """A radio technology (COUNT of them) drops every device for ``outage_s`` (default
+    240 s) every ``period_s`` (default 3 h), each device at its own phase."""
+
+    name = "flaky_radio"
+    scope = "radio"
+
+    def drops(self, ts: float, values: dict[str, float]) -> bool:
+        period = self.param("period_s", 10_800.0)
+        phase = (zlib.crc32(self.device.device_id.encode()) & 0xFFFF) / 0xFFFF * period
+        return (ts - self.start_ts + phase) % period < self.param("outage_s", 240.0)
+
+
 FAULTS: dict[str, type[Fault]] = {
     cls.name: cls
-    for cls in (BatteryFailing, SensorDrift, Overheating, GatewayOverload, FirmwareChange, Silent)
+    for cls in (
+        BatteryFailing,
+        SensorDrift,
+        Overheating,
+        GatewayOverload,
+        FirmwareChange,
+        Silent,
+        GatewayDown,
+        Intermittent,
+        FadingSignal,
+        ShiftDropout,
+        FlakyRadio,
+    )
 }

@@ -22,13 +22,31 @@ class DeviceModel:
     battery: bool
     firmware: tuple[str, ...]
     reports_pct: bool = False
+    radio: str = "lorawan"
 
 
 MODELS: tuple[DeviceModel, ...] = (
-    DeviceModel("TH-200", ("temperature_c", "humidity_pct", "rssi_dbm"), True, ("1.4.2", "1.5.0")),
-    DeviceModel("VB-31", ("vibration_g", "temperature_c", "rssi_dbm"), True, ("2.0.1",), True),
     DeviceModel(
-        "PM-10", ("power_mw", "voltage_v", "temperature_c", "rssi_dbm"), False, ("3.2.0", "3.3.1")
+        "TH-200",
+        ("temperature_c", "humidity_pct", "rssi_dbm"),
+        True,
+        ("1.4.2", "1.5.0"),
+        radio="lorawan",
+    ),
+    DeviceModel(
+        "VB-31",
+        ("vibration_g", "temperature_c", "rssi_dbm"),
+        True,
+        ("2.0.1",),
+        True,
+        radio="wifi",
+    ),
+    DeviceModel(
+        "PM-10",
+        ("power_mw", "voltage_v", "temperature_c", "rssi_dbm"),
+        False,
+        ("3.2.0", "3.3.1"),
+        radio="cellular",
     ),
 )
 

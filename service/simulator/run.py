@@ -77,17 +77,46 @@ class Simulator:
         taken: set[str] = set()
         for spec in specs:
             cls = FAULTS[spec.name]
+            start = self.config.start_ts + spec.start_s
+            end = start + spec.duration_s if spec.duration_s is not None else None
+            if cls.scope != "device":
+                self._plant_group(cls, spec, start, end, taken)
+                continue
             candidates = [d for d in self.devices if cls.eligible(d) and d.device_id not in taken]
             chosen = self._rng.sample(candidates, min(spec.count, len(candidates)))
             for device in sorted(chosen, key=lambda d: d.device_id):
                 taken.add(device.device_id)
-                start = self.config.start_ts + spec.start_s
-                end = start + spec.duration_s if spec.duration_s is not None else None
                 fault = cls(device=device, start_ts=start, end_ts=end, params=dict(spec.params))
                 self._faults.setdefault(device.device_id, []).append(fault)
                 self._planted.append(
                     PlantedFault(spec.name, device.device_id, device.site, start, end)
                 )
+
+    def _plant_group(
+        self, cls: type[Fault], spec: FaultSpec, start: float, end: float | None, taken: set[str]
+    ) -> None:
+        """A fault on a whole group: every device behind a gateway, in a zone, on a radio."""
+
+        def group_of(device: SimDevice) -> str:
+            if cls.scope == "gateway":
+                return device.gateway
+            if cls.scope == "zone":
+                return f"{device.site}/{device.zone}"
+            return device.model.radio
+
+        groups: dict[str, list[SimDevice]] = {}
+        for device in self.devices:
+            if device.device_id not in taken:
+                groups.setdefault(group_of(device), []).append(device)
+        names = sorted(groups)
+        chosen = self._rng.sample(names, min(spec.count, len(names)))
+        for name in sorted(chosen):
+            members = groups[name]
+            for device in members:
+                taken.add(device.device_id)
+                fault = cls(device=device, start_ts=start, end_ts=end, params=dict(spec.params))
+                self._faults.setdefault(device.device_id, []).append(fault)
+            self._planted.append(PlantedFault(spec.name, name, members[0].site, start, end))
 
     def planted(self) -> list[PlantedFault]:
         """Every fault planted, with its device and times (ground truth)."""
@@ -123,6 +152,10 @@ class Simulator:
         record["zone"] = device.zone
         record["lat"] = device.lat
         record["lon"] = device.lon
+        record["radio"] = device.model.radio
+        for fault in self._faults.get(device.device_id, ()):
+            if fault.started and not fault.ended and fault.drops(ts, values):
+                return out  # lost on the way: nothing buffered, nothing sent
         if device.silent:
             for fault in self._faults.get(device.device_id, ()):
                 buffer = fault.params.get("buffer")
