@@ -43,6 +43,7 @@ with the rest of its site, or on one radio technology compared with the rest of 
 from __future__ import annotations
 
 import math
+from array import array
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -104,14 +105,14 @@ class _Device:
         self.offline = False
         self.alerted = False
         self.severity = Severity.WARNING
-        self.gaps: deque[tuple[float, float]] = deque(maxlen=64)
+        self.gaps: deque[tuple[float, float]] | tuple[()] = ()  # a deque from the first gap
         self.gateway: str | None = None
         self.site: str | None = None
         self.zone: str | None = None
         self.tech: str | None = None
         self.switches = 0
         self.intermittent = False
-        self.signal: deque[tuple[float, float]] = deque(maxlen=24)
+        self.signal = array("d")  # (t, value) pairs, oldest first, bounded
         self.signal_alert = False
         self.acc_sum = 0.0
         self.acc_n = 0
@@ -138,8 +139,6 @@ class ConnectivityDetector:
         device = self._devices.get(reading.device_id)
         if device is None:
             device = _Device(reading.received_at)
-            device.gaps = deque(maxlen=self.config.history)
-            device.signal = deque(maxlen=self.config.signal_window)
             self._devices[reading.device_id] = device
         return device
 
@@ -187,6 +186,8 @@ class ConnectivityDetector:
         interval = device.interval
         if device.intervals and silence > config.gap_factor * interval:
             # the gap starts when the first report went missing
+            if not device.gaps:
+                device.gaps = deque(maxlen=config.history)
             device.gaps.append((device.last_rx + interval, silence))
         # learn the interval; long silences are outages, not the device's rhythm
         if device.intervals == 0:
@@ -254,11 +255,19 @@ class ConnectivityDetector:
             device.acc_n += 1
             if received - device.acc_t < self.config.signal_spacing_s:
                 return
-            window = device.signal
-            window.append((device.acc_t, device.acc_sum / device.acc_n))
+            flat = device.signal
+            flat.append(device.acc_t)
+            flat.append(device.acc_sum / device.acc_n)
             device.acc_sum, device.acc_n = 0.0, 0
-            if len(window) < window.maxlen // 2:  # type: ignore[operator]
+            if len(flat) > 2 * self.config.signal_window:
+                del flat[0:2]
+            if len(flat) < self.config.signal_window:
                 return
+            if not device.signal_alert and (
+                flat[1] - flat[-1] < self.config.signal_min_drop_db / 2
+            ):
+                return  # not falling: no trend to fit
+            window = list(zip(flat[0::2], flat[1::2], strict=True))
             slope, level, t_stat = _trend(window)
             config = self.config
             now = reading.received_at
@@ -301,29 +310,58 @@ class ConnectivityDetector:
     # -- silence ----------------------------------------------------------------------
 
     def tick(self, now: float) -> list[Signal]:
-        """Judge silence at ``now`` (receive-time clock): gateways first, then devices."""
+        """Judge silence at ``now`` (receive-time clock): gateways first, then devices.
+
+        One pass over the devices gathers, per gateway, how many are active, how many are
+        silent and how many were heard since an outage began, and collects the devices
+        silent long enough to be offline; gateways are judged from the counts, then those
+        devices.
+        """
         if now < self.now:
             now = self.now  # never judge silence before the newest arrival
         config = self.config
-        signals: list[Signal] = []
-        self._judge_gateways(now, signals)
         offline_factor = config.offline_factor
+        gateway_factor = config.gateway_factor
         min_offline = config.min_offline_s
-        persistent = config.persistent_s
+        active_window = config.active_window_s
         down = self._gateway_down
+        counts: dict[str, list[float]] = {}  # gateway -> [active, silent, first silent, heard]
+        candidates: list[tuple[str, _Device, float]] = []
         for device_id, device in self._devices.items():
             if device.intervals < 2:
                 continue
-            silence = now - device.last_rx
-            limit = offline_factor * device.interval
-            if silence <= limit or silence <= min_offline:
+            last = device.last_rx
+            silence = now - last
+            interval = device.interval
+            if silence > active_window:
+                if device.alerted:
+                    candidates.append((device_id, device, silence))
                 continue
-            if silence > config.active_window_s and not device.alerted:
-                continue  # long gone before we could judge it: retired, not an outage
+            gateway = device.gateway
+            if gateway is not None:
+                tally = counts.get(gateway)
+                if tally is None:
+                    tally = counts[gateway] = [0, 0, math.inf, 0]
+                tally[0] += 1
+                if silence > gateway_factor * interval:
+                    tally[1] += 1
+                    if last < tally[2]:
+                        tally[2] = last
+                since = down.get(gateway)
+                if since is not None and last > since:
+                    tally[3] += 1
+            if silence > offline_factor * interval and silence > min_offline:
+                candidates.append((device_id, device, silence))
+        signals: list[Signal] = []
+        self._judge_gateways(now, counts, signals)
+        persistent = config.persistent_s
+        recovered_at = self._gateway_recovered
+        for device_id, device, silence in candidates:
             device.offline = True
             if device.gateway in down:
                 continue  # explained by the gateway outage
-            recovered = self._gateway_recovered.get(device.gateway)  # type: ignore[arg-type]
+            recovered = recovered_at.get(device.gateway)  # type: ignore[arg-type]
+            limit = offline_factor * device.interval
             if recovered is not None and now - recovered < limit + device.interval:
                 continue  # its gateway just came back: give the device time to report
             if device.intermittent and silence < persistent:
@@ -360,56 +398,50 @@ class ConnectivityDetector:
             action=action,
         )  # fmt: skip
 
-    def _judge_gateways(self, now: float, out: list[Signal]) -> None:
+    def _judge_gateways(
+        self, now: float, counts: Mapping[str, list[float]], out: list[Signal]
+    ) -> None:
         config = self.config
-        for gateway, members in self._gateways.items():
-            active = [
-                self._devices[d]
-                for d in members
-                if now - self._devices[d].last_rx <= config.active_window_s
-                and self._devices[d].intervals >= 2
-            ]
-            if len(active) < config.gateway_min_devices:
-                if gateway in self._gateway_down and not active:
-                    continue
-                if len(active) == 0:
-                    continue
-            silent = [d for d in active if now - d.last_rx > config.gateway_factor * d.interval]
-            fraction = len(silent) / len(active) if active else 0.0
+        for gateway, (active, silent, first_silent, heard) in counts.items():
             since = self._gateway_down.get(gateway)
             if since is None:
-                if len(active) >= config.gateway_min_devices and (
-                    fraction >= config.gateway_offline_fraction
+                if (
+                    active >= config.gateway_min_devices
+                    and silent / active >= config.gateway_offline_fraction
                 ):
-                    started = min(d.last_rx for d in silent)
                     self._gateway_down[gateway] = now
-                    site = next((d.site for d in active if d.site), None)
+                    site = self._gateway_site(gateway)
                     out.append(
                         Signal(
                             kind="gateway_down", subject=gateway, firing=True, at=now,
                             severity=Severity.CRITICAL, subject_type=SubjectType.GATEWAY,
-                            summary=(f"gateway {gateway} down: {len(silent)} of its "
-                                     f"{len(active)} devices silent since {iso_utc(started)}"),
-                            evidence={"devices_silent": len(silent), "devices": len(active),
-                                      "silent_since": iso_utc(started)},
+                            summary=(f"gateway {gateway} down: {int(silent)} of its "
+                                     f"{int(active)} devices silent since {iso_utc(first_silent)}"),
+                            evidence={"devices_silent": int(silent), "devices": int(active),
+                                      "silent_since": iso_utc(first_silent)},
                             action=("Check the gateway's power and backhaul; the devices behind "
                                     "it are held back from alerting one by one."),
                             site=site,
                         )
                     )  # fmt: skip
-            else:
-                back = sum(1 for d in active if d.last_rx > since)
-                if active and back / len(active) >= config.gateway_resolve_fraction:
-                    del self._gateway_down[gateway]
-                    self._gateway_recovered[gateway] = now
-                    out.append(
-                        Signal(
-                            kind="gateway_down", subject=gateway, firing=False, at=now,
-                            severity=Severity.CRITICAL, subject_type=SubjectType.GATEWAY,
-                            summary=f"gateway {gateway} is carrying traffic again",
-                            site=next((d.site for d in active if d.site), None),
-                        )
-                    )  # fmt: skip
+            elif active and heard / active >= config.gateway_resolve_fraction:
+                del self._gateway_down[gateway]
+                self._gateway_recovered[gateway] = now
+                out.append(
+                    Signal(
+                        kind="gateway_down", subject=gateway, firing=False, at=now,
+                        severity=Severity.CRITICAL, subject_type=SubjectType.GATEWAY,
+                        summary=f"gateway {gateway} is carrying traffic again",
+                        site=self._gateway_site(gateway),
+                    )
+                )  # fmt: skip
+
+    def _gateway_site(self, gateway: str) -> str | None:
+        for device_id in self._gateways.get(gateway, ()):
+            site = self._devices[device_id].site
+            if site:
+                return site
+        return None
 
     def _signal(
         self,
@@ -484,7 +516,7 @@ class ConnectivityDetector:
                 device_id: [
                     d.last_rx, d.interval, d.intervals, d.offline, d.alerted, int(d.severity),
                     [list(g) for g in d.gaps], d.gateway, d.site, d.zone, d.tech, d.switches,
-                    d.intermittent, [list(s) for s in d.signal], d.signal_alert,
+                    d.intermittent, list(d.signal), d.signal_alert,
                     d.acc_sum, d.acc_n, d.acc_t,
                 ]
                 for device_id, d in self._devices.items()
@@ -512,13 +544,15 @@ class ConnectivityDetector:
             device.offline = bool(offline)
             device.alerted = bool(alerted)
             device.severity = Severity(int(severity))
-            device.gaps = deque(((float(a), float(b)) for a, b in gaps), maxlen=self.config.history)
+            device.gaps = (
+                deque(((float(a), float(b)) for a, b in gaps), maxlen=self.config.history)
+                if gaps
+                else ()
+            )
             device.gateway, device.site, device.zone, device.tech = gateway, site, zone, tech
             device.switches = int(switches)
             device.intermittent = bool(intermittent)
-            device.signal = deque(
-                ((float(a), float(b)) for a, b in signal), maxlen=self.config.signal_window
-            )
+            device.signal = array("d", (float(x) for x in signal))
             device.signal_alert = bool(signal_alert)
             device.acc_sum, device.acc_n, device.acc_t = float(acc_sum), int(acc_n), float(acc_t)
             self._devices[device_id] = device

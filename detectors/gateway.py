@@ -48,7 +48,7 @@ class GatewayConfig:
     active_window_s: float = 3_600.0
     max_latency_ms: float = 500.0
     max_loss_pct: float = 5.0
-    imbalance_cv: float = 0.5
+    imbalance_cv: float = 0.3
     imbalance_max_over_mean: float = 1.5
     min_site_devices: int = 10
     min_excess_devices: int = 20

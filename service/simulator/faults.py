@@ -157,13 +157,22 @@ class Overheating(Fault):
 
 
 class GatewayOverload(Fault):
-    """The device is moved onto its site's first gateway, whose signal suffers."""
+    """The device is moved onto its site's first gateway, whose signal suffers; at the end
+    it goes back to its own gateway."""
 
     name = "gateway_overload"
     needs = ("rssi_dbm",)
 
+    def on_start(self, ts: float) -> list[Extra]:
+        self.params["home"] = self.device.gateway
+        self.device.gateway = f"gw-{self.device.site}-01"
+        return []
+
+    def on_end(self, ts: float) -> list[Extra]:
+        self.device.gateway = str(self.params.get("home", self.device.gateway))
+        return []
+
     def apply(self, ts: float, values: dict[str, float], meta: dict[str, Any]) -> None:
-        meta["gateway"] = f"gw-{self.device.site}-01"
         values["rssi_dbm"] -= self.param("rssi_loss_db", 25.0)
 
 
@@ -209,7 +218,7 @@ class GatewayDown(Fault):
     scope = "gateway"
 
     def drops(self, ts: float, values: dict[str, float]) -> bool:
-        return True
+        return bool(self.device.gateway == self.params["group"])
 
 
 class Intermittent(Fault):

@@ -112,11 +112,15 @@ class Simulator:
         chosen = self._rng.sample(names, min(spec.count, len(names)))
         for name in sorted(chosen):
             members = groups[name]
+            if cls.scope == "gateway":
+                # any device may roam onto the gateway: the fault follows the gateway
+                members = [d for d in self.devices if d.device_id not in taken]
             for device in members:
-                taken.add(device.device_id)
-                fault = cls(device=device, start_ts=start, end_ts=end, params=dict(spec.params))
+                params = {**dict(spec.params), "group": name}
+                fault = cls(device=device, start_ts=start, end_ts=end, params=params)
                 self._faults.setdefault(device.device_id, []).append(fault)
-            self._planted.append(PlantedFault(spec.name, name, members[0].site, start, end))
+            taken.update(d.device_id for d in groups[name])
+            self._planted.append(PlantedFault(spec.name, name, groups[name][0].site, start, end))
 
     def planted(self) -> list[PlantedFault]:
         """Every fault planted, with its device and times (ground truth)."""
