@@ -39,6 +39,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from config.settings import IngestSettings, MetricAlias
@@ -72,6 +73,9 @@ DEFAULT_METRIC_ALIASES: dict[str, tuple[str, float, float]] = {
     "pressure_hpa": ("pressure_kpa", 0.1, 0.0),
     "pressure_pa": ("pressure_kpa", 0.001, 0.0),
 }
+
+# metadata of one message (an event), never merged into the device's profile
+TRANSIENT_META = frozenset({"event", "from_version", "to_version", "code", "state", "status"})
 
 # payload key -> metadata key
 META_KEYS: dict[str, str] = {
@@ -387,8 +391,15 @@ class Normalizer:
             late = previous is not None and ts < previous.last_ts
             if late:
                 result.late += 1
-            info = registry.observe(device_id, received_at, ts, meta)
+            if meta.keys().isdisjoint(TRANSIENT_META):
+                info = registry.observe(device_id, received_at, ts, meta)
+                reading_meta = info.meta
+            else:
+                # an event's fields belong to this message, not to the device's profile
+                transient = {k: meta.pop(k) for k in TRANSIENT_META & meta.keys()}
+                info = registry.observe(device_id, received_at, ts, meta)
+                reading_meta = MappingProxyType({**info.meta, **transient})
             result.readings.append(
-                Reading(device_id, ts, received_at, metrics, info.meta, seq, reading_kind, late)
+                Reading(device_id, ts, received_at, metrics, reading_meta, seq, reading_kind, late)
             )
         return result

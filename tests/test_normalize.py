@@ -166,3 +166,19 @@ def test_dedupe_memory_is_bounded() -> None:
 def test_decode_error_carries_context() -> None:
     err = DecodeError("too_large", "big", topic="t", device_id="d")
     assert (err.reason, err.topic, err.device_id) == ("too_large", "t", "d")
+
+
+def test_event_fields_stay_with_their_message_and_do_not_stick_to_the_device() -> None:
+    normalizer = Normalizer(DeviceRegistry())
+    event = normalizer.normalize(
+        [{"ts": NOW, "event": "failed", "from": "1.4", "to": "1.5", "code": 7, "model": "TH-200"}],
+        device_id="d1", kind=MessageKind.FIRMWARE, received_at=NOW, levels={}, protocol="mqtt",
+    ).readings[0]  # fmt: skip
+    assert event.meta["event"] == "failed" and event.meta["to_version"] == "1.5"
+    later = normalizer.normalize(
+        [{"ts": NOW + 60, "temperature_c": 20}],
+        device_id="d1", kind=MessageKind.TELEMETRY, received_at=NOW + 60, levels={},
+        protocol="mqtt",
+    ).readings[0]  # fmt: skip
+    assert later.meta["model"] == "TH-200"
+    assert "event" not in later.meta and "to_version" not in later.meta
