@@ -39,10 +39,21 @@ def _gateway(settings: Settings) -> Detector:
     return GatewayDetector(config)
 
 
+def _drift(settings: Settings) -> Detector:
+    from detectors.drift import DriftConfig, DriftDetector
+
+    try:
+        config = DriftConfig.from_mapping(settings.detectors.drift)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError("detectors.drift", str(exc)) from exc
+    return DriftDetector(config)
+
+
 DETECTORS: dict[str, Callable[[Settings], Detector]] = {
     "rules": _rules,
     "connectivity": _connectivity,
     "gateway": _gateway,
+    "drift": _drift,
 }
 
 

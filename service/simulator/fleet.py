@@ -129,6 +129,7 @@ def build_fleet(
 ) -> list[SimDevice]:
     """Spread ``devices`` over sites, zones and gateways with realistic variety."""
     fleet: list[SimDevice] = []
+    zone_phase: dict[tuple[str, str], float] = {}
     site_count = max(1, min(sites, len(SITES) * 20))
     for index in range(devices):
         site_name, lat0, lon0 = SITES[index % site_count % len(SITES)]
@@ -154,7 +155,9 @@ def build_fleet(
                 battery_v0=rng.uniform(3.8, 4.1),
                 drain_v_per_s=rng.uniform(0.2, 0.8) / (180 * DAY_S),
                 temp_offset=rng.gauss(0, 1.0),
-                phase=rng.uniform(-0.3, 0.3),
+                # sensors in one zone share its daily cycle (they measure the same air)
+                phase=zone_phase.setdefault((site_name, zone), rng.uniform(-0.3, 0.3))
+                + rng.gauss(0, 0.01),
                 rssi_base=rng.uniform(-95, -55),
                 power_base=rng.uniform(800, 1500),
                 rng=random.Random(rng.getrandbits(64)),

@@ -3,7 +3,7 @@
 >>> sim = Simulator(SimulationConfig(devices=3, interval_s=60, seed=1, start_ts=1.767e9))
 >>> msgs = list(sim.messages(until_ts=1.767e9 + 120))
 >>> len(msgs), msgs[0].topic.endswith("/telemetry")
-(6, True)
+(5, True)
 >>> msgs == list(Simulator(SimulationConfig(devices=3, interval_s=60, seed=1,
 ...                                         start_ts=1.767e9)).messages(1.767e9 + 120))
 True

@@ -1,0 +1,1487 @@
+"""Sensor drift and sensor faults, judged against the sensor's peers.
+
+A sensor that ages reads a little more wrong every week; a broken one jumps, sticks, gets
+noisy, spikes or leaves its physical range. Both show best against *peers*: the sensors of
+the same metric in the same place (by default the same site and zone), which see the same
+environment.
+
+**Alignment.** Readings come at different moments and rates, so each peer group aligns them
+into time buckets (``bucket_s``, 5 minutes by default), keeping each device's latest value
+in the bucket. A bucket closes once the data of its group has passed its end by
+``lateness_s`` (or ``tick(now)`` has passed it by ``idle_close_s``); readings for a closed
+bucket are dropped.
+
+**Residuals.** When a bucket closes, each device gets a *consensus*: the median of its peers'
+values, excluding itself, excluding values outside the physical range, and excluding peers
+currently flagged (unless that leaves fewer than ``min_peers``). Trusted reference devices
+count ``reference_weight`` times in a weighted median. The residual is
+``(value - consensus) / max(|consensus|, floor)`` (relative, the default) or
+``value - consensus`` for metrics given an absolute tolerance. A whole group that moves
+together moves its consensus, so residuals stay small: an environment change is not drift.
+
+**Drift.** Each device learns its normal offset to the consensus (median of ``value -
+consensus`` over the first ``warmup_buckets``, in the metric's unit: installation offsets are
+additive) and its noise (MAD of the residual, and MAD of its bucket-to-bucket differences).
+Drift is ``(value - consensus - offset)`` made relative, median-filtered over 5 buckets
+(an isolated spike cannot move it), then followed by
+
+- a two-sided CUSUM on the normalised drift (allowance of a quarter tolerance, threshold
+  ``cusum_h``), which says a change *is* there; and
+- an EWMA (``ewma_alpha``), which says how large it is. ``sensor_drift`` fires only when
+  both agree: the CUSUM has alarmed *and* the EWMA is past the tolerance (2 % by default,
+  and never less than ``fire_z`` standard errors of the EWMA itself), or past
+  ``early_fraction`` of it with a significant rate that will take it out of tolerance within
+  ``horizon_s`` (an early warning, ``out_of_tolerance: false`` in the evidence).
+
+The drift rate is a Theil-Sen slope over the last ``rate_window`` means of
+``rate_sample_s`` (4 h) each, significant when it is ``rate_min_t`` times its standard
+error; it gives the rate per day and the date the sensor will leave tolerance.
+
+**Shapes.** ``ageing`` (slow drift: the best split of the recent drift history shows no
+jump), reported as ``sensor_drift`` (WARNING); the failures are reported as ``sensor_fault``:
+``step`` (a sudden offset, WARNING), ``spikes`` (``spike_count`` isolated outliers of
+``spike_z`` sigmas within ``spike_window_buckets``, WARNING), ``noisy`` (the robust noise of
+the last ``recent_buckets`` is ``noisy_ratio`` times the learned one, WARNING), ``stuck``
+(the same value for ``stuck_buckets`` while the consensus moved, CRITICAL) and
+``out_of_range`` (outside the physical range, CRITICAL).
+
+**No peers.** A device with fewer than ``min_peers`` peers for ``mode_switch_buckets`` is
+compared with its own expectation: a local level (EWMA over ``alone_level_buckets``, which
+follows the weather) plus an hour-of-day profile around it (24 EWMA bins). Its tolerance is
+``alone_factor`` times larger, and slow changes are absorbed by the level, so only clear
+faults are flagged (jumps, stuck, noisy, spikes, out of range); ageing needs peers.
+
+**Calibration.** A reading of kind ``calibration`` (or with ``meta["event"] ==
+"calibration"``; ``meta["metric"]`` may name the metrics, comma-separated) is recorded in the
+device's calibration history, resets its baseline and drift state, clears its alerts and
+starts a verification: ``verify_buckets`` consecutive buckets agreeing with the peers
+(within tolerance of the old normal offset) record ``verified``; ``verify_max_buckets``
+without record ``verification_failed``.
+
+Signals are edge-triggered per ``(kind, device)``; when several metrics of a device are
+flagged, the worst one gives the evidence and ``evidence["metrics"]`` lists them all.
+:meth:`DriftDetector.recalibration_schedule` orders the sensors by the date they leave (or
+left) tolerance and correlates drift rates with the environment the devices report.
+
+>>> from service.model import Reading
+>>> cfg = DriftConfig(metrics=("pressure_hpa",), bucket_s=60, lateness_s=0, warmup_buckets=20)
+>>> det = DriftDetector(cfg)
+>>> fired = []
+>>> for i in range(120):
+...     t = 60.0 * i
+...     for d in range(5):
+...         v = 1000.0 + (i % 7) + 0.1 * ((i * (d + 3)) % 5)
+...         if d == 0 and i >= 60:
+...             v *= 1.05  # a +5 % step
+...         meta = {"site": "s1", "zone": "z1"}
+...         fired += det.process([Reading(f"p{d}", t + d, t + d, {"pressure_hpa": v}, meta)])
+>>> [(s.subject, s.kind, s.evidence["shape"]) for s in fired]
+[('p0', 'sensor_fault', 'step')]
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from itertools import pairwise
+from typing import Any
+
+import numpy as np
+
+from service.model import MessageKind, Reading, Severity, Signal, SubjectType, iso_utc
+
+_DAY = 86_400.0
+_MAD = 1.4826
+_SQRT2 = math.sqrt(2.0)
+_DATA_KINDS = (MessageKind.TELEMETRY, MessageKind.BATCH)
+_PRIORITY = {"out_of_range": 6, "stuck": 5, "noisy": 4, "spikes": 3, "step": 2, "ageing": 1}
+_SEVERITY = {
+    "out_of_range": Severity.CRITICAL,
+    "stuck": Severity.CRITICAL,
+    "noisy": Severity.WARNING,
+    "spikes": Severity.WARNING,
+    "step": Severity.WARNING,
+    "ageing": Severity.WARNING,
+}
+DRIFT_KIND = "sensor_drift"
+FAULT_KIND = "sensor_fault"
+
+
+def _default_floors() -> dict[str, float]:
+    return {"temperature_c": 10.0, "humidity_pct": 10.0}
+
+
+def _default_ranges() -> dict[str, tuple[float, float]]:
+    return {
+        "temperature_c": (-40.0, 125.0),
+        "humidity_pct": (0.0, 100.0),
+        "pressure_hpa": (300.0, 1100.0),
+    }
+
+
+def _default_bands() -> dict[str, tuple[float, ...]]:
+    return {
+        "temperature_c": (10.0, 25.0, 40.0),
+        "humidity_pct": (40.0, 70.0),
+        "vibration_g": (0.5, 1.0, 2.0),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class DriftConfig:
+    """Parameters of :class:`DriftDetector`; the defaults suit sensors reporting every 1-15 min.
+
+    Tolerances are relative (``rel_tolerance`` of the reading, with the reading's magnitude
+    taken as at least ``rel_floor[metric]``, else ``default_rel_floor``) unless the metric has an
+    ``abs_tolerance`` (in its unit). Times are seconds of device time.
+    """
+
+    metrics: tuple[str, ...] = ("temperature_c", "humidity_pct", "pressure_hpa")
+    rel_tolerance: float = 0.02
+    abs_tolerance: Mapping[str, float] = field(default_factory=dict)
+    rel_floor: Mapping[str, float] = field(default_factory=_default_floors)
+    default_rel_floor: float = 1.0
+    ranges: Mapping[str, tuple[float, float]] = field(default_factory=_default_ranges)
+    group_by: tuple[str, ...] = ("site", "zone")
+    bucket_s: float = 300.0
+    lateness_s: float = 300.0
+    idle_close_s: float = 900.0
+    max_open_buckets: int = 24
+    min_peers: int = 3
+    reference_devices: tuple[str, ...] = ()
+    reference_weight: float = 3.0
+    warmup_buckets: int = 288
+    ewma_alpha: float = 0.05
+    cusum_h: float = 10.0
+    fire_z: float = 5.0
+    early_fraction: float = 0.5
+    clear_fraction: float = 0.25
+    horizon_s: float = 30 * _DAY
+    rate_sample_s: float = 4 * 3_600.0
+    rate_window: int = 42
+    rate_min_samples: int = 6
+    rate_min_t: float = 3.0
+    predict_min_fraction: float = 0.25
+    step_window: int = 96
+    recent_buckets: int = 72
+    noisy_ratio: float = 3.0
+    spike_z: float = 8.0
+    spike_count: int = 3
+    spike_window_buckets: int = 288
+    stuck_buckets: int = 12
+    clear_buckets: int = 6
+    mode_switch_buckets: int = 12
+    alone_factor: float = 3.0
+    profile_alpha: float = 0.02
+    profile_min_count: int = 24
+    alone_level_buckets: float = 36.0
+    verify_buckets: int = 12
+    verify_max_buckets: int = 288
+    calibration_history: int = 16
+    environment_metrics: tuple[str, ...] = ("temperature_c", "humidity_pct", "vibration_g")
+    environment_bands: Mapping[str, tuple[float, ...]] = field(default_factory=_default_bands)
+    environment_alpha: float = 0.01
+    environment_min_n: int = 3
+
+    def __post_init__(self) -> None:
+        positive = ("rel_tolerance", "bucket_s", "ewma_alpha", "cusum_h", "rate_sample_s")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"drift setting {name} must be positive")
+        if not 0 < self.ewma_alpha <= 1 or not 0 < self.profile_alpha <= 1:
+            raise ValueError("drift settings ewma_alpha and profile_alpha must be in (0, 1]")
+        if not 0 < self.clear_fraction < 1 or not 0 < self.early_fraction <= 1:
+            raise ValueError("drift settings clear_fraction and early_fraction must be in (0, 1)")
+        minimum_one = (
+            "min_peers", "warmup_buckets", "rate_window", "step_window", "recent_buckets",
+            "spike_count", "stuck_buckets", "clear_buckets", "mode_switch_buckets",
+            "verify_buckets", "calibration_history", "max_open_buckets",
+        )  # fmt: skip
+        for name in minimum_one:
+            if getattr(self, name) < 1:
+                raise ValueError(f"drift setting {name} must be at least 1")
+        if self.alone_level_buckets < 1:
+            raise ValueError("drift setting alone_level_buckets must be at least 1")
+        if self.lateness_s < 0 or self.idle_close_s < 0:
+            raise ValueError("drift settings lateness_s and idle_close_s must not be negative")
+        for metric, tolerance in self.abs_tolerance.items():
+            if not tolerance > 0:
+                raise ValueError(f"drift abs_tolerance for {metric} must be positive")
+        for metric, (low, high) in self.ranges.items():
+            if not low < high:
+                raise ValueError(f"drift range for {metric} must have min below max")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> DriftConfig:
+        """Build from plain data (a TOML/JSON table); unknown keys are an error.
+
+        >>> DriftConfig.from_mapping({"metrics": ["pressure_hpa"], "ranges": {"pressure_hpa":
+        ...     [800, 1200]}, "abs_tolerance": {"pressure_hpa": 2.5}}).ranges
+        {'pressure_hpa': (800.0, 1200.0)}
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown drift settings: {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = dict(data)
+        for name in ("metrics", "group_by", "reference_devices", "environment_metrics"):
+            if name in values:
+                raw = values[name]
+                values[name] = (raw,) if isinstance(raw, str) else tuple(str(x) for x in raw)
+        for name in ("abs_tolerance", "rel_floor"):
+            if name in values:
+                values[name] = {str(k): float(v) for k, v in dict(values[name]).items()}
+        if "ranges" in values:
+            ranges: dict[str, tuple[float, float]] = {}
+            for metric, pair in dict(values["ranges"]).items():
+                low, high = pair
+                ranges[str(metric)] = (float(low), float(high))
+            values["ranges"] = ranges
+        if "environment_bands" in values:
+            values["environment_bands"] = {
+                str(k): tuple(sorted(float(x) for x in v))
+                for k, v in dict(values["environment_bands"]).items()
+            }
+        return cls(**values)
+
+
+def drift_config_from_dict(data: Mapping[str, Any]) -> DriftConfig:
+    """:meth:`DriftConfig.from_mapping` as a function."""
+    return DriftConfig.from_mapping(data)
+
+
+# -- small robust statistics ---------------------------------------------------------------
+
+
+def _median(values: Iterable[float]) -> float:
+    ordered = sorted(values)
+    n = len(ordered)
+    if n == 0:
+        return math.nan
+    mid = n // 2
+    return ordered[mid] if n % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
+
+
+def _mad(values: Sequence[float], center: float | None = None) -> float:
+    c = _median(values) if center is None else center
+    return _median([abs(v - c) for v in values])
+
+
+def _median_without(ordered: Sequence[float], skip: int) -> float:
+    """Median of sorted ``ordered`` with index ``skip`` left out (``-1``: nothing left out)."""
+    if skip < 0:
+        n = len(ordered)
+        return 0.5 * (ordered[(n - 1) // 2] + ordered[n // 2])
+    n = len(ordered) - 1
+    low, high = (n - 1) // 2, n // 2
+    a = ordered[low] if low < skip else ordered[low + 1]
+    b = ordered[high] if high < skip else ordered[high + 1]
+    return 0.5 * (a + b)
+
+
+def _weighted_median(pairs: Sequence[tuple[float, float]], skip: int) -> float:
+    """Weighted median of sorted ``(value, weight)`` pairs, leaving index ``skip`` out."""
+    total = sum(w for i, (_, w) in enumerate(pairs) if i != skip)
+    half = 0.5 * total
+    acc = 0.0
+    for i, (value, weight) in enumerate(pairs):
+        if i == skip:
+            continue
+        acc += weight
+        if acc > half:
+            return value
+        if acc == half:
+            following = next((v for j, (v, _) in enumerate(pairs) if j > i and j != skip), value)
+            return 0.5 * (value + following)
+    return pairs[-1][0]
+
+
+def theil_sen(t: Sequence[float], y: Sequence[float]) -> tuple[float, float, float]:
+    """Theil-Sen slope, intercept and the slope's standard error (robust residual scale).
+
+    >>> slope, intercept, se = theil_sen([0, 1, 2, 3, 4], [1.0, 3.0, 5.0, 7.0, 40.0])
+    >>> round(slope, 6), round(intercept, 6)
+    (2.0, 1.0)
+    """
+    tt = np.asarray(t, dtype=float)
+    yy = np.asarray(y, dtype=float)
+    dt = tt[None, :] - tt[:, None]
+    dy = yy[None, :] - yy[:, None]
+    upper = dt > 0
+    slope = float(np.median(dy[upper] / dt[upper]))
+    intercept = float(np.median(yy - slope * tt))
+    residuals = yy - (intercept + slope * tt)
+    scale = _MAD * float(np.median(np.abs(residuals - np.median(residuals))))
+    spread = float(np.sum((tt - tt.mean()) ** 2))
+    se = scale / math.sqrt(spread) if spread > 0 else math.inf
+    return slope, intercept, se
+
+
+def mann_whitney_greater(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """One-sided Mann-Whitney U test that ``a`` tends to exceed ``b`` (normal approximation
+    with tie correction): returns ``(U, p)``.
+
+    >>> u, p = mann_whitney_greater([5, 6, 7, 8], [1, 2, 3, 4, 5])
+    >>> u, p < 0.05
+    (19.5, True)
+    """
+    n1, n2 = len(a), len(b)
+    if n1 == 0 or n2 == 0:
+        return 0.0, 1.0
+    pooled = sorted([(float(v), 0) for v in a] + [(float(v), 1) for v in b])
+    ranks = [0.0] * len(pooled)
+    ties = 0.0
+    i = 0
+    while i < len(pooled):
+        j = i
+        while j + 1 < len(pooled) and pooled[j + 1][0] == pooled[i][0]:
+            j += 1
+        rank = 0.5 * (i + j) + 1.0
+        for k in range(i, j + 1):
+            ranks[k] = rank
+        count = j - i + 1
+        ties += count**3 - count
+        i = j + 1
+    r1 = sum(r for r, (_, g) in zip(ranks, pooled, strict=True) if g == 0)
+    u = r1 - n1 * (n1 + 1) / 2.0
+    n = n1 + n2
+    variance = n1 * n2 / 12.0 * ((n + 1) - ties / (n * (n - 1)))
+    if variance <= 0:
+        return u, 1.0
+    z = (u - n1 * n2 / 2.0 - 0.5) / math.sqrt(variance)
+    return u, 0.5 * math.erfc(z / _SQRT2)
+
+
+# -- per-sensor state -------------------------------------------------------------------------
+
+# Plain attributes saved as they are (floats, ints, strings, None, bools, lists of numbers).
+_PLAIN = (
+    "device", "metric", "group", "site", "zone", "mode", "peer_streak", "alone_streak",
+    "warm", "baseline", "scale", "dscale", "prev_d", "ewma", "cpos", "cneg", "buckets",
+    "noise_ratio", "noise_age", "noise_hits", "stuck_value", "stuck_run", "stuck_lo", "stuck_hi",
+    "range_bad", "range_ok_run", "rate_slot", "rate_sum", "rate_n", "rate_per_day",
+    "rate_se", "rate_sig", "rate_stale", "predicted_at", "out_since", "drift_shape", "fault_shape",
+    "profile", "profile_n", "level", "last_value", "last_ref", "last_r", "last_peers", "last_ts",
+    "verifying", "verify_run", "verify_n", "verify_ref", "step_jump", "bucket_index", "since",
+)  # fmt: skip
+_DEQUES = ("last5", "diffs", "step_win", "spikes", "rates", "history")
+
+
+class _Sensor:
+    """What is learned about one metric of one device (bounded: fixed-size windows)."""
+
+    __slots__ = (*_PLAIN, *_DEQUES)
+
+    def __init__(self, device: str, metric: str, config: DriftConfig) -> None:
+        self.device = device
+        self.metric = metric
+        self.group = ""
+        self.site: str | None = None
+        self.zone: str | None = None
+        self.mode: str | None = None  # "peer", "alone", or None until decided
+        self.peer_streak = 0
+        self.alone_streak = 0
+        self.profile = [0.0] * 24
+        self.profile_n = [0] * 24
+        self.level: float | None = None
+        self.history: deque[list[Any]] = deque(maxlen=config.calibration_history)
+        self.verifying = False
+        self.verify_run = 0
+        self.verify_n = 0
+        self.verify_ref = 0.0
+        self.last_value = math.nan
+        self.last_ref: float | None = None
+        self.last_r: float | None = None
+        self.last_peers = 0
+        self.last_ts = 0.0
+        self.bucket_index = 0
+        self.reset_detection(config)
+
+    def reset_detection(self, config: DriftConfig) -> None:
+        """Forget the baseline and everything learned from it (not the profile or history)."""
+        self.warm: list[list[float]] = []  # (value - reference, scale of the reference)
+        self.baseline: float | None = None
+        self.scale = 0.0
+        self.dscale = 0.0
+        self.prev_d: float | None = None
+        self.ewma = 0.0
+        self.cpos = 0.0
+        self.cneg = 0.0
+        self.buckets = 0
+        self.last5: deque[float] = deque(maxlen=5)
+        self.diffs: deque[float] = deque(maxlen=config.recent_buckets)
+        self.step_win: deque[float] = deque(maxlen=config.step_window)
+        self.spikes: deque[int] = deque(maxlen=4 * config.spike_count)
+        self.rates: deque[list[float]] = deque(maxlen=config.rate_window)
+        self.noise_ratio = 1.0
+        self.noise_age = 0
+        self.noise_hits = 0  # consecutive noise checks over the ratio
+        self.stuck_value: float | None = None
+        self.stuck_run = 0
+        self.stuck_lo = 0.0
+        self.stuck_hi = 0.0
+        self.range_bad = False
+        self.range_ok_run = 0
+        self.rate_slot = -1
+        self.rate_sum = 0.0
+        self.rate_n = 0
+        self.rate_per_day: float | None = None
+        self.rate_se: float | None = None
+        self.rate_sig = False
+        self.rate_stale = False
+        self.predicted_at: float | None = None
+        self.out_since: float | None = None
+        self.drift_shape: str | None = None
+        self.fault_shape: str | None = None
+        self.step_jump = 0.0
+        self.since: float | None = None
+
+    @property
+    def flagged(self) -> bool:
+        return self.drift_shape is not None or self.fault_shape is not None
+
+    @property
+    def shape(self) -> str | None:
+        return self.fault_shape or self.drift_shape
+
+    def to_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {name: getattr(self, name) for name in _PLAIN}
+        for name in _DEQUES:
+            state[name] = list(getattr(self, name))
+        return state
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], config: DriftConfig) -> _Sensor:
+        sensor = cls(str(state["device"]), str(state["metric"]), config)
+        for name in _PLAIN:
+            if name in state:
+                value = state[name]
+                setattr(sensor, name, list(value) if isinstance(value, list) else value)
+        for name in _DEQUES:
+            current: deque[Any] = getattr(sensor, name)
+            items = [list(x) if isinstance(x, list) else x for x in state.get(name, [])]
+            setattr(sensor, name, deque(items, maxlen=current.maxlen))
+        return sensor
+
+
+class _Group:
+    """One peer group of one metric: its open buckets and how far its data has come."""
+
+    __slots__ = ("buckets", "closed", "members", "metric", "name", "watermark")
+
+    def __init__(self, metric: str, name: str) -> None:
+        self.metric = metric
+        self.name = name
+        self.buckets: dict[int, dict[str, tuple[float, float]]] = {}
+        self.watermark = -math.inf
+        self.closed = -(2**62)  # the last closed bucket index
+        self.members: set[str] = set()
+
+
+class _Device:
+    __slots__ = ("env", "published", "site", "zone")
+
+    def __init__(self) -> None:
+        self.site: str | None = None
+        self.zone: str | None = None
+        # kind -> [shape, severity, metric, out_of_tolerance]
+        self.published: dict[str, list[Any]] = {}
+        self.env: dict[str, float] = {}
+
+
+class DriftDetector:
+    """Peer-consensus drift and fault detection for environmental sensors.
+
+    Parameters
+    ----------
+    config
+        The parameters (:class:`DriftConfig`); the defaults watch temperature, humidity
+        and pressure with a 2 % tolerance in 5-minute buckets, peers grouped by site+zone.
+    """
+
+    name = "drift"
+    STATE_VERSION = 1
+
+    def __init__(self, config: DriftConfig | None = None) -> None:
+        self.config = config or DriftConfig()
+        self._watched = tuple(self.config.metrics)
+        self._references = frozenset(self.config.reference_devices)
+        config = self.config
+        alpha = config.ewma_alpha
+        self._ewma_z = config.fire_z * math.sqrt(alpha / (2.0 - alpha))
+        self._params = {
+            metric: (
+                *self._tolerance(metric),
+                config.rel_floor.get(metric, config.default_rel_floor),
+            )
+            for metric in self._watched
+        }
+        self._reset()
+
+    def _reset(self) -> None:
+        self._groups: dict[tuple[str, str], _Group] = {}
+        self._sensors: dict[tuple[str, str], _Sensor] = {}
+        self._devices: dict[str, _Device] = {}
+        self.late_dropped = 0
+        self.now = -math.inf
+
+    # -- ingest ------------------------------------------------------------------------------
+
+    def _tolerance(self, metric: str) -> tuple[float, bool]:
+        """The tolerance and whether it is absolute."""
+        absolute = self.config.abs_tolerance.get(metric)
+        if absolute is not None:
+            return absolute, True
+        return self.config.rel_tolerance, False
+
+    def _group_name(self, reading: Reading) -> str:
+        parts = []
+        for key in self.config.group_by:
+            value = reading.meta.get(key)
+            if value is None:
+                return f"~{reading.device_id}"  # no context: a group of its own
+            parts.append(value)
+        return "/".join(parts)
+
+    def process(self, batch: Sequence[Reading]) -> list[Signal]:
+        signals: list[Signal] = []
+        config = self.config
+        bucket_s = config.bucket_s
+        lateness = config.lateness_s
+        env_metrics = config.environment_metrics
+        env_alpha = config.environment_alpha
+        for reading in batch:
+            kind = reading.kind
+            if kind == MessageKind.CALIBRATION or reading.meta.get("event") == "calibration":
+                signals.extend(self._calibrate(reading))
+                continue
+            if kind not in _DATA_KINDS:
+                continue
+            metrics = reading.metrics
+            device_id = reading.device_id
+            device = self._devices.get(device_id)
+            if device is None:
+                device = self._devices[device_id] = _Device()
+            device.site = reading.meta.get("site", device.site)
+            device.zone = reading.meta.get("zone", device.zone)
+            env = device.env
+            for metric in env_metrics:
+                value = metrics.get(metric)
+                if value is not None and math.isfinite(value):
+                    previous = env.get(metric)
+                    env[metric] = (
+                        value if previous is None else previous + env_alpha * (value - previous)
+                    )
+            ts = reading.ts
+            if ts > self.now:
+                self.now = ts
+            group_name: str | None = None
+            for metric in self._watched:
+                value = metrics.get(metric)
+                if value is None or not math.isfinite(value):
+                    continue
+                if group_name is None:
+                    group_name = self._group_name(reading)
+                key = (device_id, metric)
+                sensor = self._sensors.get(key)
+                if sensor is None:
+                    sensor = self._sensors[key] = _Sensor(device_id, metric, config)
+                if sensor.group != group_name:
+                    self._move(sensor, metric, group_name)
+                sensor.site, sensor.zone = device.site, device.zone
+                group = self._groups[(metric, group_name)]
+                index = int(ts // bucket_s)
+                if index <= group.closed or (index + 1) * bucket_s <= group.watermark - lateness:
+                    self.late_dropped += 1
+                    continue
+                slot = group.buckets.get(index)
+                if slot is None:
+                    slot = group.buckets[index] = {}
+                previous_entry = slot.get(device_id)
+                if previous_entry is None or ts >= previous_entry[0]:
+                    slot[device_id] = (ts, value)
+                if ts > group.watermark:
+                    group.watermark = ts
+                    self._close_until(group, ts - lateness, signals)
+                elif len(group.buckets) > config.max_open_buckets:
+                    self._close_until(group, -math.inf, signals)
+        return signals
+
+    def _move(self, sensor: _Sensor, metric: str, group_name: str) -> None:
+        """A sensor joins a (new) peer group: its offset to new peers must be learned anew."""
+        old = self._groups.get((metric, sensor.group))
+        if old is not None:
+            old.members.discard(sensor.device)
+        group = self._groups.get((metric, group_name))
+        if group is None:
+            group = self._groups[(metric, group_name)] = _Group(metric, group_name)
+        group.members.add(sensor.device)
+        if sensor.group:
+            sensor.reset_detection(self.config)
+            sensor.mode = None
+            sensor.peer_streak = sensor.alone_streak = 0
+        sensor.group = group_name
+
+    def tick(self, now: float) -> list[Signal]:
+        """Close the buckets that ``now`` has passed by ``idle_close_s`` (quiet groups)."""
+        signals: list[Signal] = []
+        limit = now - self.config.idle_close_s
+        for group in list(self._groups.values()):
+            if group.buckets:
+                self._close_until(group, limit, signals)
+        return signals
+
+    def _close_until(self, group: _Group, limit: float, out: list[Signal]) -> None:
+        """Close the buckets of ``group`` that end at or before ``limit`` (and the oldest while
+        more than ``max_open_buckets`` are open)."""
+        bucket_s = self.config.bucket_s
+        buckets = group.buckets
+        while buckets:
+            index = min(buckets)
+            if (index + 1) * bucket_s > limit and len(buckets) <= self.config.max_open_buckets:
+                return
+            entries = buckets.pop(index)
+            group.closed = index
+            self._close_bucket(group, index, entries, out)
+
+    # -- one closed bucket ---------------------------------------------------------------------
+
+    def _close_bucket(
+        self,
+        group: _Group,
+        index: int,
+        entries: dict[str, tuple[float, float]],
+        out: list[Signal],
+    ) -> None:
+        config = self.config
+        metric = group.metric
+        low, high = config.ranges.get(metric, (-math.inf, math.inf))
+        sensors = self._sensors
+        references = self._references
+        members = [(sensors[(d, metric)], d, v) for d, (_, v) in entries.items()]
+        usable = sorted((v, d) for _, d, v in members if low <= v <= high)
+        flagged = {
+            d for s, d, _ in members if s.drift_shape is not None or s.fault_shape is not None
+        }
+        clean = [(v, d) for v, d in usable if d not in flagged] if flagged else usable
+        min_peers = config.min_peers
+        t_end = (index + 1) * config.bucket_s
+        pools = []
+        for pool in (clean, usable) if len(clean) < len(usable) else (usable,):
+            weighted = bool(references) and any(d in references for _, d in pool)
+            weight = config.reference_weight
+            pools.append(
+                (
+                    {d: i for i, (_, d) in enumerate(pool)},
+                    [v for v, _ in pool],
+                    [(v, weight if d in references else 1.0) for v, d in pool]
+                    if weighted
+                    else None,
+                )
+            )
+        for sensor, device_id, value in members:
+            consensus: float | None = None
+            peers = 0
+            for positions, values, pairs in pools:
+                position = positions.get(device_id, -1)
+                count = len(values) - (1 if position >= 0 else 0)
+                if count < min_peers:
+                    continue
+                peers = count
+                if pairs is not None:
+                    consensus = _weighted_median(pairs, position)
+                else:
+                    consensus = _median_without(values, position)
+                break
+            before = sensor.fault_shape or sensor.drift_shape
+            self._update(sensor, index, t_end, value, consensus, peers, low, high)
+            after = sensor.fault_shape or sensor.drift_shape
+            if before is not None or after is not None:
+                if before is None:
+                    sensor.since = t_end
+                elif after is None:
+                    sensor.since = None
+                self._publish(device_id, t_end, out)
+
+    def _update(
+        self,
+        s: _Sensor,
+        index: int,
+        t: float,
+        value: float,
+        consensus: float | None,
+        peers: int,
+        low: float,
+        high: float,
+    ) -> None:
+        config = self.config
+        tolerance, absolute, floor = self._params[s.metric]
+        s.last_value = value
+        s.last_ts = t
+        s.bucket_index = index
+        # physical range
+        if not low <= value <= high:
+            s.range_bad = True
+            s.range_ok_run = 0
+            s.fault_shape = "out_of_range"
+            s.last_peers = peers
+            return
+        if s.range_bad:
+            s.range_ok_run += 1
+            if s.range_ok_run >= config.clear_buckets:
+                s.range_bad = False
+        # mode: judged against peers, or alone against the own daily profile
+        if consensus is not None:
+            s.peer_streak += 1
+            s.alone_streak = 0
+        else:
+            s.alone_streak += 1
+            s.peer_streak = 0
+        switch = config.mode_switch_buckets
+        if s.mode != "peer" and s.peer_streak >= switch:
+            if s.mode is not None:
+                s.reset_detection(config)
+            s.mode = "peer"
+        elif s.mode != "alone" and s.alone_streak >= switch:
+            if s.mode is not None:
+                s.reset_detection(config)
+            s.mode = "alone"
+        hour = int((t - 0.5 * config.bucket_s) % _DAY // 3_600)
+        # own expectation: a local level (EWMA over ``alone_level_buckets``) plus the
+        # hour-of-day shape around it
+        level = s.level
+        profile_ref = None
+        if level is None:
+            s.level = level = value
+        elif s.profile_n[hour] >= config.profile_min_count:
+            profile_ref = level + s.profile[hour]
+        if s.fault_shape is None or s.fault_shape == "noisy":
+            n = s.profile_n[hour] + 1
+            s.profile_n[hour] = min(n, 1_000_000)
+            alpha = max(1.0 / n, config.profile_alpha)
+            s.profile[hour] += alpha * (value - level - s.profile[hour])
+            s.level = level + (value - s.profile[hour] - level) / config.alone_level_buckets
+        if s.mode == "peer" and consensus is not None:
+            reference: float | None = consensus
+            effective = tolerance
+        elif s.mode == "alone" and consensus is None and profile_ref is not None:
+            reference = profile_ref
+            effective = tolerance * config.alone_factor
+        else:
+            reference = None
+            effective = tolerance
+        s.last_peers = peers
+        if reference is None:
+            s.last_ref = None
+            self._judge_faults(s, effective, stuck_now=False)
+            return
+        den = 1.0 if absolute else (reference if reference > floor else max(-reference, floor))
+        raw = value - reference
+        r = raw / den
+        s.last_ref = reference
+        s.last_r = r
+        # stuck: the same value while the reference moved
+        if s.stuck_value is not None and abs(value - s.stuck_value) <= 1e-9 * max(1.0, abs(value)):
+            s.stuck_run += 1
+            if reference < s.stuck_lo:
+                s.stuck_lo = reference
+            elif reference > s.stuck_hi:
+                s.stuck_hi = reference
+        else:
+            s.stuck_value = value
+            s.stuck_run = 1
+            s.stuck_lo = s.stuck_hi = reference
+        stuck_now = False
+        if s.stuck_run >= config.stuck_buckets * (1 if s.mode == "peer" else 3):
+            moved = (s.stuck_hi - s.stuck_lo) / den
+            stuck_now = moved >= max(0.5 * effective, 4.0 * s.scale)
+        if s.verifying and s.mode == "peer":
+            self._verify(s, t, (raw - s.verify_ref) / den, tolerance)
+        elif s.verifying:
+            s.history.append([t, "no_peers_to_verify"])
+            s.verifying = False
+        # warm-up: learn the normal offset and noise
+        if s.baseline is None:
+            s.warm.append([raw, den])
+            if len(s.warm) >= config.warmup_buckets:
+                s.baseline = baseline = _median([w[0] for w in s.warm])
+                warm = [(w[0] - baseline) / w[1] for w in s.warm]
+                floor_scale = 0.05 * effective
+                s.scale = max(_MAD * _mad(warm, 0.0), floor_scale)
+                diffs = [b - a for a, b in pairwise(warm)]
+                s.dscale = max(_MAD * _mad(diffs) / _SQRT2 if diffs else 0.0, floor_scale)
+                s.warm = []
+            self._judge_faults(s, effective, stuck_now)
+            return
+        s.buckets += 1
+        d = (raw - s.baseline) / den
+        last5 = s.last5
+        last5.append(d)
+        if len(last5) == 5:
+            dm = sorted(last5)[2]
+            limit = max(config.spike_z * s.scale, 0.5 * effective)
+            if abs(last5[2] - dm) > limit:
+                s.spikes.append(index - 2)  # the middle bucket stands out
+        else:
+            dm = d
+        if s.prev_d is not None:
+            s.diffs.append(d - s.prev_d)
+        s.prev_d = d
+        s.noise_age += 1
+        if s.noise_age >= 12 and len(s.diffs) >= config.recent_buckets // 2:
+            s.noise_age = 0
+            s.noise_ratio = _MAD * _mad(s.diffs) / _SQRT2 / s.dscale
+            s.noise_hits = s.noise_hits + 1 if s.noise_ratio >= config.noisy_ratio else 0
+        s.ewma += config.ewma_alpha * (dm - s.ewma)
+        scale = s.scale
+        z = dm / scale
+        k = 0.25 * effective / scale
+        if k < 0.5:
+            k = 0.5
+        cap = 5.0 * config.cusum_h
+        cpos = s.cpos + z - k
+        s.cpos = 0.0 if cpos < 0.0 else (cap if cpos > cap else cpos)
+        cneg = s.cneg - z - k
+        s.cneg = 0.0 if cneg < 0.0 else (cap if cneg > cap else cneg)
+        s.step_win.append(dm)
+        threshold = self._threshold(s, effective)
+        self._track_rate(s, t, dm, threshold)
+        self._judge_drift(s, t, threshold)
+        self._judge_faults(s, effective, stuck_now)
+
+    def _verify(self, s: _Sensor, t: float, r: float, tolerance: float) -> None:
+        s.verify_n += 1
+        if abs(r) <= tolerance:
+            s.verify_run += 1
+        else:
+            s.verify_run = 0
+        if s.verify_run >= self.config.verify_buckets:
+            s.history.append([t, "verified"])
+            s.verifying = False
+        elif s.verify_n >= self.config.verify_max_buckets:
+            s.history.append([t, "verification_failed"])
+            s.verifying = False
+
+    def _track_rate(self, s: _Sensor, t: float, dm: float, threshold: float) -> None:
+        """Collect ``rate_sample_s`` means of the drift; fit the slope when it matters (the
+        drift is past a quarter of the threshold), else leave it for :meth:`_refresh_rate`."""
+        config = self.config
+        slot = int(t // config.rate_sample_s)
+        if slot != s.rate_slot:
+            if s.rate_n:
+                mid = (s.rate_slot + 0.5) * config.rate_sample_s
+                s.rates.append([mid / _DAY, s.rate_sum / s.rate_n])
+                s.rate_sum = 0.0
+                s.rate_n = 0
+                s.rate_stale = True
+                if abs(s.ewma) >= 0.25 * threshold or s.flagged:
+                    self._refresh_rate(s)
+            s.rate_slot = slot
+        s.rate_sum += dm
+        s.rate_n += 1
+        self._predict(s, t, threshold)
+
+    def _refresh_rate(self, s: _Sensor) -> None:
+        """Fit the Theil-Sen slope of the drift samples, if new samples came in."""
+        if not s.rate_stale:
+            return
+        s.rate_stale = False
+        config = self.config
+        if len(s.rates) < config.rate_min_samples:
+            return
+        slope, _, se = theil_sen([p[0] for p in s.rates], [p[1] for p in s.rates])
+        s.rate_per_day = slope
+        s.rate_se = se if math.isfinite(se) else None
+        s.rate_sig = slope != 0 and abs(slope) >= config.rate_min_t * se
+
+    def _predict(self, s: _Sensor, t: float, threshold: float) -> None:
+        """When the drift leaves (or left) tolerance, from its smoothed size and its rate: only
+        for a drift already ``predict_min_fraction`` of the way, moving further out."""
+        current = s.ewma
+        if abs(current) >= threshold:
+            if s.out_since is None:
+                s.out_since = t
+            s.predicted_at = s.out_since
+            return
+        s.out_since = None
+        rate = s.rate_per_day
+        if (
+            s.rate_sig
+            and rate is not None
+            and rate != 0
+            and (rate > 0) == (current > 0)
+            and abs(current) >= self.config.predict_min_fraction * threshold
+        ):
+            days = (math.copysign(threshold, rate) - current) / rate
+            s.predicted_at = t + days * _DAY if days > 0 else None
+        else:
+            s.predicted_at = None
+
+    def _threshold(self, s: _Sensor, effective: float) -> float:
+        limit = self._ewma_z * s.scale
+        return effective if effective > limit else limit
+
+    def _judge_drift(self, s: _Sensor, t: float, threshold: float) -> None:
+        config = self.config
+        e = s.ewma
+        size = abs(e)
+        if s.drift_shape is not None:
+            if size < config.clear_fraction * threshold:
+                if s.drift_shape == "ageing":
+                    # ageing does not heal itself: clear only once the trend is gone too
+                    self._refresh_rate(s)
+                    rate = s.rate_per_day
+                    if s.rate_sig and rate is not None and (rate > 0) == (e > 0):
+                        return
+                s.drift_shape = None
+            elif s.drift_shape == "ageing":
+                jump = self._best_jump(s)
+                if abs(jump) >= threshold and abs(jump) >= 0.5 * size:
+                    s.drift_shape = "step"
+                    s.step_jump = jump
+            return
+        if s.device in self._references:
+            return  # trusted: judged for faults only
+        confirmed = s.cpos >= config.cusum_h if e > 0 else s.cneg >= config.cusum_h
+        if not confirmed:
+            return
+        fire = size >= threshold
+        if not fire and size >= config.early_fraction * threshold:
+            self._refresh_rate(s)
+            self._predict(s, t, threshold)
+            rate = s.rate_per_day
+            fire = (
+                s.rate_sig
+                and rate is not None
+                and (rate > 0) == (e > 0)
+                and s.predicted_at is not None
+                and s.predicted_at - t <= config.horizon_s
+            )
+        if not fire:
+            return
+        jump = self._best_jump(s)
+        if abs(jump) >= 0.5 * threshold and abs(jump) >= 0.5 * size:
+            s.drift_shape = "step"
+            s.step_jump = jump
+        else:
+            s.drift_shape = "ageing"
+
+    @staticmethod
+    def _best_jump(s: _Sensor) -> float:
+        """The largest difference of means across one split of the recent drift history
+        (segments of at least 6 buckets): large for a step, small for slow ageing."""
+        values = list(s.step_win)
+        n = len(values)
+        if n < 12:
+            return 0.0
+        prefix = [0.0]
+        for v in values:
+            prefix.append(prefix[-1] + v)
+        total = prefix[-1]
+        best = 0.0
+        for i in range(6, n - 5):
+            jump = (total - prefix[i]) / (n - i) - prefix[i] / i
+            if abs(jump) > abs(best):
+                best = jump
+        return best
+
+    def _judge_faults(self, s: _Sensor, effective: float, stuck_now: bool) -> None:
+        config = self.config
+        while s.spikes and s.spikes[0] <= s.bucket_index - config.spike_window_buckets:
+            s.spikes.popleft()
+        current = s.fault_shape
+        if s.range_bad:
+            shape: str | None = "out_of_range"
+        elif stuck_now or (current == "stuck" and s.stuck_run >= config.stuck_buckets):
+            shape = "stuck"
+        elif s.noise_hits >= 2 or (
+            current == "noisy" and s.noise_ratio >= 0.67 * config.noisy_ratio
+        ):
+            shape = "noisy"
+        elif (current == "spikes" and s.spikes) or (
+            len(s.spikes) >= config.spike_count
+            and sum(1 for b in s.spikes if b > s.bucket_index - config.recent_buckets)
+            < max(2, config.spike_count)
+        ):
+            shape = "spikes"  # isolated outliers; many in a row is noise, judged above
+        else:
+            shape = None
+        s.fault_shape = shape
+
+    # -- calibration ---------------------------------------------------------------------------
+
+    def _calibrate(self, reading: Reading) -> list[Signal]:
+        named = reading.meta.get("metric") or reading.meta.get("metrics")
+        if named:
+            metrics = [m.strip() for m in named.split(",") if m.strip()]
+        else:
+            metrics = [m for m in reading.metrics if m in self._watched]
+        if not metrics:
+            metrics = list(self._watched)
+        touched = False
+        for metric in metrics:
+            sensor = self._sensors.get((reading.device_id, metric))
+            if sensor is None:
+                continue
+            touched = True
+            sensor.history.append([reading.ts, "calibrated"])
+            sensor.verify_ref = sensor.baseline if sensor.baseline is not None else 0.0
+            sensor.reset_detection(self.config)
+            if sensor.mode == "alone":  # its own profile carries the old error
+                sensor.profile = [0.0] * 24
+                sensor.profile_n = [0] * 24
+                sensor.level = None
+            sensor.verifying = True
+            sensor.verify_run = sensor.verify_n = 0
+        if not touched:
+            return []
+        signals: list[Signal] = []
+        self._publish(reading.device_id, reading.ts, signals, reason="calibrated")
+        return signals
+
+    # -- signals -------------------------------------------------------------------------------
+
+    def _publish(self, device_id: str, t: float, out: list[Signal], reason: str = "") -> None:
+        device = self._devices.get(device_id)
+        if device is None:
+            return
+        worst: dict[str, tuple[int, int, _Sensor]] = {}
+        flagged: dict[str, list[list[str]]] = {}
+        for metric in self._watched:
+            s = self._sensors.get((device_id, metric))
+            if s is None or s.shape is None:
+                continue
+            shape = s.shape
+            kind = DRIFT_KIND if shape == "ageing" else FAULT_KIND
+            rank = (int(_SEVERITY[shape]), _PRIORITY[shape], s)
+            flagged.setdefault(kind, []).append([metric, shape])
+            best = worst.get(kind)
+            if best is None or rank[:2] > best[:2]:
+                worst[kind] = rank
+        published = device.published
+        for kind in (DRIFT_KIND, FAULT_KIND):
+            chosen = worst.get(kind)
+            before = published.get(kind)
+            if chosen is None:
+                if before is not None:
+                    del published[kind]
+                    out.append(self._cleared(device_id, device, kind, before, t, reason))
+                continue
+            s = chosen[2]
+            shape = s.shape or ""
+            # out of tolerance (ageing only), with a margin once reported, so it does not flap
+            margin = 0.8 if before is not None and before[3] else 1.0
+            out_of_tolerance = shape == "ageing" and abs(s.ewma) >= margin * self._threshold(
+                s, self._effective(s)
+            )
+            now = [shape, int(_SEVERITY[shape]), s.metric, out_of_tolerance]
+            if now != before:
+                published[kind] = now
+                out.append(self._firing(device_id, device, kind, s, t, flagged[kind]))
+
+    def _effective(self, s: _Sensor) -> float:
+        tolerance, _ = self._tolerance(s.metric)
+        return tolerance * (self.config.alone_factor if s.mode == "alone" else 1.0)
+
+    def _evidence(self, s: _Sensor) -> dict[str, Any]:
+        _, absolute = self._tolerance(s.metric)
+        effective = self._effective(s)
+        r = s.last_r
+        threshold = self._threshold(s, effective) if s.baseline is not None else effective
+        rate = s.rate_per_day
+        return {
+            "metric": s.metric,
+            "shape": s.shape,
+            "value": s.last_value,
+            "consensus": s.last_ref if s.mode == "peer" else None,
+            "reference": s.last_ref,
+            "mode": s.mode,
+            "residual": r,
+            "residual_pct": None if r is None or absolute else 100.0 * r,
+            "baseline_offset": s.baseline,
+            "baseline_offset_pct": (
+                None
+                if absolute or s.baseline is None or s.last_ref is None
+                else 100.0 * s.baseline / max(abs(s.last_ref), self._params[s.metric][2])
+            ),
+            "drift": s.ewma,
+            "drift_pct": None if absolute else 100.0 * s.ewma,
+            "tolerance": effective,
+            "absolute": absolute,
+            "out_of_tolerance": s.baseline is not None and abs(s.ewma) >= threshold,
+            "rate_per_day": rate,
+            "rate_pct_per_day": None if rate is None or absolute else 100.0 * rate,
+            "rate_significant": s.rate_sig,
+            "predicted_out_of_tolerance_at": s.predicted_at,
+            "predicted_out_of_tolerance_iso": (
+                iso_utc(s.predicted_at) if s.predicted_at is not None else None
+            ),
+            "peers_used": s.last_peers,
+            "group": s.group,
+            "confidence": round(self._confidence(s, threshold), 3),
+            "noise_ratio": s.noise_ratio,
+            "stuck_buckets": s.stuck_run,
+            "spikes": len(s.spikes),
+            "step": s.step_jump if s.shape == "step" else None,
+            "last_calibration": self._last_calibration(s),
+        }
+
+    def _confidence(self, s: _Sensor, threshold: float) -> float:
+        config = self.config
+        shape = s.shape
+        if shape == "out_of_range":
+            base = 1.0
+        elif shape == "stuck":
+            base = min(1.0, s.stuck_run / (2.0 * config.stuck_buckets))
+        elif shape == "noisy":
+            base = min(1.0, s.noise_ratio / (2.0 * config.noisy_ratio))
+        elif shape == "spikes":
+            base = min(1.0, len(s.spikes) / (2.0 * config.spike_count))
+        else:
+            cusum = max(s.cpos, s.cneg) / config.cusum_h
+            base = min(1.0, abs(s.ewma) / threshold) * min(1.0, 0.5 + 0.5 * cusum)
+        support = (
+            0.6
+            if s.mode != "peer"
+            else min(1.0, 0.5 + s.last_peers / (2.0 * (config.min_peers + 2)))
+        )
+        return max(0.0, min(1.0, base * support))
+
+    @staticmethod
+    def _last_calibration(s: _Sensor) -> float | None:
+        for ts, event in reversed(s.history):
+            if event == "calibrated":
+                return float(ts)
+        return None
+
+    def _firing(
+        self,
+        device_id: str,
+        device: _Device,
+        kind: str,
+        s: _Sensor,
+        t: float,
+        metrics: list[list[str]],
+    ) -> Signal:
+        evidence = self._evidence(s)
+        evidence["metrics"] = metrics
+        shape = s.shape or ""
+        metric = s.metric
+        drift_pct = f"{100.0 * s.ewma:+.2f} %"
+        if evidence["absolute"]:
+            drift_pct = f"{s.ewma:+.4g}"
+        against = "its peers" if s.mode == "peer" else "its own daily profile"
+        when = evidence["predicted_out_of_tolerance_iso"]
+        if shape == "ageing":
+            rate = evidence["rate_pct_per_day"]
+            rate_text = f" ({rate:+.3f} %/day)" if rate is not None else ""
+            if evidence["out_of_tolerance"]:
+                summary = f"{device_id}: {metric} has drifted {drift_pct} from {against}{rate_text}, out of tolerance"
+                action = f"Recalibrate the {metric} sensor of {device_id}: it reads {drift_pct} off {against}."
+            else:
+                summary = f"{device_id}: {metric} drifting {drift_pct} from {against}{rate_text}, out of tolerance by {when}"
+                action = (
+                    f"Plan a recalibration of the {metric} sensor of {device_id} before {when}."
+                )
+        elif shape == "step":
+            summary = f"{device_id}: {metric} jumped {drift_pct} away from {against}"
+            action = f"Check the {metric} sensor of {device_id} (knock, moisture, wiring); recalibrate it, or replace it if the offset returns."
+        elif shape == "stuck":
+            summary = f"{device_id}: {metric} stuck at {s.last_value:.6g} for {s.stuck_run} buckets while {against} changed"
+            action = f"Replace the {metric} sensor of {device_id} (or check its wiring and firmware): it repeats one value."
+        elif shape == "noisy":
+            summary = f"{device_id}: {metric} noise {s.noise_ratio:.1f}x its normal level"
+            action = f"Replace the {metric} sensor of {device_id}: its readings have become noisy."
+        elif shape == "spikes":
+            summary = f"{device_id}: {metric} shows {len(s.spikes)} large spikes"
+            action = f"Check the connections and shielding of the {metric} sensor of {device_id}; replace it if the spikes continue."
+        else:
+            low, high = self.config.ranges.get(metric, (-math.inf, math.inf))
+            summary = f"{device_id}: {metric} reads {s.last_value:.6g}, outside its physical range [{low:g}, {high:g}]"
+            action = f"Replace the {metric} sensor of {device_id}, or check its wiring: the value is physically impossible."
+        return Signal(
+            kind=kind,
+            subject=device_id,
+            firing=True,
+            at=t,
+            severity=_SEVERITY[shape],
+            subject_type=SubjectType.DEVICE,
+            summary=summary,
+            evidence=evidence,
+            action=action,
+            site=device.site,
+            zone=device.zone,
+        )
+
+    def _cleared(
+        self, device_id: str, device: _Device, kind: str, before: list[Any], t: float, reason: str
+    ) -> Signal:
+        shape, severity, metric, _ = before
+        why = reason or "back within tolerance of its peers"
+        if reason == "calibrated":
+            why = "calibrated; verifying against its peers"
+        return Signal(
+            kind=kind,
+            subject=device_id,
+            firing=False,
+            at=t,
+            severity=Severity(int(severity)),
+            subject_type=SubjectType.DEVICE,
+            summary=f"{device_id}: {metric} {why}",
+            evidence={"metric": metric, "shape": shape, "reason": reason or "recovered"},
+            action="",
+            site=device.site,
+            zone=device.zone,
+        )
+
+    # -- reports -------------------------------------------------------------------------------
+
+    def sensor_status(self, device_id: str, metric: str) -> dict[str, Any] | None:
+        """What is known about one sensor (evidence fields plus calibration history)."""
+        s = self._sensors.get((device_id, metric))
+        if s is None:
+            return None
+        if s.baseline is not None:
+            self._refresh_rate(s)
+            self._predict(s, s.last_ts, self._threshold(s, self._effective(s)))
+        status = self._evidence(s)
+        status["device"] = device_id
+        status["warmed_up"] = s.baseline is not None
+        status["calibration_history"] = [list(h) for h in s.history]
+        status["verifying"] = s.verifying
+        return status
+
+    def report(self, now: float) -> dict[str, Any]:
+        """The detector's published report: the recalibration schedule."""
+        return self.recalibration_schedule(now)
+
+    def recalibration_schedule(self, now: float) -> dict[str, Any]:
+        """Which sensors need calibration when, by zone, and how drift relates to environment.
+
+        ``sensors`` lists the sensors that are out of tolerance or faulty first (earliest
+        first), then those predicted to leave tolerance, by date; ``by_zone`` groups the same
+        entries by ``site/zone``; ``environment`` compares drift rates per environmental band
+        with the rest of the fleet (median ratio, one-sided Mann-Whitney U test).
+        """
+        entries: list[dict[str, Any]] = []
+        healthy = 0
+        warming = 0
+        for s in self._sensors.values():
+            if s.baseline is None:
+                warming += 1
+                continue
+            effective = self._effective(s)
+            threshold = self._threshold(s, effective)
+            self._refresh_rate(s)
+            self._predict(s, s.last_ts, threshold)
+            if s.fault_shape is not None or s.drift_shape == "step":
+                status = "fault"
+            elif abs(s.ewma) >= threshold:
+                status = "out_of_tolerance"
+            elif s.predicted_at is not None:
+                status = "drifting"
+            else:
+                healthy += 1
+                continue
+            if status == "drifting":
+                due = s.predicted_at if s.predicted_at is not None else s.last_ts
+            elif status == "fault":
+                due = s.since if s.since is not None else s.last_ts
+            else:
+                due = s.out_since if s.out_since is not None else s.last_ts
+            shape = s.shape
+            severity = _SEVERITY[shape] if shape is not None else Severity.INFO
+            _, absolute = self._tolerance(s.metric)
+            rate = s.rate_per_day
+            entries.append(
+                {
+                    "device": s.device,
+                    "metric": s.metric,
+                    "site": s.site,
+                    "zone": s.zone,
+                    "group": s.group,
+                    "status": status,
+                    "shape": shape,
+                    "severity": severity.label,
+                    "drift": s.ewma,
+                    "drift_pct": None if absolute else 100.0 * s.ewma,
+                    "rate_per_day": rate,
+                    "rate_pct_per_day": None if rate is None or absolute else 100.0 * rate,
+                    "predicted_out_of_tolerance_at": due,
+                    "predicted_out_of_tolerance_iso": iso_utc(due),
+                    "days_left": max(0.0, (due - now) / _DAY) if status == "drifting" else 0.0,
+                    "action": "replace or repair" if status == "fault" else "recalibrate",
+                    "last_calibration": self._last_calibration(s),
+                }
+            )
+        urgent = {"fault": 0, "out_of_tolerance": 0, "drifting": 1}
+        entries.sort(
+            key=lambda e: (
+                urgent[e["status"]],
+                -int(Severity.parse(e["severity"])),
+                e["predicted_out_of_tolerance_at"],
+            )
+        )
+        by_zone: dict[str, list[dict[str, Any]]] = {}
+        for entry in entries:
+            zone = f"{entry['site'] or '?'}/{entry['zone'] or '?'}"
+            by_zone.setdefault(zone, []).append(entry)
+        return {
+            "generated_at": now,
+            "generated_at_iso": iso_utc(now),
+            "sensors": entries,
+            "by_zone": by_zone,
+            "healthy": healthy,
+            "warming_up": warming,
+            "environment": self._environment_report(),
+        }
+
+    def _environment_report(self) -> dict[str, Any]:
+        """Drift rate (absolute, per day) per environmental band against the rest of the fleet."""
+        config = self.config
+        rows: list[tuple[float, str, dict[str, float]]] = []
+        for s in self._sensors.values():
+            if s.baseline is None:
+                continue
+            self._refresh_rate(s)
+            if s.rate_per_day is None:
+                continue
+            device = self._devices.get(s.device)
+            if device is None:
+                continue
+            zone = f"{s.site or '?'}/{s.zone or '?'}"
+            rows.append((abs(s.rate_per_day), zone, device.env))
+        all_rates = [r for r, _, _ in rows]
+        report: dict[str, Any] = {
+            "statistic": "ratio of median |drift rate| in the band to the rest of the fleet; "
+            "one-sided Mann-Whitney U test (normal approximation)",
+            "fleet_median_rate_pct_per_day": 100.0 * _median(all_rates) if all_rates else None,
+            "n": len(rows),
+            "bands": [],
+            "findings": [],
+        }
+        min_n = config.environment_min_n
+        for env_metric in config.environment_metrics:
+            edges = tuple(config.environment_bands.get(env_metric, ()))
+            if not edges:
+                continue
+            unit = env_metric.rsplit("_", 1)[-1] if "_" in env_metric else ""
+            with_env = [(r, z, e[env_metric]) for r, z, e in rows if env_metric in e]
+            for band in range(len(edges) + 1):
+                lo = edges[band - 1] if band > 0 else -math.inf
+                hi = edges[band] if band < len(edges) else math.inf
+                if band == 0:
+                    label = f"{env_metric.split('_')[0]} below {edges[0]:g} {unit}"
+                elif band == len(edges):
+                    label = f"{env_metric.split('_')[0]} above {edges[-1]:g} {unit}"
+                else:
+                    label = f"{env_metric.split('_')[0]} {lo:g}-{hi:g} {unit}"
+                inside = [(r, z) for r, z, v in with_env if lo <= v < hi]
+                scopes: list[tuple[str, list[float], list[float]]] = [
+                    (
+                        "fleet",
+                        [r for r, _ in inside],
+                        [r for r, _, v in with_env if not lo <= v < hi],
+                    )
+                ]
+                for zone in sorted({z for _, z in inside}):
+                    chosen = [r for r, z in inside if z == zone]
+                    rest = [r for r, z, v in with_env if not (z == zone and lo <= v < hi)]
+                    scopes.append((zone, chosen, rest))
+                for scope, a, b in scopes:
+                    if len(a) < min_n or len(b) < min_n:
+                        continue
+                    med_a, med_b = _median(a), _median(b)
+                    ratio = med_a / med_b if med_b > 0 else math.inf
+                    u, p = mann_whitney_greater(a, b)
+                    row = {
+                        "metric": env_metric,
+                        "band": label,
+                        "scope": scope,
+                        "n": len(a),
+                        "n_rest": len(b),
+                        "median_rate_pct_per_day": 100.0 * med_a,
+                        "rest_median_rate_pct_per_day": 100.0 * med_b,
+                        "ratio": ratio if math.isfinite(ratio) else None,
+                        "u": u,
+                        "p_value": p,
+                    }
+                    report["bands"].append(row)
+                    if p < 0.05 and ratio >= 1.5:
+                        where = "sensors" if scope == "fleet" else f"sensors in {scope}"
+                        factor = f"{ratio:.1f}x" if math.isfinite(ratio) else "much"
+                        report["findings"].append(
+                            f"{where} with {label} drift {factor} faster than the rest "
+                            f"(n={len(a)} vs {len(b)}, Mann-Whitney p={p:.2g})"
+                        )
+        return report
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.STATE_VERSION,
+            "now": self.now if math.isfinite(self.now) else None,
+            "late_dropped": self.late_dropped,
+            "groups": [
+                {
+                    "metric": g.metric,
+                    "name": g.name,
+                    "watermark": g.watermark if math.isfinite(g.watermark) else None,
+                    "closed": g.closed,
+                    "members": sorted(g.members),
+                    "buckets": {
+                        str(index): {d: [ts, v] for d, (ts, v) in entries.items()}
+                        for index, entries in g.buckets.items()
+                    },
+                }
+                for g in self._groups.values()
+            ],
+            "sensors": [s.to_state() for s in self._sensors.values()],
+            "devices": {
+                device_id: {
+                    "site": d.site,
+                    "zone": d.zone,
+                    "published": d.published,
+                    "env": d.env,
+                }
+                for device_id, d in self._devices.items()
+            },
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        version = state.get("version")
+        if version != self.STATE_VERSION:
+            raise ValueError(f"drift state format {version} is not {self.STATE_VERSION}")
+        self._reset()
+        now = state.get("now")
+        self.now = -math.inf if now is None else float(now)
+        self.late_dropped = int(state.get("late_dropped", 0))
+        for row in state.get("groups", []):
+            group = _Group(str(row["metric"]), str(row["name"]))
+            watermark = row.get("watermark")
+            group.watermark = -math.inf if watermark is None else float(watermark)
+            group.closed = int(row["closed"])
+            group.members = {str(m) for m in row.get("members", [])}
+            group.buckets = {
+                int(index): {str(d): (float(ts), float(v)) for d, (ts, v) in entries.items()}
+                for index, entries in row.get("buckets", {}).items()
+            }
+            self._groups[(group.metric, group.name)] = group
+        for row in state.get("sensors", []):
+            sensor = _Sensor.from_state(row, self.config)
+            if sensor.metric in self._watched:
+                self._sensors[(sensor.device, sensor.metric)] = sensor
+                if (sensor.metric, sensor.group) not in self._groups:
+                    self._groups[(sensor.metric, sensor.group)] = _Group(
+                        sensor.metric, sensor.group
+                    )
+        for device_id, row in state.get("devices", {}).items():
+            device = _Device()
+            device.site = row.get("site")
+            device.zone = row.get("zone")
+            device.published = {str(k): list(v) for k, v in row.get("published", {}).items()}
+            device.env = {str(k): float(v) for k, v in row.get("env", {}).items()}
+            self._devices[str(device_id)] = device

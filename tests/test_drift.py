@@ -1,0 +1,459 @@
+"""The drift detector on simulated peer groups: ageing, faults, shared changes, calibration.
+
+Each zone holds sensors of one temperature that share a daily cycle and a slower weather
+wave, each with its own small offset, noise, 0.01 °C resolution and reporting moment
+within the 5-minute period. ``<zone>-0`` carries the fault under test (``<zone>-1`` and ``-2`` too in zones testing several). Simulations are seeded and shared between tests (module-scoped), to stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import pytest
+
+from detectors.base import Detector
+from detectors.drift import (
+    DRIFT_KIND,
+    FAULT_KIND,
+    DriftConfig,
+    DriftDetector,
+    drift_config_from_dict,
+    mann_whitney_greater,
+    theil_sen,
+)
+from service.model import MessageKind, Reading, Severity, Signal
+
+DAY = 86_400.0
+T0 = 19_675 * DAY  # a UTC midnight
+Fault = Callable[[float, float], float]  # (day, true value) -> reported value
+
+
+@dataclass
+class Sim:
+    """A seeded fleet of temperature sensors grouped in zones of site ``s1``."""
+
+    zones: dict[str, tuple[int, dict[int, Fault]]]  # zone -> (sensors, faults by index)
+    seed: int = 7
+    base: float = 22.0
+    zone_base: dict[str, float] | None = None
+    zone_faults: dict[str, Fault] | None = None
+
+    def __post_init__(self) -> None:
+        rng = random.Random(self.seed)
+        self.rng = rng
+        self.sensors: list[tuple[str, str, float, float, Fault | None]] = []
+        self.weather = {zone: rng.uniform(0, 2 * math.pi) for zone in self.zones}
+        for zone, (count, faults) in self.zones.items():
+            for i in range(count):
+                phase, offset = rng.uniform(0, 299), rng.gauss(0, 0.1)
+                self.sensors.append((f"{zone}-{i}", zone, phase, offset, faults.get(i)))
+
+    def run(
+        self,
+        detector: Detector,
+        start_day: float,
+        end_day: float,
+        events: dict[int, list[Reading]] | None = None,
+    ) -> list[Signal]:
+        signals: list[Signal] = []
+        gauss = self.rng.gauss
+        zone_base = self.zone_base or {}
+        zone_faults = self.zone_faults or {}
+        two_pi = 2 * math.pi
+        for step in range(int(start_day * 288), int(end_day * 288)):
+            batch = []
+            for device, zone, phase, offset, fault in self.sensors:
+                t = T0 + step * 300.0 + phase
+                day = (t - T0) / DAY
+                value = (
+                    zone_base.get(zone, self.base)
+                    + 6.0 * math.sin(two_pi * (day - 0.375))
+                    + 1.5 * math.sin(two_pi * day / 3.7 + self.weather[zone])
+                )
+                shared = zone_faults.get(zone)
+                if shared is not None:
+                    value = shared(day, value)
+                value += offset + gauss(0.0, 0.05)
+                if fault is not None:
+                    value = fault(day, value)
+                meta = {"site": "s1", "zone": zone}
+                batch.append(Reading(device, t, t, {"temperature_c": round(value, 2)}, meta))
+            if events and step in events:
+                batch.extend(events[step])
+            signals += detector.process(batch)
+        return signals
+
+
+def ageing(rate_per_month: float, start: float) -> Fault:
+    return lambda day, v: v * (1.0 + rate_per_month * max(0.0, day - start) / 30.0)
+
+
+def step(size: float, start: float, end: float = math.inf) -> Fault:
+    return lambda day, v: v * (1.0 + size) if start <= day < end else v
+
+
+def stuck(start: float) -> Fault:
+    held: list[float] = []
+
+    def fault(day: float, v: float) -> float:
+        if day < start:
+            return v
+        if not held:
+            held.append(round(v, 2))
+        return held[0]
+
+    return fault
+
+
+def noisy(start: float, sd: float) -> Fault:
+    rng = random.Random(11)
+    return lambda day, v: v + rng.gauss(0.0, sd) if day >= start else v
+
+
+def spikes(start: float, every: int, size: float) -> Fault:
+    rng = random.Random(5)
+    return lambda day, v: v * (1 + size) if day >= start and rng.randrange(every) == 0 else v
+
+
+def out_of_range(start: float) -> Fault:
+    return lambda day, v: 180.0 if day >= start else v
+
+
+def fired(signals: Sequence[Signal], device: str | None = None) -> list[Signal]:
+    return [s for s in signals if s.firing and (device is None or s.subject == device)]
+
+
+def active(signals: Sequence[Signal]) -> dict[tuple[str, str], Signal]:
+    """The alerts still open at the end: the last signal per (kind, subject) that fires."""
+    last: dict[tuple[str, str], Signal] = {}
+    for s in signals:
+        last[(s.kind, s.subject)] = s
+    return {k: s for k, s in last.items() if s.firing}
+
+
+# -- the long run: slow ageing, a slower drift still under tolerance, a lone sensor -----------
+
+LONG_DAYS = 20
+
+
+@pytest.fixture(scope="module")
+def long_run() -> tuple[DriftDetector, list[Signal]]:
+    sim = Sim(
+        {
+            "A": (8, {0: ageing(0.03, 5.0)}),  # 3 %/month from day 5
+            "I": (6, {0: ageing(0.015, 2.0)}),  # 1.5 %/month from day 2: under 2 % by day 20
+            "L": (1, {}),  # alone in its zone
+        }
+    )
+    detector = DriftDetector()
+    return detector, sim.run(detector, 0, LONG_DAYS)
+
+
+def test_slow_ageing_is_flagged_as_drift_and_healthy_peers_are_not(
+    long_run: tuple[DriftDetector, list[Signal]],
+) -> None:
+    _, signals = long_run
+    assert {s.subject for s in fired(signals)} == {"A-0"}
+    first = fired(signals, "A-0")[0]
+    assert first.kind == DRIFT_KIND
+    assert first.severity == Severity.WARNING
+    assert first.evidence["shape"] == "ageing"
+    assert first.evidence["metric"] == "temperature_c"
+    assert first.evidence["peers_used"] == 7
+    assert first.evidence["group"] == "s1/A"
+    assert first.site == "s1" and first.zone == "A"
+    assert 0.0 < first.evidence["confidence"] <= 1.0
+    assert first.evidence["drift_pct"] > 0.9
+    assert "recalibrat" in first.action.lower()
+    # flagged before leaving tolerance (day 25), with a date about right
+    assert (first.at - T0) / DAY < LONG_DAYS
+    predicted_day = (first.evidence["predicted_out_of_tolerance_at"] - T0) / DAY
+    assert 20.0 < predicted_day < 32.0
+    # no flapping: it stays open
+    assert ("sensor_drift", "A-0") in active(signals)
+    assert len([s for s in signals if s.subject == "A-0" and not s.firing]) == 0
+
+
+def test_rate_and_prediction_for_a_drift_still_in_tolerance(
+    long_run: tuple[DriftDetector, list[Signal]],
+) -> None:
+    detector, _ = long_run
+    status = detector.sensor_status("I-0", "temperature_c")
+    assert status is not None
+    # 1.5 %/month = 0.05 %/day; at day 20 it is 0.9 % off, out of 2 % around day 42
+    assert status["out_of_tolerance"] is False
+    assert status["rate_significant"] is True
+    assert 0.03 < status["rate_pct_per_day"] < 0.07
+    assert 0.6 < status["drift_pct"] < 1.1
+    predicted_day = (status["predicted_out_of_tolerance_at"] - T0) / DAY
+    assert 34.0 < predicted_day < 55.0
+    healthy = detector.sensor_status("I-3", "temperature_c")
+    assert healthy is not None and healthy["predicted_out_of_tolerance_at"] is None
+
+
+def test_lone_sensor_with_daily_cycle_is_judged_alone_and_not_flagged(
+    long_run: tuple[DriftDetector, list[Signal]],
+) -> None:
+    detector, signals = long_run
+    assert fired(signals, "L-0") == []
+    status = detector.sensor_status("L-0", "temperature_c")
+    assert status is not None
+    assert status["mode"] == "alone" and status["warmed_up"]
+    assert status["tolerance"] == pytest.approx(0.06)
+
+
+def test_recalibration_schedule_orders_by_predicted_date(
+    long_run: tuple[DriftDetector, list[Signal]],
+) -> None:
+    detector, _ = long_run
+    now = T0 + LONG_DAYS * DAY
+    report = detector.recalibration_schedule(now)
+    json.dumps(report, allow_nan=False)
+    devices = [e["device"] for e in report["sensors"]]
+    assert devices[:2] == ["A-0", "I-0"]
+    first, second = report["sensors"][:2]
+    assert first["predicted_out_of_tolerance_at"] < second["predicted_out_of_tolerance_at"]
+    assert second["status"] == "drifting" and 10 < second["days_left"] < 40
+    assert list(report["by_zone"])[:2] == ["s1/A", "s1/I"]
+    assert report["by_zone"]["s1/A"][0]["device"] == "A-0"
+    assert report["healthy"] == 13
+
+
+# -- the fault run: one faulty sensor per zone, faults from day 6 ---------------------------
+
+FAULT_DAYS = 10
+CALIBRATION_STEP = 9 * 288
+
+
+@pytest.fixture(scope="module")
+def fault_run() -> tuple[DriftDetector, list[Signal]]:
+    sim = Sim(
+        {
+            "B": (7, {0: step(0.05, 6.0), 1: stuck(6.0), 2: out_of_range(6.0)}),
+            "D": (6, {0: noisy(6.0, 0.8), 1: spikes(6.0, 40, 0.3)}),
+            "F": (6, {}),  # the whole zone moves +10 % at day 6
+            "G": (6, {0: ageing(3.0, 5.0)}),  # 10 %/day: one badly drifted peer
+            "H": (6, {0: step(0.05, 6.0, 9.0)}),  # repaired and calibrated at day 9
+        },
+        zone_faults={"F": step(0.10, 6.0)},
+    )
+    calibration = Reading(
+        "H-0", T0 + 9 * DAY + 1, T0 + 9 * DAY + 1, {}, {"site": "s1", "zone": "H"},
+        kind=MessageKind.CALIBRATION,
+    )  # fmt: skip
+    detector = DriftDetector()
+    return detector, sim.run(detector, 0, FAULT_DAYS, events={CALIBRATION_STEP: [calibration]})
+
+
+@pytest.mark.parametrize(
+    ("device", "kind", "shape", "severity"),
+    [
+        ("B-0", FAULT_KIND, "step", Severity.WARNING),
+        ("B-1", FAULT_KIND, "stuck", Severity.CRITICAL),
+        ("B-2", FAULT_KIND, "out_of_range", Severity.CRITICAL),
+        ("D-0", FAULT_KIND, "noisy", Severity.WARNING),
+        ("D-1", FAULT_KIND, "spikes", Severity.WARNING),
+    ],
+)
+def test_failure_shapes(
+    fault_run: tuple[DriftDetector, list[Signal]],
+    device: str,
+    kind: str,
+    shape: str,
+    severity: Severity,
+) -> None:
+    _, signals = fault_run
+    mine = fired(signals, device)
+    assert mine, f"{device} was not flagged"
+    first = mine[0]
+    assert (first.kind, first.evidence["shape"], first.severity) == (kind, shape, severity)
+    assert 6.0 <= (first.at - T0) / DAY < 7.0  # found within a day
+    assert first.action
+    assert (kind, device) in active(signals)
+    assert [s for s in signals if s.subject == device and not s.firing] == []  # no flapping
+
+
+def test_no_false_alarms_on_healthy_sensors(fault_run: tuple[DriftDetector, list[Signal]]) -> None:
+    _, signals = fault_run
+    flagged = {s.subject for s in fired(signals)}
+    healthy = {f"B-{i}" for i in range(3, 7)} | {f"D-{i}" for i in range(2, 6)}
+    healthy |= {f"{zone}-{i}" for zone in "FGH" for i in range(1, 6)}
+    assert flagged & healthy == set()
+
+
+def test_group_moving_together_is_not_drift(fault_run: tuple[DriftDetector, list[Signal]]) -> None:
+    _, signals = fault_run
+    assert [s for s in signals if s.zone == "F"] == []
+
+
+def test_one_badly_drifted_peer_does_not_flag_the_others(
+    fault_run: tuple[DriftDetector, list[Signal]],
+) -> None:
+    detector, signals = fault_run
+    zone_g = fired([s for s in signals if s.zone == "G"])
+    assert {s.subject for s in zone_g} == {"G-0"}
+    for i in range(1, 6):
+        status = detector.sensor_status(f"G-{i}", "temperature_c")
+        assert status is not None and abs(status["drift_pct"]) < 0.5
+
+
+def test_calibration_clears_resets_and_is_verified(
+    fault_run: tuple[DriftDetector, list[Signal]],
+) -> None:
+    detector, signals = fault_run
+    mine = [s for s in signals if s.subject == "H-0"]
+    assert [(s.kind, s.firing) for s in mine] == [(FAULT_KIND, True), (FAULT_KIND, False)]
+    cleared = mine[1]
+    assert cleared.at == T0 + 9 * DAY + 1
+    assert cleared.evidence["reason"] == "calibrated"
+    status = detector.sensor_status("H-0", "temperature_c")
+    assert status is not None
+    events = [event for _, event in status["calibration_history"]]
+    assert events == ["calibrated", "verified"]
+    verified_at = status["calibration_history"][1][0]
+    assert 0 < verified_at - (T0 + 9 * DAY) < 2 * 3_600  # 12 buckets agreeing with peers
+    assert status["last_calibration"] == T0 + 9 * DAY + 1
+
+
+def test_schedule_puts_faults_first(fault_run: tuple[DriftDetector, list[Signal]]) -> None:
+    detector, _ = fault_run
+    report = detector.recalibration_schedule(T0 + FAULT_DAYS * DAY)
+    json.dumps(report, allow_nan=False)
+    statuses = [e["status"] for e in report["sensors"]]
+    assert statuses == sorted(statuses, key=lambda s: s == "drifting")
+    listed = {e["device"] for e in report["sensors"]}
+    assert {"B-0", "B-1", "B-2", "D-0", "D-1", "G-0"} <= listed
+    assert "H-0" not in listed and "F-1" not in listed
+    assert set(report["by_zone"]) >= {"s1/B", "s1/D", "s1/G"}
+    assert [e["device"] for e in report["by_zone"]["s1/B"]][:3] == ["B-2", "B-1", "B-0"]
+
+
+# -- state, configuration, statistics ---------------------------------------------------------
+
+
+def test_state_round_trips_through_json_and_continues_identically() -> None:
+    sim = Sim({"B": (5, {0: step(0.05, 3.0)})}, seed=3)
+    config = DriftConfig(metrics=("temperature_c",), warmup_buckets=144)
+    first = DriftDetector(config)
+    sim.run(first, 0, 2.5)
+    saved = json.loads(json.dumps(first.state_dict(), allow_nan=False))
+    second = DriftDetector(config)
+    second.load_state(saved)
+    assert json.loads(json.dumps(second.state_dict(), allow_nan=False)) == saved
+    # the same readings to both: same signals
+    replay = Sim({"B": (5, {0: step(0.05, 3.0)})}, seed=3)
+    replay.rng = random.Random(99)
+    sim.rng = random.Random(99)
+    a = sim.run(first, 2.5, 4.0)
+    b = replay.run(second, 2.5, 4.0)
+    assert [(s.kind, s.subject, s.firing, s.at) for s in a] == [
+        (s.kind, s.subject, s.firing, s.at) for s in b
+    ]
+    assert [s.evidence["shape"] for s in fired(a)] == ["step"]
+    with pytest.raises(ValueError):
+        DriftDetector(config).load_state({"version": 99})
+
+
+def test_config_from_dict() -> None:
+    config = drift_config_from_dict(
+        {
+            "metrics": ["pressure_hpa"],
+            "rel_tolerance": 0.01,
+            "abs_tolerance": {"pressure_hpa": 2},
+            "ranges": {"pressure_hpa": [800, 1200]},
+            "reference_devices": ["ref-1"],
+            "group_by": ["site"],
+            "bucket_s": 600,
+        }
+    )
+    assert config.metrics == ("pressure_hpa",)
+    assert config.abs_tolerance == {"pressure_hpa": 2.0}
+    assert config.ranges["pressure_hpa"] == (800.0, 1200.0)
+    assert config.reference_devices == ("ref-1",)
+    with pytest.raises(ValueError, match="unknown drift settings"):
+        drift_config_from_dict({"tolerance": 1})
+    with pytest.raises(ValueError):
+        DriftConfig(rel_tolerance=0)
+    assert isinstance(DriftDetector(config), Detector)
+
+
+def test_reference_devices_dominate_the_consensus() -> None:
+    config = DriftConfig(
+        metrics=("pressure_hpa",), bucket_s=60, lateness_s=0, warmup_buckets=30,
+        reference_devices=("ref",), abs_tolerance={"pressure_hpa": 1.0},
+    )  # fmt: skip
+    detector = DriftDetector(config)
+    rng = random.Random(1)
+    signals: list[Signal] = []
+    meta = {"site": "s", "zone": "z"}
+    # two of four ordinary peers drift down together after bucket 100; the reference and the
+    # other peers hold: the drifting pair is flagged, the healthy ones are not
+    for i in range(300):
+        t = 60.0 * i
+        batch = []
+        for device in ("ref", "p1", "p2", "p3", "p4"):
+            value = 1000.0 + 3.0 * math.sin(i / 20) + rng.gauss(0, 0.05)
+            if device in ("p3", "p4") and i > 100:
+                value -= 0.05 * (i - 100)
+            batch.append(Reading(device, t + 1, t + 1, {"pressure_hpa": value}, meta))
+        signals += detector.process(batch)
+    assert {s.subject for s in fired(signals)} == {"p3", "p4"}
+
+
+def test_environment_correlation_finds_hot_zone_drifting_faster() -> None:
+    config = DriftConfig(
+        metrics=("temperature_c",), bucket_s=3_600, lateness_s=0, warmup_buckets=24,
+        rate_sample_s=6 * 3_600, min_peers=3,
+    )  # fmt: skip
+    detector = DriftDetector(config)
+    rng = random.Random(4)
+    hot_rates = [0.003, -0.003, 0.0025, -0.0025, 0.002, -0.002, 0.0015]  # per day
+    cool_rates = [0.0004, -0.0004, 0.0003, -0.0003, 0.0002, -0.0002, 0.0001]
+    sensors = [("hot", f"h{i}", 45.0, r) for i, r in enumerate(hot_rates)]
+    sensors += [("cool", f"c{i}", 20.0, r) for i, r in enumerate(cool_rates)]
+    for hour in range(24 * 20):
+        t = T0 + 3_600.0 * hour
+        day = hour / 24
+        batch = []
+        for zone, device, base, rate in sensors:
+            value = base + 3.0 * math.sin(2 * math.pi * day) + rng.gauss(0, 0.03)
+            value *= 1 + rate * max(0.0, day - 2)
+            meta = {"site": "s1", "zone": zone}
+            batch.append(Reading(device, t + 5, t + 5, {"temperature_c": value}, meta))
+        detector.process(batch)
+    report = detector.recalibration_schedule(T0 + 20 * DAY)["environment"]
+    hot = [
+        b
+        for b in report["bands"]
+        if b["scope"] == "s1/hot" and b["band"] == "temperature above 40 c"
+    ]
+    assert len(hot) == 1
+    assert hot[0]["n"] == 7 and hot[0]["n_rest"] == 7
+    assert hot[0]["ratio"] > 3 and hot[0]["p_value"] < 0.01
+    assert any(
+        f.startswith("sensors in s1/hot with temperature above 40") for f in report["findings"]
+    )
+
+
+def test_statistics_helpers() -> None:
+    slope, intercept, _ = theil_sen([0, 1, 2, 3, 4, 5], [0.0, 0.1, 0.2, 0.3, 5.0, 0.5])
+    assert slope == pytest.approx(0.1) and intercept == pytest.approx(0.0)
+    _, p = mann_whitney_greater([1, 2, 3], [1, 2, 3])
+    assert p > 0.3
+    _, p = mann_whitney_greater([10, 11, 12, 13, 14], [1, 2, 3, 4, 5])
+    assert p < 0.01
+
+
+def test_ignores_other_kinds_and_out_of_order_after_close() -> None:
+    detector = DriftDetector(DriftConfig(bucket_s=60, lateness_s=0))
+    meta = {"site": "s", "zone": "z"}
+    status = Reading("d1", 10.0, 10.0, {"temperature_c": 20.0}, meta, kind=MessageKind.STATUS)
+    assert detector.process([status]) == []
+    detector.process([Reading("d1", 200.0, 200.0, {"temperature_c": 20.0}, meta)])
+    detector.process([Reading("d1", 10.0, 10.0, {"temperature_c": 20.0}, meta, late=True)])
+    assert detector.late_dropped == 1
+    assert detector.tick(10_000.0) == []
