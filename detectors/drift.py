@@ -149,6 +149,7 @@ class DriftConfig:
     lateness_s: float = 300.0
     idle_close_s: float = 900.0
     max_open_buckets: int = 24
+    carry_s: float = 1_800.0
     min_peers: int = 3
     reference_devices: tuple[str, ...] = ()
     reference_weight: float = 3.0
@@ -156,7 +157,7 @@ class DriftConfig:
     ewma_alpha: float = 0.05
     cusum_h: float = 10.0
     fire_z: float = 5.0
-    early_fraction: float = 0.5
+    early_fraction: float = 0.8
     clear_fraction: float = 0.25
     horizon_s: float = 30 * _DAY
     rate_sample_s: float = 4 * 3_600.0
@@ -661,13 +662,25 @@ class DriftDetector:
         sensors = self._sensors
         references = self._references
         members = [(sensors[(d, metric)], d, v) for d, (_, v) in entries.items()]
-        usable = sorted((v, d) for _, d, v in members if low <= v <= high)
+        t_end = (index + 1) * config.bucket_s
+        # peers that report less often than a bucket: their latest value, while recent,
+        # still counts in the consensus (they are judged only in buckets they report in)
+        carried = []
+        if len(entries) < len(group.members):
+            horizon = t_end - config.carry_s
+            for device_id in group.members:
+                if device_id in entries:
+                    continue
+                peer = sensors.get((device_id, metric))
+                if peer is not None and peer.last_value is not None and peer.last_ts >= horizon:
+                    carried.append((peer, device_id, peer.last_value))
+        voters = members + carried if carried else members
+        usable = sorted((v, d) for _, d, v in voters if low <= v <= high)
         flagged = {
-            d for s, d, _ in members if s.drift_shape is not None or s.fault_shape is not None
+            d for s, d, _ in voters if s.drift_shape is not None or s.fault_shape is not None
         }
         clean = [(v, d) for v, d in usable if d not in flagged] if flagged else usable
         min_peers = config.min_peers
-        t_end = (index + 1) * config.bucket_s
         pools = []
         for pool in (clean, usable) if len(clean) < len(usable) else (usable,):
             weighted = bool(references) and any(d in references for _, d in pool)

@@ -407,7 +407,7 @@ def test_reference_devices_dominate_the_consensus() -> None:
 def test_environment_correlation_finds_hot_zone_drifting_faster() -> None:
     config = DriftConfig(
         metrics=("temperature_c",), bucket_s=3_600, lateness_s=0, warmup_buckets=24,
-        rate_sample_s=6 * 3_600, min_peers=3,
+        rate_sample_s=6 * 3_600, min_peers=3, early_fraction=0.5,
     )  # fmt: skip
     detector = DriftDetector(config)
     rng = random.Random(4)
