@@ -189,7 +189,7 @@ class RuleSettings(_Section):
 class DetectorSettings(_Section):
     enabled: tuple[str, ...] = ("rules", "connectivity", "gateway", "drift")
     connectivity: dict[str, float | int] = Field(default_factory=dict)
-    gateway: dict[str, float | int | dict[str, int]] = Field(default_factory=dict)
+    gateway: dict[str, float | int | dict[str, int] | dict[str, str]] = Field(default_factory=dict)
     drift: dict[str, Any] = Field(default_factory=dict)
 
 

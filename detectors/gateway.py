@@ -7,10 +7,12 @@ is a known gateway, or that carry ``role = gateway``) give what it says about it
 ``cpu_pct``, ``mem_pct``, ``queue_depth``, ``uplink_latency_ms``, ``packet_loss_pct``.
 
 Per gateway, at each tick: active devices (heard within ``active_window_s``) and message
-rate (an exponentially weighted rate over ticks). A gateway is **overloaded** when it
+rate (an exponentially weighted rate over ticks). Devices whose readings name no gateway
+may be mapped in configuration (``device_gateways``). A gateway is **overloaded** when it
 carries more than its capacity (``capacity_devices``, per gateway in ``capacities``), or
-when what it reports shows strain (loss or latency over their limits) while it carries more
-than its site's mean. Per site, **imbalance** is the coefficient of variation of the
+when what it reports shows strain (loss or latency over their limits, or latency that rises
+with load: Pearson r over the last ``load_history`` ticks) while it carries more than its
+site's mean. Per site, **imbalance** is the coefficient of variation of the
 gateways' loads with max/mean; when it is high, the detector recommends concrete moves: how
 many devices from which gateway to which, receivers chosen within the same site, preferring
 gateways that already serve the same zones, never beyond a receiver's capacity.
@@ -30,6 +32,7 @@ gateways that already serve the same zones, never beyond a receiver's capacity.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -45,6 +48,7 @@ class GatewayConfig:
 
     capacity_devices: int = 250
     capacities: Mapping[str, int] = field(default_factory=dict)
+    device_gateways: Mapping[str, str] = field(default_factory=dict)
     active_window_s: float = 3_600.0
     max_latency_ms: float = 500.0
     max_loss_pct: float = 5.0
@@ -54,6 +58,8 @@ class GatewayConfig:
     min_excess_devices: int = 20
     rate_smoothing: float = 0.2
     resolve_margin: float = 0.9
+    load_history: int = 48
+    load_correlation: float = 0.7
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> GatewayConfig:
@@ -69,7 +75,8 @@ class GatewayConfig:
 
 class _Gateway:
     __slots__ = (
-        "arrivals", "devices", "last_tick", "overloaded", "rate", "severity", "site", "status",
+        "arrivals", "devices", "history", "last_tick", "overloaded", "rate", "severity", "site",
+        "status",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -81,6 +88,7 @@ class _Gateway:
         self.status: dict[str, float] = {}
         self.overloaded = False
         self.severity = Severity.WARNING
+        self.history: deque[tuple[int, float]] = deque(maxlen=48)  # (devices, latency) per tick
 
 
 class GatewayDetector:
@@ -116,7 +124,7 @@ class GatewayDetector:
                         own.status[metric] = value
                 if reading.kind is MessageKind.STATUS or meta.get("role") == "gateway":
                     continue
-            name = meta.get("gateway")
+            name = meta.get("gateway") or self.config.device_gateways.get(device_id)
             if name is None:
                 continue
             previous = device_gateway.get(device_id)
@@ -150,6 +158,11 @@ class GatewayDetector:
                 gateway.arrivals = 0
                 gateway.last_tick = now
             loads[name] = self._active(gateway, now)
+            latency = gateway.status.get("uplink_latency_ms")
+            if latency is not None:
+                if gateway.history.maxlen != config.load_history:
+                    gateway.history = deque(gateway.history, maxlen=config.load_history)
+                gateway.history.append((loads[name], latency))
             by_site.setdefault(gateway.site or "", []).append(name)
         for site, names in by_site.items():
             site_loads = [loads[n] for n in names]
@@ -168,6 +181,9 @@ class GatewayDetector:
             reasons.append(f"uplink latency {latency:.0f} ms")
         if loss is not None and loss > config.max_loss_pct:
             reasons.append(f"packet loss {loss:.1f}%")
+        rising = _latency_rises_with_load(gateway.history, config.load_correlation)
+        if rising is not None:
+            reasons.append(f"uplink latency rises with load (r={rising:.2f})")
         return reasons
 
     def _judge_gateway(self, name: str, load: int, site_mean: float, now: float) -> list[Signal]:
@@ -333,6 +349,7 @@ class GatewayDetector:
                     "arrivals": g.arrivals, "rate": g.rate, "last_tick": g.last_tick,
                     "site": g.site, "status": g.status, "overloaded": g.overloaded,
                     "severity": int(g.severity),
+                    "history": [list(h) for h in g.history],
                 }
                 for name, g in self._gateways.items()
             },
@@ -354,8 +371,38 @@ class GatewayDetector:
             gateway.status = {k: float(v) for k, v in row["status"].items()}
             gateway.overloaded = bool(row["overloaded"])
             gateway.severity = Severity(int(row.get("severity", Severity.WARNING)))
+            gateway.history = deque(
+                ((int(n), float(lat)) for n, lat in row.get("history", [])),
+                maxlen=self.config.load_history,
+            )
             for device in gateway.devices:
                 self._device_gateway[device] = name
+
+
+def _latency_rises_with_load(
+    history: Sequence[tuple[int, float]], threshold: float
+) -> float | None:
+    """Pearson r of latency against load when it is above ``threshold`` and latency at
+    the highest loads is at least 1.5x that at the lowest; else ``None``.
+
+    >>> _latency_rises_with_load([(n, 50.0 + 2 * n) for n in range(50, 150, 10)], 0.7)
+    1.0
+    """
+    if len(history) < 10:
+        return None
+    loads = [float(n) for n, _ in history]
+    latencies = [lat for _, lat in history]
+    mean_n, mean_l = sum(loads) / len(loads), sum(latencies) / len(latencies)
+    sxx = sum((n - mean_n) ** 2 for n in loads)
+    syy = sum((lat - mean_l) ** 2 for lat in latencies)
+    if sxx <= 0 or syy <= 0:
+        return None
+    r = sum((n - mean_n) * (lat - mean_l) for n, lat in history) / math.sqrt(sxx * syy)
+    ordered = sorted(history)
+    quarter = max(1, len(ordered) // 4)
+    low = sum(lat for _, lat in ordered[:quarter]) / quarter
+    high = sum(lat for _, lat in ordered[-quarter:]) / quarter
+    return round(r, 3) if r >= threshold and high >= 1.5 * low else None
 
 
 def _imbalance(loads: Sequence[int]) -> dict[str, float]:

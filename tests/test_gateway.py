@@ -111,3 +111,23 @@ def test_state_round_trip() -> None:
     restored.load_state(orjson.loads(orjson.dumps(detector.state_dict())))
     assert restored.report(T0 + 120) == detector.report(T0 + 120)
     assert restored.tick(T0 + 120) == detector.tick(T0 + 120) == []
+
+
+def test_latency_rising_with_load_counts_as_strain_and_config_maps_devices() -> None:
+    detector = GatewayDetector(
+        GatewayConfig(active_window_s=10_000, device_gateways={"legacy-1": "gw2"})
+    )
+    attach(detector, "gw2", 60)
+    detector.process([Reading("legacy-1", T0, T0, {}, {"site": "plant-a"})])
+    signals = []
+    for step in range(12):
+        now = T0 + 60 * (step + 1)
+        attach(detector, "gw1", 60 + 10 * step, at=now)  # load grows ...
+        latency = 80.0 + 4.0 * (10 * step)  # ... and latency with it, still under the limit
+        detector.process([Reading("gw1", now, now, {"uplink_latency_ms": latency},
+                                  {"site": "plant-a", "role": "gateway"}, kind=MessageKind.STATUS)])  # fmt: skip
+        signals += detector.tick(now)
+    overloaded = [s for s in signals if s.kind == "gateway_overloaded"]
+    assert [s.subject for s in overloaded] == ["gw1"]
+    assert "rises with load" in overloaded[0].summary
+    assert detector.report(T0 + 720)["sites"]["plant-a"]["gateways"]["gw2"]["devices"] == 61
