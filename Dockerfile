@@ -20,6 +20,7 @@ RUN useradd --system --uid 10001 --home-dir /var/lib/fleetwatch fleetwatch \
     && chown fleetwatch /var/lib/fleetwatch
 COPY --from=build /opt/fleetwatch /opt/fleetwatch
 COPY config/fleetwatch.example.toml /etc/fleetwatch/fleetwatch.toml
+COPY config/advisories.toml /etc/fleetwatch/advisories.toml
 ENV PATH=/opt/fleetwatch/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     FLEETWATCH_HTTP__HOST=0.0.0.0

@@ -187,10 +187,11 @@ class RuleSettings(_Section):
 
 
 class DetectorSettings(_Section):
-    enabled: tuple[str, ...] = ("rules", "connectivity", "gateway", "drift")
+    enabled: tuple[str, ...] = ("rules", "connectivity", "gateway", "drift", "firmware")
     connectivity: dict[str, float | int] = Field(default_factory=dict)
     gateway: dict[str, float | int | dict[str, int] | dict[str, str]] = Field(default_factory=dict)
     drift: dict[str, Any] = Field(default_factory=dict)
+    firmware: dict[str, Any] = Field(default_factory=dict)
 
 
 class StateSettings(_Section):
@@ -268,6 +269,19 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
         raise ConfigError(location, message) from exc
 
 
+# files a settings file names, resolved against the settings file's own folder when relative
+_FILES_BESIDE = (("detectors", "firmware", "advisories_file"),)
+
+
+def _resolve_beside(data: dict[str, Any], folder: Path) -> None:
+    for section, table, key in _FILES_BESIDE:
+        holder = data.get(section, {}).get(table)
+        if isinstance(holder, dict) and isinstance(holder.get(key), str):
+            path = Path(holder[key])
+            if not path.is_absolute():
+                holder[key] = str(folder / path)
+
+
 def load_settings(path: Path | str | None, environ: Mapping[str, str] | None = None) -> Settings:
     """Read the TOML file at ``path`` (defaults only when ``None``), apply the environment."""
     data: dict[str, Any] = {}
@@ -279,5 +293,6 @@ def load_settings(path: Path | str | None, environ: Mapping[str, str] | None = N
             raise ConfigError("--config", f"file {file} does not exist") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("--config", f"{file} is not valid TOML: {exc}") from exc
+        _resolve_beside(data, file.parent)
     apply_env_overrides(data, os.environ if environ is None else environ)
     return settings_from_mapping(data)

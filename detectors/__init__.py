@@ -49,11 +49,28 @@ def _drift(settings: Settings) -> Detector:
     return DriftDetector(config)
 
 
+def _firmware(settings: Settings) -> Detector:
+    from pathlib import Path
+
+    from detectors.firmware import FirmwareConfig, FirmwareDetector
+    from service.advisories import load_advisories
+
+    data = settings.detectors.firmware
+    path = data.get("advisories_file")
+    advisories = load_advisories(Path(path)) if path else []
+    try:
+        config = FirmwareConfig.from_mapping(data, advisories)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ConfigError("detectors.firmware", str(exc)) from exc
+    return FirmwareDetector(config)
+
+
 DETECTORS: dict[str, Callable[[Settings], Detector]] = {
     "rules": _rules,
     "connectivity": _connectivity,
     "gateway": _gateway,
     "drift": _drift,
+    "firmware": _firmware,
 }
 
 

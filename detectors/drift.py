@@ -157,7 +157,7 @@ class DriftConfig:
     ewma_alpha: float = 0.05
     cusum_h: float = 10.0
     fire_z: float = 5.0
-    early_fraction: float = 0.8
+    early_fraction: float = 1.0
     clear_fraction: float = 0.25
     horizon_s: float = 30 * _DAY
     rate_sample_s: float = 4 * 3_600.0

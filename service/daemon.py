@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -28,6 +29,7 @@ from config.settings import Settings
 from detectors import build_detectors
 from detectors.base import Detector
 from protocols.mqtt import MqttClient
+from service.advisories import AdvisoryWatcher
 from service.http import HttpServer, server_ssl_context
 from service.metrics import FleetMetrics
 from service.model import AlertRecord, AlertState, DeadLetter, RawMessage
@@ -100,6 +102,8 @@ class Daemon:
             else None
         )
         self.restored: RestoreSummary | None = None
+        self._advisories = self._advisory_watcher()
+        self._last_report = self.clock()
         self.intake = Intake(
             self.pipeline,
             queue_size=settings.pipeline.queue_size,
@@ -260,11 +264,33 @@ class Daemon:
             )  # fmt: skip
         self.checkpoint()
 
+    def _advisory_watcher(self) -> tuple[AdvisoryWatcher, Any] | None:
+        path = self.settings.detectors.firmware.get("advisories_file")
+        firmware = next((d for d in self.pipeline.detectors if d.name == "firmware"), None)
+        if not path or firmware is None or not hasattr(firmware, "set_advisories"):
+            return None
+        return AdvisoryWatcher(Path(path)), firmware
+
+    def reload_advisories(self) -> bool:
+        """Reload the advisory file if it changed; ``True`` when new advisories were set."""
+        if self._advisories is None:
+            return False
+        watcher, firmware = self._advisories
+        advisories = watcher.changed()
+        if advisories is None:
+            return False
+        firmware.set_advisories(advisories)
+        return True
+
     async def _reporter(self) -> None:
         interval = self.settings.pipeline.report_interval_s
         prefix = self.settings.topics.reports_prefix
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(min(interval, 5.0))
+            self.reload_advisories()
+            if self.clock() - self._last_report < interval:
+                continue
+            self._last_report = self.clock()
             if not self.mqtt.connected.is_set():
                 continue
             for name, report in self.pipeline.reports(self.clock()).items():

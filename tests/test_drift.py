@@ -149,7 +149,8 @@ def long_run() -> tuple[DriftDetector, list[Signal]]:
             "L": (1, {}),  # alone in its zone
         }
     )
-    detector = DriftDetector()
+    # early warnings on: a drift with a significant rate fires at half the tolerance
+    detector = DriftDetector(DriftConfig(early_fraction=0.5))
     return detector, sim.run(detector, 0, LONG_DAYS)
 
 
