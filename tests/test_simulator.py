@@ -182,3 +182,24 @@ def test_intermittent_and_fading_faults_lose_reports() -> None:
     healthy = max(counts.values())
     assert counts[flaky] < healthy * 0.9  # 5 of every 30 minutes lost
     assert counts.get(fading, 0) < healthy * 0.75  # link lost within the first 1.5 h
+
+
+def test_firmware_campaign_reaches_a_models_devices_over_time() -> None:
+    import orjson as _orjson
+
+    from service.simulator import FaultSpec as _Spec
+    from service.simulator import SimulationConfig as _Config
+    from service.simulator import Simulator as _Simulator
+
+    config = _Config(devices=60, interval_s=300, seed=2, faults=(_Spec.parse(
+        "firmware_campaign=1@0+600:group=TH-200,version=1.5.0,spread_s=7200,p_fail=0"),))  # fmt: skip
+    simulator = _Simulator(config)
+    events = [
+        _orjson.loads(m.payload)["event"]
+        for m in simulator.messages(config.start_ts + 4 * 3600)
+        if m.topic.endswith("/firmware")
+    ]
+    th = [d for d in simulator.devices if d.model.name == "TH-200"]
+    assert events.count("started") == events.count("succeeded") == len(th) > 0
+    assert all(d.firmware == "1.5.0" for d in th)
+    assert simulator.planted()[0].device_id == "TH-200"

@@ -78,7 +78,7 @@ class Fault:
     """Base class: a fault active on one device between ``start_ts`` and ``end_ts``."""
 
     name: ClassVar[str] = "fault"
-    scope: ClassVar[str] = "device"  # or "gateway", "zone", "radio": COUNT groups, all members
+    scope: ClassVar[str] = "device"  # or "gateway", "zone", "radio", "model": COUNT groups
     needs: ClassVar[tuple[str, ...]] = ()  # metrics an eligible device must report
     needs_battery: ClassVar[bool] = False
 
@@ -273,6 +273,55 @@ class FlakyRadio(Fault):
         return (ts - self.start_ts + phase) % period < self.param("outage_s", 240.0)
 
 
+class FirmwareCampaign(Fault):
+    """An update campaign for a model (COUNT models): each device starts downloading
+    ``version`` (default 9.0.0) at its own time within ``spread_s`` and after the duration
+    succeeds, or fails with probability ``p_fail`` (default 0.1; ``p_fail_site`` for devices
+    at ``weak_site``, the first site by default, default 0.5)."""
+
+    name = "firmware_campaign"
+    scope = "model"
+
+    def on_start(self, ts: float) -> list[Extra]:
+        target = str(self.params.get("version", "9.0.0"))
+        event = {"ts": round(ts, 3), "event": "started", "from": self.device.firmware, "to": target}
+        return [("firmware", orjson.dumps(event))]
+
+    def on_end(self, ts: float) -> list[Extra]:
+        target = str(self.params.get("version", "9.0.0"))
+        weak = str(self.params.get("weak_site", "plant-a"))
+        p_fail = self.param("p_fail_site", 0.5) if self.device.site == weak else self.param(
+            "p_fail", 0.1
+        )  # fmt: skip
+        old = self.device.firmware
+        if self.device.rng.random() < p_fail:
+            event = {"ts": round(ts, 3), "event": "failed", "from": old, "to": target, "code": 17}
+        else:
+            self.device.firmware = target
+            event = {"ts": round(ts, 3), "event": "succeeded", "from": old, "to": target}
+        return [("firmware", orjson.dumps(event))]
+
+
+class HotZone(Fault):
+    """A zone (COUNT zones) runs ``extra_c`` (default 20 °C) hotter: batteries drain
+    ``drain_factor`` (default 3) times faster and reports drop with probability ``p_drop``
+    (default 0.1)."""
+
+    name = "hot_zone"
+    scope = "zone"
+
+    def apply(self, ts: float, values: dict[str, float], meta: dict[str, Any]) -> None:
+        if "temperature_c" in values:
+            values["temperature_c"] += self.param("extra_c", 20.0)
+        if "battery_v" in values:
+            device = self.device
+            extra = (self.param("drain_factor", 3.0) - 1.0) * device.drain_v_per_s
+            values["battery_v"] = max(3.0, values["battery_v"] - extra * (ts - self.start_ts))
+
+    def drops(self, ts: float, values: dict[str, float]) -> bool:
+        return self.device.rng.random() < self.param("p_drop", 0.1)
+
+
 FAULTS: dict[str, type[Fault]] = {
     cls.name: cls
     for cls in (
@@ -287,5 +336,7 @@ FAULTS: dict[str, type[Fault]] = {
         FadingSignal,
         ShiftDropout,
         FlakyRadio,
+        FirmwareCampaign,
+        HotZone,
     )
 }

@@ -102,6 +102,8 @@ class Simulator:
                 return device.gateway
             if cls.scope == "zone":
                 return f"{device.site}/{device.zone}"
+            if cls.scope == "model":
+                return device.model.name
             return device.model.radio
 
         groups: dict[str, list[SimDevice]] = {}
@@ -109,15 +111,29 @@ class Simulator:
             if device.device_id not in taken:
                 groups.setdefault(group_of(device), []).append(device)
         names = sorted(groups)
-        chosen = self._rng.sample(names, min(spec.count, len(names)))
+        forced = dict(spec.params).get("group")
+        if forced is not None:
+            if forced not in groups:
+                raise ValueError(f"fault {spec.name}: no group {forced!r} (known: {names})")
+            chosen = [str(forced)]
+        else:
+            chosen = self._rng.sample(names, min(spec.count, len(names)))
         for name in sorted(chosen):
             members = groups[name]
             if cls.scope == "gateway":
                 # any device may roam onto the gateway: the fault follows the gateway
                 members = [d for d in self.devices if d.device_id not in taken]
+            spread = float(dict(spec.params).get("spread_s", 0.0))
             for device in members:
                 params = {**dict(spec.params), "group": name}
-                fault = cls(device=device, start_ts=start, end_ts=end, params=params)
+                # a group fault may reach its members one by one over spread_s
+                offset = self._rng.uniform(0.0, spread) if spread else 0.0
+                fault = cls(
+                    device=device,
+                    start_ts=start + offset,
+                    end_ts=None if end is None else end + offset,
+                    params=params,
+                )
                 self._faults.setdefault(device.device_id, []).append(fault)
             taken.update(d.device_id for d in groups[name])
             self._planted.append(PlantedFault(spec.name, name, groups[name][0].site, start, end))
