@@ -192,7 +192,7 @@ def test_firmware_campaign_reaches_a_models_devices_over_time() -> None:
     from service.simulator import Simulator as _Simulator
 
     config = _Config(devices=60, interval_s=300, seed=2, faults=(_Spec.parse(
-        "firmware_campaign=1@0+600:group=TH-200,version=1.5.0,spread_s=7200,p_fail=0"),))  # fmt: skip
+        "firmware_campaign=1@0+600:group=TH-200,version=1.5.0,spread_s=7200,p_fail=0,p_fail_site=0"),))  # fmt: skip
     simulator = _Simulator(config)
     events = [
         _orjson.loads(m.payload)["event"]
