@@ -187,11 +187,14 @@ class RuleSettings(_Section):
 
 
 class DetectorSettings(_Section):
-    enabled: tuple[str, ...] = ("rules", "connectivity", "gateway", "drift", "firmware")
+    enabled: tuple[str, ...] = (
+        "rules", "connectivity", "gateway", "drift", "firmware", "environment",
+    )  # fmt: skip
     connectivity: dict[str, float | int] = Field(default_factory=dict)
     gateway: dict[str, float | int | dict[str, int] | dict[str, str]] = Field(default_factory=dict)
     drift: dict[str, Any] = Field(default_factory=dict)
     firmware: dict[str, Any] = Field(default_factory=dict)
+    environment: dict[str, float | int] = Field(default_factory=dict)
 
 
 class StateSettings(_Section):

@@ -65,12 +65,23 @@ def _firmware(settings: Settings) -> Detector:
     return FirmwareDetector(config)
 
 
+def _environment(settings: Settings) -> Detector:
+    from detectors.environment import EnvironmentConfig, EnvironmentDetector
+
+    try:
+        config = EnvironmentConfig.from_mapping(settings.detectors.environment)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError("detectors.environment", str(exc)) from exc
+    return EnvironmentDetector(config)
+
+
 DETECTORS: dict[str, Callable[[Settings], Detector]] = {
     "rules": _rules,
     "connectivity": _connectivity,
     "gateway": _gateway,
     "drift": _drift,
     "firmware": _firmware,
+    "environment": _environment,
 }
 
 

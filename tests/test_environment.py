@@ -1,0 +1,79 @@
+"""Environmental correlation on a synthetic fleet with one hot zone."""
+
+from __future__ import annotations
+
+import random
+
+import orjson
+
+from detectors.environment import EnvironmentConfig, EnvironmentDetector
+from service.model import MessageKind, Reading, Signal
+
+T0 = 1_767_225_600.0
+
+
+def run(detector: EnvironmentDetector, days: float = 2.0, seed: int = 1) -> list[Signal]:
+    rng = random.Random(seed)
+    devices = [(f"d{z}{i}", f"z{z}") for z in range(1, 5) for i in range(15)]
+    signals: list[Signal] = []
+    steps = int(days * 288)
+    for step in range(steps):
+        t = T0 + step * 300
+        batch = []
+        for device, zone in devices:
+            hot = zone == "z4"
+            if rng.random() < (0.15 if hot else 0.01):
+                continue  # lost on the way
+            drain = (0.02 if hot else 0.007) * step / 288  # volts per day
+            batch.append(Reading(device, t, t + 0.1, {
+                "temperature_c": (45.0 if hot else 21.0) + rng.gauss(0, 0.5),
+                "battery_v": 3.9 - drain + rng.gauss(0, 0.003)},
+                {"site": "plant-a", "zone": zone}))  # fmt: skip
+        if step == steps // 2:
+            for device, zone in devices:
+                failed = rng.random() < (0.6 if zone == "z4" else 0.05)
+                batch.append(Reading(device, t, t + 0.1, {}, {"event": "failed" if failed else "succeeded",
+                                     "site": "plant-a", "zone": zone}, kind=MessageKind.FIRMWARE))  # fmt: skip
+        signals += detector.process(batch)
+        signals += detector.tick(t)
+    return signals
+
+
+def test_the_hot_zone_is_found_with_its_outcomes_and_nothing_else() -> None:
+    detector = EnvironmentDetector()
+    signals = run(detector)
+    raised = [(s.kind, s.subject) for s in signals if s.firing]
+    assert raised == [("environment_risk", "plant-a/z4")]
+    findings = detector.findings()
+    assert {f["zone_subject"] for f in findings} == {"plant-a/z4"}
+    outcomes = {f["outcome"] for f in findings}
+    assert {"lost reports", "battery drain", "update failures"} <= outcomes
+    drain = next(f for f in findings if f["outcome"] == "battery drain")
+    assert drain["band"] == "above 40 °C" and 2.0 < drain["ratio"] < 4.0
+    assert "plant-a/z4 with above 40 °C drain their batteries" in drain["text"]
+    report = detector.report(T0 + 2 * 86_400)
+    orjson.dumps(report)
+    top = report["maintenance_by_stress"][:15]
+    assert {row["zone"] for row in top} == {"z4"}
+    assert report["recommendations"]
+
+
+def test_a_uniform_fleet_has_no_findings() -> None:
+    detector = EnvironmentDetector()
+    rng = random.Random(2)
+    for step in range(400):
+        t = T0 + step * 300
+        detector.process([Reading(f"d{i}", t, t, {"temperature_c": 21 + rng.gauss(0, 1)},
+                                  {"site": "s", "zone": f"z{i % 4}"}) for i in range(40)
+                          if rng.random() > 0.02])  # fmt: skip
+        assert detector.tick(t) == []
+    assert detector.findings() == []
+
+
+def test_state_round_trip() -> None:
+    detector = EnvironmentDetector(EnvironmentConfig(evaluate_every_s=86_400))
+    run(detector, days=1.0)
+    restored = EnvironmentDetector(EnvironmentConfig(evaluate_every_s=86_400))
+    restored.load_state(orjson.loads(orjson.dumps(detector.state_dict())))
+    assert restored.findings() == detector.findings()
+    assert restored.report(T0) == detector.report(T0)
