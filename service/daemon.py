@@ -291,10 +291,17 @@ class Daemon:
             if self.clock() - self._last_report < interval:
                 continue
             self._last_report = self.clock()
-            if not self.mqtt.connected.is_set():
-                continue
-            for name, report in self.pipeline.reports(self.clock()).items():
+            self.publish_reports(prefix)
+
+    def publish_reports(self, prefix: str) -> dict[str, dict[str, Any]]:
+        """Collect the detectors' reports, update report-based metrics, publish (retained)."""
+        reports = self.pipeline.reports(self.clock())
+        if "firmware" in reports:
+            self.metrics.set_firmware(reports["firmware"])
+        if self.mqtt.connected.is_set():
+            for name, report in reports.items():
                 self.mqtt.publish(f"{prefix}/{name}", orjson.dumps(report), qos=1, retain=True)
+        return reports
 
     async def _checkpointer(self) -> None:
         interval = self.settings.state.checkpoint_interval_s

@@ -12,7 +12,8 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -173,6 +174,24 @@ class FleetMetrics:
             ["operation"],
             registry=registry,
         )
+        self.firmware_devices = Gauge(
+            "fleetwatch_firmware_devices",
+            "Devices by model and firmware version (the most common versions per model; the "
+            'rest as version="other").',
+            ["model", "version"],
+            registry=registry,
+        )
+        self.firmware_vulnerable = Gauge(
+            "fleetwatch_firmware_vulnerable_devices",
+            "Devices running a version an advisory lists.",
+            registry=registry,
+        )
+        self.campaign_progress = Gauge(
+            "fleetwatch_firmware_campaign_progress_ratio",
+            "Share of a campaign's devices on its target version.",
+            ["campaign"],
+            registry=registry,
+        )
         self.mqtt_connected = Gauge(
             "fleetwatch_mqtt_connected", "1 while connected to the MQTT broker.", registry=registry
         )
@@ -180,6 +199,22 @@ class FleetMetrics:
             "fleetwatch_mqtt_reconnects", "Connections made to the MQTT broker after the first.",
             registry=registry,
         )  # fmt: skip
+
+    def set_firmware(self, report: Mapping[str, Any], versions_per_model: int = 10) -> None:
+        """Firmware gauges from the firmware detector's report, with bounded labels."""
+        self.firmware_devices.clear()
+        for model, versions in report.get("inventory", {}).items():
+            ranked = sorted(versions.items(), key=lambda kv: (-kv[1], kv[0]))
+            for version, count in ranked[:versions_per_model]:
+                self.firmware_devices.labels(model=model, version=version).set(count)
+            rest = sum(count for _, count in ranked[versions_per_model:])
+            if rest:
+                self.firmware_devices.labels(model=model, version="other").set(rest)
+        self.firmware_vulnerable.set(report.get("vulnerable_devices", 0))
+        self.campaign_progress.clear()
+        for campaign in report.get("campaigns", []):
+            if campaign.get("progress") is not None:
+                self.campaign_progress.labels(campaign=campaign["name"]).set(campaign["progress"])
 
     def set_active_alerts(self, alerts: Iterable[AlertRecord]) -> None:
         """Recompute the active-alerts gauge from the full open set."""

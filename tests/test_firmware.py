@@ -164,3 +164,31 @@ def test_advisory_file_loads_reloads_and_refuses_bad_files(tmp_path: Path) -> No
     assert watcher.changed() is None  # a broken file keeps the old advisories
     with pytest.raises(ConfigError, match="advisories_file"):
         load_advisories(path)
+
+
+def test_the_daemon_reloads_the_advisory_file_and_exports_firmware_gauges(tmp_path: Path) -> None:
+    from config.settings import settings_from_mapping
+    from service.daemon import Daemon
+    from service.model import RawMessage
+
+    path = tmp_path / "advisories.toml"
+    path.write_text('[[advisory]]\nid = "A"\naffected = ["<1"]\n')
+    settings = settings_from_mapping({
+        "detectors": {"enabled": ["firmware"], "firmware": {
+            "advisories_file": str(path),
+            "campaigns": [{"name": "th", "target": "1.5.0", "models": ["TH-200"]}]}},
+        "state": {"enabled": False}, "http": {"enabled": False}})  # fmt: skip
+    daemon = Daemon(settings)
+    payload = b'{"ts": 1767398400, "model": "TH-200", "firmware": "1.4.2"}'
+    daemon.pipeline.process_messages([RawMessage("fleet/plant-a/d1/telemetry", payload, SAT)])
+    assert list(daemon.pipeline.alerts.active()) == []
+    path.write_text('[[advisory]]\nid = "B"\naffected = ["<1.5"]\nseverity = "critical"\n')
+    os.utime(path, (1e9, 1e9))
+    assert daemon.reload_advisories()
+    daemon.pipeline.tick(SAT + 60)
+    assert [a.kind for a in daemon.pipeline.alerts.active()] == ["firmware_vulnerable"]
+    daemon.publish_reports("fleetwatch/reports")
+    sample = daemon.registry.get_sample_value
+    assert sample("fleetwatch_firmware_devices", {"model": "TH-200", "version": "1.4.2"}) == 1
+    assert sample("fleetwatch_firmware_vulnerable_devices", {}) == 1
+    assert sample("fleetwatch_firmware_campaign_progress_ratio", {"campaign": "th"}) == 0
