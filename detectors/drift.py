@@ -64,17 +64,17 @@ flagged, the worst one gives the evidence and ``evidence["metrics"]`` lists them
 left) tolerance and correlates drift rates with the environment the devices report.
 
 >>> from service.model import Reading
->>> cfg = DriftConfig(metrics=("pressure_hpa",), bucket_s=60, lateness_s=0, warmup_buckets=20)
+>>> cfg = DriftConfig(metrics=("pressure_kpa",), bucket_s=60, lateness_s=0, warmup_buckets=20)
 >>> det = DriftDetector(cfg)
 >>> fired = []
 >>> for i in range(120):
 ...     t = 60.0 * i
 ...     for d in range(5):
-...         v = 1000.0 + (i % 7) + 0.1 * ((i * (d + 3)) % 5)
+...         v = 100.0 + 0.1 * (i % 7) + 0.01 * ((i * (d + 3)) % 5)
 ...         if d == 0 and i >= 60:
 ...             v *= 1.05  # a +5 % step
 ...         meta = {"site": "s1", "zone": "z1"}
-...         fired += det.process([Reading(f"p{d}", t + d, t + d, {"pressure_hpa": v}, meta)])
+...         fired += det.process([Reading(f"p{d}", t + d, t + d, {"pressure_kpa": v}, meta)])
 >>> [(s.subject, s.kind, s.evidence["shape"]) for s in fired]
 [('p0', 'sensor_fault', 'step')]
 """
@@ -117,7 +117,7 @@ def _default_ranges() -> dict[str, tuple[float, float]]:
     return {
         "temperature_c": (-40.0, 125.0),
         "humidity_pct": (0.0, 100.0),
-        "pressure_hpa": (300.0, 1100.0),
+        "pressure_kpa": (30.0, 110.0),
     }
 
 
@@ -138,7 +138,7 @@ class DriftConfig:
     ``abs_tolerance`` (in its unit). Times are seconds of device time.
     """
 
-    metrics: tuple[str, ...] = ("temperature_c", "humidity_pct", "pressure_hpa")
+    metrics: tuple[str, ...] = ("temperature_c", "humidity_pct", "pressure_kpa")
     rel_tolerance: float = 0.02
     abs_tolerance: Mapping[str, float] = field(default_factory=dict)
     rel_floor: Mapping[str, float] = field(default_factory=_default_floors)
@@ -218,9 +218,9 @@ class DriftConfig:
     def from_mapping(cls, data: Mapping[str, Any]) -> DriftConfig:
         """Build from plain data (a TOML/JSON table); unknown keys are an error.
 
-        >>> DriftConfig.from_mapping({"metrics": ["pressure_hpa"], "ranges": {"pressure_hpa":
-        ...     [800, 1200]}, "abs_tolerance": {"pressure_hpa": 2.5}}).ranges
-        {'pressure_hpa': (800.0, 1200.0)}
+        >>> DriftConfig.from_mapping({"metrics": ["pressure_kpa"], "ranges": {"pressure_kpa":
+        ...     [800, 1200]}, "abs_tolerance": {"pressure_kpa": 2.5}}).ranges
+        {'pressure_kpa': (800.0, 1200.0)}
         """
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known

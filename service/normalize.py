@@ -50,6 +50,7 @@ from service.registry import DeviceRegistry
 # alias -> (canonical metric, scale, offset)
 DEFAULT_METRIC_ALIASES: dict[str, tuple[str, float, float]] = {
     "batt": ("battery_v", 1.0, 0.0),
+    "batt_v": ("battery_v", 1.0, 0.0),
     "vbat": ("battery_v", 1.0, 0.0),
     "battery_voltage": ("battery_v", 1.0, 0.0),
     "battery_volts": ("battery_v", 1.0, 0.0),

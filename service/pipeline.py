@@ -26,7 +26,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from config.settings import Settings
@@ -173,7 +173,10 @@ class Pipeline:
                         f"no codec for content type {message.content_type!r}",
                         device_id=found.device_id,
                     )
-                records = codec.decode(message.payload, contexts[found.kind])
+                context = contexts[found.kind]
+                if getattr(codec, "needs_receive_time", False):
+                    context = replace(context, received_at=message.received_at)
+                records = codec.decode(message.payload, context)
                 normalize(
                     records,
                     device_id=found.device_id,

@@ -9,9 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from protocols.codecs.base import Codec, DecodeContext, Record
+from protocols.codecs.cbor import CborCodec
 from protocols.codecs.json import JsonCodec
+from protocols.codecs.senml import SenmlCborCodec, SenmlJsonCodec
 
-CODECS: dict[str, Callable[[], Codec]] = {"json": JsonCodec}
+CODECS: dict[str, Callable[[], Codec]] = {
+    "json": JsonCodec,
+    "cbor": CborCodec,
+    "senml+json": SenmlJsonCodec,
+    "senml+cbor": SenmlCborCodec,
+}
 
 __all__ = ["CODECS", "Codec", "CodecSet", "DecodeContext", "Record"]
 

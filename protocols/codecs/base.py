@@ -24,6 +24,7 @@ class DecodeContext:
 
     kind: MessageKind = MessageKind.TELEMETRY
     max_records: int = 10_000
+    received_at: float | None = None  # for formats with times relative to receipt (SenML)
 
 
 class Codec(Protocol):

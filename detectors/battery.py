@@ -1,0 +1,897 @@
+"""Battery depletion: per device, how fast the battery empties and when it will be empty.
+
+**Level.** Each reading gives a state of charge in percent, from ``battery_pct`` when the
+device reports it (preferred: usually a fuel gauge), else from ``battery_v`` through the
+discharge curve of the device's chemistry (piecewise linear, volts -> percent). The chemistry
+comes from the device model through :attr:`BatteryConfig.model_chemistry`, else from a
+``battery_chemistry`` meta key, else :attr:`BatteryConfig.default_chemistry`. Built in:
+
+- ``li_ion``: one cell, 4.2 V full to 3.0 V empty;
+- ``li_socl2``: 3.67 V full, a long flat plateau around 3.6-3.5 V, a knee, 3.0 V empty;
+- ``alkaline_2aa``: two cells in series, 3.2 V full to 2.0 V empty.
+
+Every level carries a curve uncertainty: how far the level moves when the voltage is off by
+the chemistry's ``voltage_sigma_v`` (measurement, load, cell-to-cell spread). On a flat part
+of a curve (the Li-SOCl2 plateau) a few millivolts span tens of percent, so the level and the
+forecast say they are uncertain there.
+
+**Cold.** When a device reports ``temperature_c`` (smoothed per device), voltages are
+corrected up by the chemistry's ``temp_coef_v_per_c`` per degree below
+``reference_temp_c`` (cells read low in the cold), and below ``cold_start_c`` the usable
+share of the remaining charge is taken as ``1 - cold_capacity_per_c`` per degree below it
+(floored at ``cold_capacity_floor``), which shortens the time to empty.
+
+**Noise and load sag.** Readings are pooled in buckets of ``bucket_s`` (one hour) and each
+bucket contributes its *highest* level, a rolling upper envelope: a radio transmission or
+motor start drags the voltage down for a moment, never up. Bucket levels then go through a
+robust residual test against the current fit: a level far below the prediction (more than
+``reject_k`` robust scales) is set aside, up to ``max_rejects`` times in a row (a drop that
+persists is real); the others are Huber-weighted (beyond ``huber_k`` scales their weight
+shrinks). The robust scale is an exponentially weighted mean absolute residual.
+
+**Discharge rate.** An exponentially forgetting weighted linear regression of level on time
+(half-life ``half_life_s``, so a change in usage shows within days), kept as weighted means
+and co-moments (Welford form, a dozen floats per device, O(1) per bucket). Its slope is the
+discharge rate in %/day; the time to empty is ``level * usable / rate``. The interval
+(``interval_z`` standard errors) combines the regression's standard errors (with the
+effective number of samples under forgetting), the curve uncertainty of the level, and a
+relative model uncertainty of the rate (``rate_rel_sigma``, inflated where the curve is flat):
+``low = (level - z*s_level) / (rate + z*s_rate)``, ``high = (level + z*s_level) /
+(rate - z*s_rate)``, unbounded (``None``) when the rate may be zero.
+
+**Swaps and charging.** A level more than ``swap_jump_pct`` above the prediction, seen in
+two buckets in a row, is a battery replacement: its time goes in the device's swap history
+(the last ``swap_history``), the estimate starts afresh and an active alert clears. A device
+whose meta ``power_source`` is in ``charging_sources`` (``mains``, ``charging``) is not
+depleting: its estimate restarts when it goes back on battery. A level that rises steadily
+gives a negative rate: not depleting, no forecast, no alert.
+
+**Alerts** (kind ``battery_depletion``, edge triggered, judged when a bucket closes, once
+``min_samples`` buckets over ``min_history_s`` are in the estimate): WARNING when the
+forecast time to empty falls under ``horizon_warning_s``, CRITICAL under
+``horizon_critical_s`` or when the level is at most ``critical_level_pct``. A warning that
+becomes critical fires again; severity never steps down while active (the alert lifecycle
+only escalates). It clears when the forecast is back above ``clear_hysteresis`` times the
+warning horizon (and the level above the critical level plus ``level_hysteresis_pct``), on a
+battery swap, or when the device starts charging.
+
+Late readings (and readings older than the device's latest) are skipped.
+
+>>> from service.model import Reading
+>>> det = BatteryDetector()
+>>> meta = {"site": "s1", "zone": "z1", "model": "M1"}
+>>> for hour in range(72):  # 2 %/day from 80 %
+...     t = hour * 3600.0
+...     _ = det.process([Reading("d1", t, t, {"battery_pct": 80 - 2 * hour / 24}, meta)])
+>>> fc = det.forecasts()[0]
+>>> round(fc.rate_pct_per_day, 2), round(fc.tte_s / 86_400, 1)
+(2.0, 37.0)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from bisect import bisect_right
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from itertools import pairwise
+from typing import Any
+
+from service.model import MessageKind, Reading, Severity, Signal, SubjectType, iso_utc
+
+KIND = "battery_depletion"
+_DAY = 86_400.0
+_WATCHED_KINDS = (MessageKind.TELEMETRY, MessageKind.BATCH)
+
+
+@dataclass(frozen=True, slots=True)
+class Chemistry:
+    """A battery chemistry: its discharge curve and how its voltage misleads.
+
+    ``curve`` is ``(volts, percent)`` points with ascending volts and non-decreasing percent;
+    levels are interpolated linearly between points and clamped outside them.
+
+    >>> c = Chemistry("x", ((3.0, 0.0), (4.0, 100.0)), voltage_sigma_v=0.05)
+    >>> c.level(3.5), c.level(5.0), round(c.level_sigma(3.5), 6)
+    (50.0, 100.0, 5.0)
+    """
+
+    name: str
+    curve: tuple[tuple[float, float], ...]
+    voltage_sigma_v: float = 0.02
+    temp_coef_v_per_c: float = 0.002
+    _volts: tuple[float, ...] = field(init=False, repr=False, compare=False)
+    _pcts: tuple[float, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        points = tuple((float(v), float(p)) for v, p in self.curve)
+        if len(points) < 2:
+            raise ValueError(f"chemistry {self.name!r}: a curve needs at least two points")
+        for (v0, p0), (v1, p1) in pairwise(points):
+            if v1 <= v0 or p1 < p0:
+                raise ValueError(
+                    f"chemistry {self.name!r}: curve volts must ascend and percent not descend"
+                )
+        if self.voltage_sigma_v < 0:
+            raise ValueError(f"chemistry {self.name!r}: voltage_sigma_v must not be negative")
+        object.__setattr__(self, "curve", points)
+        object.__setattr__(self, "_volts", tuple(v for v, _ in points))
+        object.__setattr__(self, "_pcts", tuple(p for _, p in points))
+
+    def level(self, volts: float) -> float:
+        """State of charge (%) at ``volts`` (temperature-corrected)."""
+        vs = self._volts
+        i = bisect_right(vs, volts)
+        if i == 0:
+            return self._pcts[0]
+        if i == len(vs):
+            return self._pcts[-1]
+        v0 = vs[i - 1]
+        p0 = self._pcts[i - 1]
+        return p0 + (self._pcts[i] - p0) * (volts - v0) / (vs[i] - v0)
+
+    def level_sigma(self, volts: float) -> float:
+        """How far the level moves for ``voltage_sigma_v`` either way (% points)."""
+        s = self.voltage_sigma_v
+        return 0.5 * (self.level(volts + s) - self.level(volts - s))
+
+    @classmethod
+    def from_mapping(cls, name: str, data: Mapping[str, Any]) -> Chemistry:
+        known = {"curve", "voltage_sigma_v", "temp_coef_v_per_c"}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"chemistry {name!r}: unknown settings {', '.join(sorted(unknown))}")
+        curve = tuple((float(v), float(p)) for v, p in data["curve"])
+        return cls(
+            name=name,
+            curve=curve,
+            voltage_sigma_v=float(data.get("voltage_sigma_v", 0.02)),
+            temp_coef_v_per_c=float(data.get("temp_coef_v_per_c", 0.002)),
+        )
+
+
+CHEMISTRIES: dict[str, Chemistry] = {
+    "li_ion": Chemistry(
+        "li_ion",
+        ((3.00, 0.0), (3.30, 3.0), (3.50, 8.0), (3.60, 15.0), (3.70, 35.0), (3.80, 55.0),
+         (3.90, 70.0), (4.00, 82.0), (4.10, 92.0), (4.20, 100.0)),
+        voltage_sigma_v=0.02,
+        temp_coef_v_per_c=0.002,
+    ),
+    "li_socl2": Chemistry(
+        "li_socl2",
+        ((3.00, 0.0), (3.20, 1.0), (3.35, 3.0), (3.45, 6.0), (3.50, 10.0), (3.55, 25.0),
+         (3.60, 70.0), (3.65, 95.0), (3.67, 100.0)),
+        voltage_sigma_v=0.02,
+        temp_coef_v_per_c=0.0015,
+    ),
+    "alkaline_2aa": Chemistry(
+        "alkaline_2aa",
+        ((2.00, 0.0), (2.20, 5.0), (2.40, 15.0), (2.60, 35.0), (2.80, 60.0), (3.00, 85.0),
+         (3.20, 100.0)),
+        voltage_sigma_v=0.03,
+        temp_coef_v_per_c=0.004,
+    ),
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class BatteryConfig:
+    """Settings of :class:`BatteryDetector` (see the module docstring for their roles)."""
+
+    horizon_warning_s: float = 30 * _DAY
+    horizon_critical_s: float = 7 * _DAY
+    critical_level_pct: float = 5.0
+    clear_hysteresis: float = 1.2
+    level_hysteresis_pct: float = 2.0
+    model_chemistry: Mapping[str, str] = field(default_factory=dict)
+    default_chemistry: str = "li_ion"
+    chemistries: Mapping[str, Chemistry] = field(default_factory=lambda: dict(CHEMISTRIES))
+    bucket_s: float = 3_600.0
+    half_life_s: float = 3 * _DAY
+    min_history_s: float = 12 * 3_600.0
+    min_samples: int = 6
+    swap_jump_pct: float = 20.0
+    swap_k: float = 4.0
+    huber_k: float = 2.0
+    reject_k: float = 5.0
+    max_rejects: int = 3
+    min_scale_pct: float = 0.25
+    pct_sigma: float = 2.0
+    rate_rel_sigma: float = 0.1
+    min_rate_pct_per_day: float = 0.01
+    interval_z: float = 1.645
+    reference_temp_c: float = 20.0
+    temp_smoothing: float = 0.1
+    cold_start_c: float = 0.0
+    cold_capacity_per_c: float = 0.01
+    cold_capacity_floor: float = 0.5
+    charging_sources: tuple[str, ...] = ("mains", "charging")
+    swap_history: int = 10
+
+    def __post_init__(self) -> None:
+        if not 0 < self.horizon_critical_s <= self.horizon_warning_s:
+            raise ValueError("need 0 < horizon_critical_s <= horizon_warning_s")
+        if self.clear_hysteresis < 1.0:
+            raise ValueError("clear_hysteresis must be at least 1")
+        if self.bucket_s <= 0 or self.half_life_s <= 0:
+            raise ValueError("bucket_s and half_life_s must be positive")
+        if self.min_samples < 2:
+            raise ValueError("min_samples must be at least 2")
+        if self.default_chemistry not in self.chemistries:
+            raise ValueError(f"unknown default_chemistry {self.default_chemistry!r}")
+        for model, name in self.model_chemistry.items():
+            if name not in self.chemistries:
+                raise ValueError(f"model {model!r}: unknown chemistry {name!r}")
+        if not 0 < self.cold_capacity_floor <= 1:
+            raise ValueError("cold_capacity_floor must be in (0, 1]")
+        if not 0 < self.temp_smoothing <= 1:
+            raise ValueError("temp_smoothing must be in (0, 1]")
+        if self.swap_history < 0 or self.max_rejects < 0:
+            raise ValueError("swap_history and max_rejects must not be negative")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> BatteryConfig:
+        """Build from plain data (a TOML/JSON table); unknown keys are an error.
+
+        ``chemistries`` entries (``{"curve": [[volts, pct], ...], "voltage_sigma_v": ...,
+        "temp_coef_v_per_c": ...}``) add to or replace the built-in ones.
+
+        >>> cfg = BatteryConfig.from_mapping({"horizon_warning_s": 1_209_600,
+        ...     "model_chemistry": {"TH-9": "li_socl2"}, "charging_sources": ["mains"]})
+        >>> cfg.horizon_warning_s / 86_400, cfg.model_chemistry, cfg.charging_sources
+        (14.0, {'TH-9': 'li_socl2'}, ('mains',))
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown battery settings: {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = dict(data)
+        if "model_chemistry" in values:
+            values["model_chemistry"] = {
+                str(k): str(v) for k, v in dict(values["model_chemistry"]).items()
+            }
+        if "chemistries" in values:
+            merged = dict(CHEMISTRIES)
+            for name, spec in dict(values["chemistries"]).items():
+                merged[str(name)] = (
+                    spec if isinstance(spec, Chemistry) else Chemistry.from_mapping(str(name), spec)
+                )
+            values["chemistries"] = merged
+        if "charging_sources" in values:
+            raw = values["charging_sources"]
+            values["charging_sources"] = (
+                (raw,) if isinstance(raw, str) else tuple(str(x) for x in raw)
+            )
+        for name in ("min_samples", "max_rejects", "swap_history"):
+            if name in values:
+                values[name] = int(values[name])
+        for f in fields(cls):
+            if f.type == "float" and f.name in values:
+                values[f.name] = float(values[f.name])
+        return cls(**values)
+
+
+def battery_config_from_dict(data: Mapping[str, Any]) -> BatteryConfig:
+    """:meth:`BatteryConfig.from_mapping` as a function."""
+    return BatteryConfig.from_mapping(data)
+
+
+@dataclass(frozen=True, slots=True)
+class BatteryForecast:
+    """A device's current battery forecast (times in epoch seconds, durations in seconds).
+
+    ``rate_pct_per_day`` is ``None`` until enough history is in the estimate; ``tte_s``,
+    ``tte_low_s`` and ``empty_at`` are ``None`` when the battery is not depleting (or no rate
+    is known yet); ``tte_high_s`` is ``None`` when the interval is unbounded above.
+    """
+
+    device_id: str
+    site: str | None
+    zone: str | None
+    model: str | None
+    chemistry: str
+    level_pct: float
+    level_sigma_pct: float
+    voltage: float | None
+    rate_pct_per_day: float | None
+    tte_s: float | None
+    tte_low_s: float | None
+    tte_high_s: float | None
+    empty_at: float | None
+    last_ts: float
+    samples: int
+    charging: bool
+    swaps: tuple[float, ...]
+
+
+# the persisted float fields of a device, in order (see _Device)
+_FLOATS = (
+    "b_start", "b_end", "b_tsum", "b_level", "b_v", "first_t", "last_t", "w", "w2", "mt",
+    "my", "ctt", "cty", "cyy", "scale", "pending_t", "obs_level", "obs_v", "temp", "last_ts",
+)  # fmt: skip
+
+
+class _Device:
+    """Per-device state: a fixed number of floats plus a bounded swap history."""
+
+    __slots__ = (
+        "b_end", "b_level", "b_n", "b_start", "b_tsum", "b_v", "charging", "chemistry", "ctt",
+        "cty", "cyy", "first_t", "last_t", "last_ts", "meta", "model", "mt", "my", "n",
+        "obs_level", "obs_v", "pending_t", "rejects", "scale", "severity", "site", "swaps",
+        "temp", "w", "w2", "zone",
+    )  # fmt: skip
+
+    def __init__(self, chemistry: str) -> None:
+        self.chemistry = chemistry
+        self.site: str | None = None
+        self.zone: str | None = None
+        self.model: str | None = None
+        self.meta: Mapping[str, str] | None = None  # latest meta, not persisted
+        self.charging = False
+        self.severity = 0  # 0: no active alert, else the Severity value
+        self.swaps: list[float] = []
+        self.temp = math.nan  # smoothed temperature_c
+        self.last_ts = -math.inf  # latest reading used
+        self.obs_level = math.nan  # latest bucket level
+        self.obs_v = math.nan  # its voltage (corrected), nan for battery_pct
+        self._reset_bucket()
+        self.reset_estimate()
+
+    def _reset_bucket(self) -> None:
+        self.b_start = math.nan
+        self.b_end = math.nan
+        self.b_tsum = 0.0
+        self.b_n = 0
+        self.b_level = -math.inf
+        self.b_v = math.nan
+
+    def reset_estimate(self) -> None:
+        self.n = 0  # buckets in the estimate
+        self.first_t = math.nan
+        self.last_t = math.nan  # days
+        self.w = 0.0
+        self.w2 = 0.0
+        self.mt = 0.0  # days
+        self.my = 0.0
+        self.ctt = 0.0
+        self.cty = 0.0
+        self.cyy = 0.0
+        self.scale = math.nan
+        self.rejects = 0
+        self.pending_t = math.nan
+
+
+def _json_float(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _float(x: Any, default: float) -> float:
+    return default if x is None else float(x)
+
+
+class BatteryDetector:
+    """Forecasts battery depletion per device and raises ``battery_depletion`` alerts.
+
+    Parameters
+    ----------
+    config
+        The settings; defaults to :class:`BatteryConfig` ().
+    """
+
+    name = "battery"
+    STATE_VERSION = 1
+
+    def __init__(self, config: BatteryConfig | None = None) -> None:
+        self.config = config or BatteryConfig()
+        self._devices: dict[str, _Device] = {}
+
+    # -- readings ---------------------------------------------------------------------------
+
+    def _chemistry_of(self, meta: Mapping[str, str]) -> str:
+        config = self.config
+        model = meta.get("model")
+        if model is not None and model in config.model_chemistry:
+            return config.model_chemistry[model]
+        named = meta.get("battery_chemistry")
+        if named is not None and named in config.chemistries:
+            return named
+        return config.default_chemistry
+
+    def process(self, batch: Sequence[Reading]) -> list[Signal]:
+        signals: list[Signal] = []
+        config = self.config
+        devices = self._devices
+        chemistries = config.chemistries
+        bucket_s = config.bucket_s
+        charging_sources = config.charging_sources
+        smoothing = config.temp_smoothing
+        reference = config.reference_temp_c
+        for reading in batch:
+            if reading.late or reading.kind not in _WATCHED_KINDS:
+                continue
+            metrics = reading.metrics
+            value = metrics.get("battery_pct")
+            from_pct = value is not None
+            if value is None:
+                value = metrics.get("battery_v")
+                if value is None:
+                    continue
+            ts = reading.ts
+            device = devices.get(reading.device_id)
+            meta = reading.meta
+            if device is None:
+                device = devices[reading.device_id] = _Device(self._chemistry_of(meta))
+                device.site, device.zone, device.model = meta.get("site"), meta.get("zone"), meta.get("model")  # fmt: skip
+            elif ts < device.last_ts:
+                continue
+            device.meta = meta
+            charging = meta.get("power_source") in charging_sources
+            if charging != device.charging:
+                device.charging = charging
+                if charging:  # on external power: restart the estimate, nothing is depleting
+                    if device.severity:
+                        signals.append(self._cleared(reading.device_id, device, ts, "charging"))
+                    device.reset_estimate()
+                    device._reset_bucket()
+            temperature = metrics.get("temperature_c")
+            if temperature is not None:
+                old = device.temp
+                device.temp = temperature if old != old else old + smoothing * (temperature - old)
+            if charging:
+                device.last_ts = ts
+                continue
+            start = device.b_start
+            if start == start and ts >= start + bucket_s:
+                signal = self._close_bucket(reading.device_id, device)
+                if signal is not None:
+                    signals.append(signal)
+                start = math.nan
+            if start != start:
+                device.b_start = ts
+            if from_pct:
+                level = 0.0 if value < 0.0 else 100.0 if value > 100.0 else float(value)
+                corrected = math.nan
+            else:
+                chemistry = chemistries[device.chemistry]
+                temp = device.temp
+                corrected = value
+                if temp < reference:  # False for nan
+                    corrected += chemistry.temp_coef_v_per_c * (reference - temp)
+                level = chemistry.level(corrected)
+            device.b_tsum += ts
+            device.b_n += 1
+            device.b_end = ts
+            if level > device.b_level:
+                device.b_level = level
+                device.b_v = corrected
+            device.last_ts = ts
+        return signals
+
+    def _close_bucket(self, device_id: str, device: _Device) -> Signal | None:
+        """Learn from the closed bucket's upper envelope and judge the forecast."""
+        config = self.config
+        meta = device.meta
+        signal: Signal | None = None
+        if meta is not None:
+            device.site, device.zone, device.model = meta.get("site"), meta.get("zone"), meta.get("model")  # fmt: skip
+            chemistry = self._chemistry_of(meta)
+            if chemistry != device.chemistry:  # a different battery: start afresh
+                device.chemistry = chemistry
+                device.reset_estimate()
+                device._reset_bucket()
+                return None
+        y = device.b_level
+        t = device.b_tsum / device.b_n / _DAY
+        volts = device.b_v
+        end = device.b_end
+        device._reset_bucket()
+        device.obs_level, device.obs_v = y, volts
+        if device.n == 0:
+            self._learn(device, t, y, 1.0)
+            return None
+        predicted = self._predict(device, t)
+        residual = y - predicted
+        scale = max(device.scale if device.scale == device.scale else 0.0, config.min_scale_pct)
+        if residual > config.swap_jump_pct and residual > config.swap_k * scale:
+            if device.pending_t == device.pending_t:  # seen twice: a new battery
+                swap_at = device.pending_t * _DAY
+                device.swaps.append(swap_at)
+                if len(device.swaps) > config.swap_history:
+                    del device.swaps[: len(device.swaps) - config.swap_history]
+                if device.severity:
+                    signal = self._cleared(device_id, device, end, "swap")
+                device.reset_estimate()
+                self._learn(device, t, y, 1.0)
+                return signal
+            device.pending_t = t
+            return None
+        device.pending_t = math.nan
+        weight = 1.0
+        if device.n >= config.min_samples:
+            if residual < -config.reject_k * scale and device.rejects < config.max_rejects:
+                device.rejects += 1
+                return None  # a sag or glitch: set aside
+            if device.rejects < config.max_rejects and abs(residual) > config.huber_k * scale:
+                weight = config.huber_k * scale / abs(residual)
+            device.rejects = 0
+        # robust scale: EW mean absolute one-step residual (x1.25 ~ sigma), clipped
+        size = abs(residual)
+        if device.scale == device.scale:
+            size = min(size, 4.0 * scale)
+            alpha = max(1.0 / device.n, 0.05)
+            device.scale += alpha * (1.25 * size - device.scale)
+        else:
+            device.scale = 1.25 * size
+        self._learn(device, t, y, weight)
+        return self._judge(device_id, device)
+
+    def _learn(self, device: _Device, t: float, y: float, weight: float) -> None:
+        """Add ``(t days, y %)`` to the forgetting regression (weighted Welford update)."""
+        if device.n == 0:
+            device.first_t = t
+            device.w = weight
+            device.w2 = weight * weight
+            device.mt, device.my = t, y
+            device.ctt = device.cty = device.cyy = 0.0
+        else:
+            decay = 0.5 ** (max(t - device.last_t, 0.0) * _DAY / self.config.half_life_s)
+            w = device.w * decay + weight
+            device.w2 = device.w2 * decay * decay + weight * weight
+            dt = t - device.mt
+            dy = y - device.my
+            share = weight / w
+            device.mt += share * dt
+            device.my += share * dy
+            device.ctt = device.ctt * decay + weight * dt * (t - device.mt)
+            device.cty = device.cty * decay + weight * dt * (y - device.my)
+            device.cyy = device.cyy * decay + weight * dy * (y - device.my)
+            device.w = w
+        device.n += 1
+        device.last_t = t
+
+    @staticmethod
+    def _predict(device: _Device, t: float) -> float:
+        if device.n >= 2 and device.ctt > 1e-12:
+            return device.my + device.cty / device.ctt * (t - device.mt)
+        return device.my
+
+    # -- forecasts --------------------------------------------------------------------------
+
+    def _forecast(self, device_id: str, device: _Device) -> BatteryForecast | None:
+        config = self.config
+        level_obs = device.obs_level
+        if level_obs != level_obs and device.n == 0:
+            if device.b_n == 0:
+                return None
+            level_obs, volts = device.b_level, device.b_v  # only an open bucket so far
+        else:
+            volts = device.obs_v
+        chemistry = config.chemistries[device.chemistry]
+        at = device.last_ts
+        curve_sigma = config.pct_sigma if volts != volts else chemistry.level_sigma(volts)
+        level = level_obs
+        rate: float | None = None
+        tte = low = high = None
+        ready = (
+            not device.charging
+            and device.n >= config.min_samples
+            and (device.last_t - device.first_t) * _DAY >= config.min_history_s
+            and device.ctt > 1e-12
+        )
+        level_sigma = curve_sigma
+        if ready:
+            slope = device.cty / device.ctt
+            t = at / _DAY
+            level = device.my + slope * (t - device.mt)
+            w, w2 = device.w, device.w2
+            n_eff = w * w / w2
+            rss = max(device.cyy - slope * device.cty, 0.0)
+            var = rss / w * n_eff / max(n_eff - 2.0, 1.0)
+            var_slope = var * (w2 / w) / device.ctt
+            var_level = var * w2 / (w * w) + (t - device.mt) ** 2 * var_slope
+            level = min(max(level, 0.0), 100.0)
+            level_sigma = math.sqrt(curve_sigma * curve_sigma + var_level)
+            rate = -slope
+            if rate > config.min_rate_pct_per_day:
+                rel = math.hypot(config.rate_rel_sigma, curve_sigma / max(level, 10.0))
+                rate_sigma = math.sqrt(var_slope + (rel * rate) ** 2)
+                usable = self._usable(device.temp)
+                z = config.interval_z
+                tte = level * usable / rate * _DAY
+                low = max(level - z * level_sigma, 0.0) * usable / (rate + z * rate_sigma) * _DAY
+                slow = rate - z * rate_sigma
+                if slow > 1e-9:
+                    high = min(level + z * level_sigma, 100.0) * usable / slow * _DAY
+                    high = max(high, tte)
+        return BatteryForecast(
+            device_id=device_id,
+            site=device.site,
+            zone=device.zone,
+            model=device.model,
+            chemistry=device.chemistry,
+            level_pct=level,
+            level_sigma_pct=level_sigma,
+            voltage=None if volts != volts else volts,
+            rate_pct_per_day=rate,
+            tte_s=tte,
+            tte_low_s=low,
+            tte_high_s=high,
+            empty_at=None if tte is None else at + tte,
+            last_ts=at,
+            samples=device.n,
+            charging=device.charging,
+            swaps=tuple(device.swaps),
+        )
+
+    def _usable(self, temp: float) -> float:
+        """Usable share of the remaining charge at ``temp`` °C (1 when unknown or warm)."""
+        config = self.config
+        if not temp < config.cold_start_c:
+            return 1.0
+        share = 1.0 - config.cold_capacity_per_c * (config.cold_start_c - temp)
+        return max(share, config.cold_capacity_floor)
+
+    def forecasts(self) -> list[BatteryForecast]:
+        """The current forecast of every device with a battery level, by device id."""
+        out: list[BatteryForecast] = []
+        for device_id in sorted(self._devices):
+            forecast = self._forecast(device_id, self._devices[device_id])
+            if forecast is not None:
+                out.append(forecast)
+        return out
+
+    def forecast(self, device_id: str) -> BatteryForecast | None:
+        """The current forecast of one device (``None`` if unknown)."""
+        device = self._devices.get(device_id)
+        return None if device is None else self._forecast(device_id, device)
+
+    # -- alerts -----------------------------------------------------------------------------
+
+    def _judge(self, device_id: str, device: _Device) -> Signal | None:
+        config = self.config
+        forecast = self._forecast(device_id, device)
+        if forecast is None or forecast.rate_pct_per_day is None:
+            return None
+        tte = math.inf if forecast.tte_s is None else forecast.tte_s
+        rising = forecast.rate_pct_per_day < -config.min_rate_pct_per_day
+        low_level = forecast.level_pct <= config.critical_level_pct and not rising
+        want = 0
+        if low_level or tte < config.horizon_critical_s:
+            want = Severity.CRITICAL.value
+        elif tte < config.horizon_warning_s:
+            want = Severity.WARNING.value
+        active = device.severity
+        if active:
+            if want == 0 and (
+                tte < config.horizon_warning_s * config.clear_hysteresis
+                or (
+                    forecast.level_pct <= config.critical_level_pct + config.level_hysteresis_pct
+                    and not rising
+                )
+            ):
+                want = active
+            want = max(want, active) if want else 0
+        if want == active:
+            return None
+        if want == 0:
+            return self._cleared(device_id, device, forecast.last_ts, "forecast", forecast)
+        device.severity = want
+        return self._firing(forecast, Severity(want))
+
+    def _firing(self, fc: BatteryForecast, severity: Severity) -> Signal:
+        evidence = self._evidence(fc)
+        where = ", ".join(x for x in (fc.site, fc.zone) if x)
+        volts = f" ({fc.voltage:.2f} V)" if fc.voltage is not None else ""
+        rate = fc.rate_pct_per_day or 0.0
+        if fc.tte_s is not None and fc.tte_low_s is not None:
+            high = "open" if fc.tte_high_s is None else f"{fc.tte_high_s / _DAY:.1f}"
+            summary = (
+                f"{fc.device_id}: battery {fc.level_pct:.0f}%{volts}, falling {rate:.2f} %/day, "
+                f"empty in about {fc.tte_s / _DAY:.1f} days "
+                f"({fc.tte_low_s / _DAY:.1f} to {high} days)"
+            )
+            before = _date(fc.last_ts + fc.tte_low_s)
+            action = f"Replace the battery of {fc.device_id}" + (f" ({where})" if where else "")
+            if severity is Severity.CRITICAL and fc.tte_low_s < 2 * _DAY:
+                action += f" now: it may be empty by {before}."
+            else:
+                action += f" before {before}."
+        else:
+            summary = f"{fc.device_id}: battery at {fc.level_pct:.0f}%{volts}, almost empty"
+            action = f"Replace the battery of {fc.device_id}" + (f" ({where})" if where else "")
+            action += f" now: it is at {fc.level_pct:.0f}%."
+        return Signal(
+            kind=KIND,
+            subject=fc.device_id,
+            firing=True,
+            at=fc.last_ts,
+            severity=severity,
+            subject_type=SubjectType.DEVICE,
+            summary=summary,
+            evidence=evidence,
+            action=action,
+            site=fc.site,
+            zone=fc.zone,
+        )
+
+    def _cleared(
+        self,
+        device_id: str,
+        device: _Device,
+        at: float,
+        reason: str,
+        fc: BatteryForecast | None = None,
+    ) -> Signal:
+        severity = Severity(device.severity) if device.severity else Severity.WARNING
+        device.severity = 0
+        text = {
+            "swap": "battery replaced",
+            "charging": "on external power",
+            "forecast": "battery forecast back to normal",
+        }[reason]
+        evidence: dict[str, Any] = {"reason": reason, "chemistry": device.chemistry}
+        if fc is not None:
+            evidence.update(self._evidence(fc))
+            if fc.tte_s is not None:
+                text += f" (empty in about {fc.tte_s / _DAY:.0f} days)"
+        return Signal(
+            kind=KIND,
+            subject=device_id,
+            firing=False,
+            at=at,
+            severity=severity,
+            subject_type=SubjectType.DEVICE,
+            summary=f"{device_id}: {text}",
+            evidence=evidence,
+            action="",
+            site=device.site,
+            zone=device.zone,
+        )
+
+    @staticmethod
+    def _evidence(fc: BatteryForecast) -> dict[str, Any]:
+        def days(x: float | None) -> float | None:
+            return None if x is None else round(x / _DAY, 3)
+
+        return {
+            "level_pct": round(fc.level_pct, 2),
+            "level_sigma_pct": round(fc.level_sigma_pct, 2),
+            "voltage": None if fc.voltage is None else round(fc.voltage, 4),
+            "rate_pct_per_day": None
+            if fc.rate_pct_per_day is None
+            else round(fc.rate_pct_per_day, 4),
+            "tte_days": days(fc.tte_s),
+            "tte_low_days": days(fc.tte_low_s),
+            "tte_high_days": days(fc.tte_high_s),
+            "empty_at": None if fc.empty_at is None else iso_utc(fc.empty_at),
+            "chemistry": fc.chemistry,
+            "samples": fc.samples,
+        }
+
+    def tick(self, now: float) -> list[Signal]:
+        return []
+
+    # -- report -----------------------------------------------------------------------------
+
+    def replacement_plan(
+        self,
+        now: float,
+        criticality: Mapping[str, float] | None = None,
+        horizon_s: float | None = None,
+    ) -> dict[str, Any]:
+        """Devices forecast empty within ``horizon_s`` (default: the warning horizon).
+
+        Each device's priority is its time to empty from ``now`` (days) divided by its
+        criticality (looked up by device id, then model; default 1): lower is more urgent.
+        Devices are grouped by site and zone so one visit covers neighbours; groups are
+        ordered by their most urgent device, devices within a group by priority. A device
+        whose level is at or under the critical level counts as empty now.
+        """
+        config = self.config
+        horizon = config.horizon_warning_s if horizon_s is None else horizon_s
+        weights = criticality or {}
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for fc in self.forecasts():
+            if fc.charging:
+                continue
+            if fc.empty_at is not None:
+                remaining = max(fc.empty_at - now, 0.0)
+                earliest = fc.last_ts + (fc.tte_low_s or 0.0)
+            elif fc.level_pct <= config.critical_level_pct and fc.rate_pct_per_day is not None:
+                remaining, earliest = 0.0, now
+            else:
+                continue
+            if fc.level_pct <= config.critical_level_pct:
+                remaining = 0.0
+            if remaining > horizon:
+                continue
+            weight = weights.get(fc.device_id)
+            if weight is None and fc.model is not None:
+                weight = weights.get(fc.model)
+            weight = 1.0 if weight is None or weight <= 0 else float(weight)
+            entry = {
+                "device_id": fc.device_id,
+                "model": fc.model,
+                "chemistry": fc.chemistry,
+                "level_pct": round(fc.level_pct, 1),
+                "rate_pct_per_day": None
+                if fc.rate_pct_per_day is None
+                else round(fc.rate_pct_per_day, 3),
+                "tte_days": round(remaining / _DAY, 2),
+                "empty_at": None if fc.empty_at is None else iso_utc(fc.empty_at),
+                "replace_before": _date(max(min(earliest, fc.empty_at or earliest), now)),
+                "criticality": weight,
+                "priority": round(remaining / _DAY / weight, 3),
+            }
+            groups.setdefault((fc.site or "", fc.zone or ""), []).append(entry)
+        ordered: list[dict[str, Any]] = []
+        for (site, zone), entries in groups.items():
+            entries.sort(key=lambda e: (e["priority"], e["tte_days"], e["device_id"]))
+            ordered.append(
+                {
+                    "site": site or None,
+                    "zone": zone or None,
+                    "priority": entries[0]["priority"],
+                    "replace_before": min(e["replace_before"] for e in entries),
+                    "devices": entries,
+                }
+            )
+        ordered.sort(key=lambda g: (g["priority"], g["site"] or "", g["zone"] or ""))
+        return {
+            "generated_at": iso_utc(now),
+            "horizon_days": round(horizon / _DAY, 3),
+            "devices": sum(len(g["devices"]) for g in ordered),
+            "groups": ordered,
+        }
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        devices: dict[str, Any] = {}
+        for device_id, d in self._devices.items():
+            devices[device_id] = {
+                "chemistry": d.chemistry,
+                "site": d.site,
+                "zone": d.zone,
+                "model": d.model,
+                "charging": d.charging,
+                "severity": d.severity,
+                "swaps": list(d.swaps),
+                "n": d.n,
+                "b_n": d.b_n,
+                "rejects": d.rejects,
+                "f": [_json_float(getattr(d, name)) for name in _FLOATS],
+            }
+        return {"version": self.STATE_VERSION, "devices": devices}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self._devices = {}
+        if state.get("version") != self.STATE_VERSION:
+            return
+        config = self.config
+        defaults = _Device(config.default_chemistry)
+        for device_id, data in dict(state.get("devices", {})).items():
+            chemistry = str(data.get("chemistry", config.default_chemistry))
+            if chemistry not in config.chemistries:
+                chemistry = config.default_chemistry
+            d = _Device(chemistry)
+            d.site, d.zone, d.model = data.get("site"), data.get("zone"), data.get("model")
+            d.charging = bool(data.get("charging", False))
+            d.severity = int(data.get("severity", 0))
+            d.swaps = [float(x) for x in data.get("swaps", [])][-config.swap_history :]
+            d.n = int(data.get("n", 0))
+            d.b_n = int(data.get("b_n", 0))
+            d.rejects = int(data.get("rejects", 0))
+            values = list(data.get("f", []))
+            if len(values) != len(_FLOATS):
+                continue
+            for name, value in zip(_FLOATS, values, strict=True):
+                setattr(d, name, _float(value, getattr(defaults, name)))
+            self._devices[str(device_id)] = d
+
+
+def _date(ts: float) -> str:
+    """The UTC calendar date of ``ts`` (ISO 8601)."""
+    return _dt.datetime.fromtimestamp(ts, tz=_dt.UTC).date().isoformat()
