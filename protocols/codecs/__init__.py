@@ -11,6 +11,7 @@ from collections.abc import Callable
 from protocols.codecs.base import Codec, DecodeContext, Record
 from protocols.codecs.cbor import CborCodec
 from protocols.codecs.json import JsonCodec
+from protocols.codecs.protobuf import ProtobufCodec
 from protocols.codecs.senml import SenmlCborCodec, SenmlJsonCodec
 
 CODECS: dict[str, Callable[[], Codec]] = {
@@ -18,6 +19,7 @@ CODECS: dict[str, Callable[[], Codec]] = {
     "cbor": CborCodec,
     "senml+json": SenmlJsonCodec,
     "senml+cbor": SenmlCborCodec,
+    "protobuf": ProtobufCodec,
 }
 
 __all__ = ["CODECS", "Codec", "CodecSet", "DecodeContext", "Record"]
