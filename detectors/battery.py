@@ -296,6 +296,7 @@ class BatteryForecast:
     level_sigma_pct: float
     voltage: float | None
     rate_pct_per_day: float | None
+    rate_sigma_pct_per_day: float | None
     tte_s: float | None
     tte_low_s: float | None
     tte_high_s: float | None
@@ -573,6 +574,7 @@ class BatteryDetector:
         curve_sigma = config.pct_sigma if volts != volts else chemistry.level_sigma(volts)
         level = level_obs
         rate: float | None = None
+        rate_sigma: float | None = None
         tte = low = high = None
         ready = (
             not device.charging
@@ -594,9 +596,9 @@ class BatteryDetector:
             level = min(max(level, 0.0), 100.0)
             level_sigma = math.sqrt(curve_sigma * curve_sigma + var_level)
             rate = -slope
+            rel = math.hypot(config.rate_rel_sigma, curve_sigma / max(level, 10.0))
+            rate_sigma = math.sqrt(var_slope + (rel * rate) ** 2)
             if rate > config.min_rate_pct_per_day:
-                rel = math.hypot(config.rate_rel_sigma, curve_sigma / max(level, 10.0))
-                rate_sigma = math.sqrt(var_slope + (rel * rate) ** 2)
                 usable = self._usable(device.temp)
                 z = config.interval_z
                 tte = level * usable / rate * _DAY
@@ -615,6 +617,7 @@ class BatteryDetector:
             level_sigma_pct=level_sigma,
             voltage=None if volts != volts else volts,
             rate_pct_per_day=rate,
+            rate_sigma_pct_per_day=rate_sigma,
             tte_s=tte,
             tte_low_s=low,
             tte_high_s=high,
@@ -655,7 +658,11 @@ class BatteryDetector:
         if forecast is None or forecast.rate_pct_per_day is None:
             return None
         tte = math.inf if forecast.tte_s is None else forecast.tte_s
-        rising = forecast.rate_pct_per_day < -config.min_rate_pct_per_day
+        # rising: charging (not a swap, not noise around a flat level)
+        rising = forecast.rate_pct_per_day < -(
+            config.min_rate_pct_per_day
+            + config.interval_z * (forecast.rate_sigma_pct_per_day or 0.0)
+        )
         low_level = forecast.level_pct <= config.critical_level_pct and not rising
         want = 0
         if low_level or tte < config.horizon_critical_s:
