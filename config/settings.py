@@ -68,6 +68,7 @@ class MqttSettings(_Section):
         Subscription(filter="devices/+/+"),
     )
     shared_group: str | None = None
+    close_timeout_s: float = Field(5.0, ge=0)
 
     @model_validator(mode="after")
     def _backoff_order(self) -> MqttSettings:
@@ -188,13 +189,14 @@ class RuleSettings(_Section):
 
 class DetectorSettings(_Section):
     enabled: tuple[str, ...] = (
-        "rules", "connectivity", "gateway", "drift", "firmware", "environment",
+        "rules", "connectivity", "gateway", "drift", "firmware", "environment", "battery",
     )  # fmt: skip
     connectivity: dict[str, float | int] = Field(default_factory=dict)
     gateway: dict[str, float | int | dict[str, int] | dict[str, str]] = Field(default_factory=dict)
     drift: dict[str, Any] = Field(default_factory=dict)
     firmware: dict[str, Any] = Field(default_factory=dict)
     environment: dict[str, float | int] = Field(default_factory=dict)
+    battery: dict[str, Any] = Field(default_factory=dict)
 
 
 class StateSettings(_Section):

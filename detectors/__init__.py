@@ -75,6 +75,16 @@ def _environment(settings: Settings) -> Detector:
     return EnvironmentDetector(config)
 
 
+def _battery(settings: Settings) -> Detector:
+    from detectors.battery import BatteryConfig, BatteryDetector
+
+    try:
+        config = BatteryConfig.from_mapping(settings.detectors.battery)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError("detectors.battery", str(exc)) from exc
+    return BatteryDetector(config)
+
+
 DETECTORS: dict[str, Callable[[Settings], Detector]] = {
     "rules": _rules,
     "connectivity": _connectivity,
@@ -82,6 +92,7 @@ DETECTORS: dict[str, Callable[[Settings], Detector]] = {
     "drift": _drift,
     "firmware": _firmware,
     "environment": _environment,
+    "battery": _battery,
 }
 
 

@@ -21,41 +21,56 @@ corrected up by the chemistry's ``temp_coef_v_per_c`` per degree below
 share of the remaining charge is taken as ``1 - cold_capacity_per_c`` per degree below it
 (floored at ``cold_capacity_floor``), which shortens the time to empty.
 
-**Noise and load sag.** Readings are pooled in buckets of ``bucket_s`` (one hour) and each
-bucket contributes its *highest* level, a rolling upper envelope: a radio transmission or
-motor start drags the voltage down for a moment, never up. Bucket levels then go through a
-robust residual test against the current fit: a level far below the prediction (more than
+**Noise and load sag.** Readings are pooled in buckets of ``bucket_s`` (one hour); each
+bucket contributes the mean of its values within ``sag_margin_v`` (``sag_margin_pct`` for
+``battery_pct``) of its highest value, an upper envelope: a radio transmission or motor
+start drags the voltage down for a moment, never up, so readings far below the top are set
+aside, while the noise of the rest averages out (a plain maximum would read high by about
+1.5 noise sigmas, which on a flat curve is many percent). Bucket levels then pass a running
+median of three (one bucket late), so a lone low (or high) bucket never reaches the estimate,
+and a robust residual test against the current fit: a level far below the prediction (more than
 ``reject_k`` robust scales) is set aside, up to ``max_rejects`` times in a row (a drop that
 persists is real); the others are Huber-weighted (beyond ``huber_k`` scales their weight
 shrinks). The robust scale is an exponentially weighted mean absolute residual.
 
 **Discharge rate.** An exponentially forgetting weighted linear regression of level on time
-(half-life ``half_life_s``, so a change in usage shows within days), kept as weighted means
-and co-moments (Welford form, a dozen floats per device, O(1) per bucket). Its slope is the
-discharge rate in %/day; the time to empty is ``level * usable / rate``. The interval
-(``interval_z`` standard errors) combines the regression's standard errors (with the
-effective number of samples under forgetting), the curve uncertainty of the level, and a
-relative model uncertainty of the rate (``rate_rel_sigma``, inflated where the curve is flat):
-``low = (level - z*s_level) / (rate + z*s_rate)``, ``high = (level + z*s_level) /
-(rate - z*s_rate)``, unbounded (``None``) when the rate may be zero.
+(half-life ``half_life_s``), kept as weighted means and co-moments (Welford form, a dozen
+floats per device, O(1) per bucket); its slope is the discharge rate in %/day and the time
+to empty is ``level * usable / rate``. A change in usage shows as one-step residuals that
+keep one sign: when their exponentially weighted mean (``change_alpha``) exceeds
+``change_k`` robust scales, the old data's weight is cut to ``change_discount`` at once, so
+the rate is re-estimated within a day or two rather than a few half-lives. The interval
+(``interval_z`` standard errors) combines the regression's standard errors (effective number
+of samples under forgetting, residuals taken as independent), the curve uncertainty of the
+level, and a relative model uncertainty of the rate (``rate_rel_sigma``, inflated where the
+curve is flat): ``low = (level - z*s_level) / (rate + z*s_rate)``, ``high = (level +
+z*s_level) / (rate - z*s_rate)``, unbounded (``None``) when the rate may be zero.
 
-**Swaps and charging.** A level more than ``swap_jump_pct`` above the prediction, seen in
-two buckets in a row, is a battery replacement: its time goes in the device's swap history
-(the last ``swap_history``), the estimate starts afresh and an active alert clears. A device
-whose meta ``power_source`` is in ``charging_sources`` (``mains``, ``charging``) is not
-depleting: its estimate restarts when it goes back on battery. A level that rises steadily
-gives a negative rate: not depleting, no forecast, no alert.
+**Swaps and charging.** A level more than ``swap_jump_pct`` (and ``swap_k`` robust scales)
+above the prediction, in two buckets in a row (it must pass the median filter), is a battery
+replacement: its time goes in the device's swap history (the last ``swap_history``), the
+estimate starts afresh and an active alert clears. A device whose meta ``power_source`` is
+in ``charging_sources`` (``mains``, ``charging``) is not depleting: its estimate restarts
+when it goes back on battery. A level that rises steadily gives a negative rate: not
+depleting, no forecast, no alert.
 
 **Alerts** (kind ``battery_depletion``, edge triggered, judged when a bucket closes, once
 ``min_samples`` buckets over ``min_history_s`` are in the estimate): WARNING when the
-forecast time to empty falls under ``horizon_warning_s``, CRITICAL under
-``horizon_critical_s`` or when the level is at most ``critical_level_pct``. A warning that
-becomes critical fires again; severity never steps down while active (the alert lifecycle
-only escalates). It clears when the forecast is back above ``clear_hysteresis`` times the
-warning horizon (and the level above the critical level plus ``level_hysteresis_pct``), on a
-battery swap, or when the device starts charging.
+time to empty falls under ``horizon_warning_s``, CRITICAL under ``horizon_critical_s`` or
+when the level is at most ``critical_level_pct`` (and not rising). The time to empty judged
+is a cautious one: the level over the rate at its lower confidence bound from the
+regression's own standard error, so a young, noisy estimate does not fire (the curve's
+uncertainty is left out of this, or a Li-SOCl2 cell would never be judged on its plateau).
+A warning that becomes critical fires again; severity never steps down while active (the
+alert lifecycle only escalates). It clears when the forecast is back above
+``clear_hysteresis`` times the warning horizon (and the level above the critical level plus
+``level_hysteresis_pct``), on a battery swap, or when the device starts charging. Evidence:
+level, voltage, rate, time to empty and its interval (days), chemistry, samples; the action
+says by which date to replace the battery (the interval's early end).
 
-Late readings (and readings older than the device's latest) are skipped.
+Late readings (and readings older than the device's latest) are skipped. A reading costs a
+few dictionary look-ups and comparisons (about 2 µs); the curve and the regression run once
+per bucket. Memory per device: about thirty numbers and at most ``swap_history`` swap times.
 
 >>> from service.model import Reading
 >>> det = BatteryDetector()
@@ -190,13 +205,18 @@ class BatteryConfig:
     chemistries: Mapping[str, Chemistry] = field(default_factory=lambda: dict(CHEMISTRIES))
     bucket_s: float = 3_600.0
     half_life_s: float = 3 * _DAY
-    min_history_s: float = 12 * 3_600.0
+    min_history_s: float = _DAY
     min_samples: int = 6
     swap_jump_pct: float = 20.0
     swap_k: float = 4.0
     huber_k: float = 2.0
     reject_k: float = 5.0
     max_rejects: int = 3
+    sag_margin_v: float = 0.05
+    sag_margin_pct: float = 5.0
+    change_alpha: float = 0.1
+    change_k: float = 0.75
+    change_discount: float = 0.25
     min_scale_pct: float = 0.25
     pct_sigma: float = 2.0
     rate_rel_sigma: float = 0.1
@@ -297,6 +317,7 @@ class BatteryForecast:
     voltage: float | None
     rate_pct_per_day: float | None
     rate_sigma_pct_per_day: float | None
+    rate_se_pct_per_day: float | None
     tte_s: float | None
     tte_low_s: float | None
     tte_high_s: float | None
@@ -309,8 +330,9 @@ class BatteryForecast:
 
 # the persisted float fields of a device, in order (see _Device)
 _FLOATS = (
-    "b_start", "b_end", "b_tsum", "b_level", "b_v", "first_t", "last_t", "w", "w2", "mt",
-    "my", "ctt", "cty", "cyy", "scale", "pending_t", "obs_level", "obs_v", "temp", "last_ts",
+    "b_start", "b_end", "b_tsum", "b_top", "b_sum", "first_t", "last_t", "w", "w2", "mt",
+    "my", "ctt", "cty", "cyy", "scale", "drift", "f0_level", "f1_level", "f1_t", "obs_level",
+    "obs_v", "temp", "last_ts",
 )  # fmt: skip
 
 
@@ -318,10 +340,10 @@ class _Device:
     """Per-device state: a fixed number of floats plus a bounded swap history."""
 
     __slots__ = (
-        "b_end", "b_level", "b_n", "b_start", "b_tsum", "b_v", "charging", "chemistry", "ctt",
-        "cty", "cyy", "first_t", "last_t", "last_ts", "meta", "model", "mt", "my", "n",
-        "obs_level", "obs_v", "pending_t", "rejects", "scale", "severity", "site", "swaps",
-        "temp", "w", "w2", "zone",
+        "b_cnt", "b_end", "b_n", "b_pct", "b_start", "b_sum", "b_top", "b_tsum", "charging", "chemistry", "ctt",
+        "cty", "cyy", "drift", "f0_level", "f1_level", "f1_t", "first_t", "last_t",
+        "last_ts", "meta", "model", "mt", "my", "n", "obs_level", "obs_v", "rejects", "scale",
+        "severity", "site", "swaps", "temp", "w", "w2", "zone",
     )  # fmt: skip
 
     def __init__(self, chemistry: str) -> None:
@@ -341,12 +363,17 @@ class _Device:
         self.reset_estimate()
 
     def _reset_bucket(self) -> None:
+        """Forget the open bucket and the median filter's buffer."""
+        self.f0_level = self.f1_level = math.nan  # the two previous bucket levels
+        self.f1_t = math.nan  # time of the previous bucket (days), awaiting its output
         self.b_start = math.nan
         self.b_end = math.nan
         self.b_tsum = 0.0
         self.b_n = 0
-        self.b_level = -math.inf
-        self.b_v = math.nan
+        self.b_top = -math.inf  # highest value (% or corrected V) in the bucket
+        self.b_sum = 0.0  # sum and count of the values within the sag margin of the top
+        self.b_cnt = 0
+        self.b_pct = False  # the bucket holds battery_pct values (else volts)
 
     def reset_estimate(self) -> None:
         self.n = 0  # buckets in the estimate
@@ -360,8 +387,8 @@ class _Device:
         self.cty = 0.0
         self.cyy = 0.0
         self.scale = math.nan
+        self.drift = 0.0  # EW mean of the signed one-step residuals
         self.rejects = 0
-        self.pending_t = math.nan
 
 
 def _json_float(x: float) -> float | None:
@@ -409,6 +436,7 @@ class BatteryDetector:
         charging_sources = config.charging_sources
         smoothing = config.temp_smoothing
         reference = config.reference_temp_c
+        margin_v, margin_pct = config.sag_margin_v, config.sag_margin_pct
         for reading in batch:
             if reading.late or reading.kind not in _WATCHED_KINDS:
                 continue
@@ -424,7 +452,8 @@ class BatteryDetector:
             meta = reading.meta
             if device is None:
                 device = devices[reading.device_id] = _Device(self._chemistry_of(meta))
-                device.site, device.zone, device.model = meta.get("site"), meta.get("zone"), meta.get("model")  # fmt: skip
+                device.site, device.zone = meta.get("site"), meta.get("zone")
+                device.model = meta.get("model")
             elif ts < device.last_ts:
                 continue
             device.meta = meta
@@ -440,33 +469,44 @@ class BatteryDetector:
             if temperature is not None:
                 old = device.temp
                 device.temp = temperature if old != old else old + smoothing * (temperature - old)
-            if charging:
+            if from_pct:
+                x = 0.0 if value < 0.0 else 100.0 if value > 100.0 else float(value)
+                margin = margin_pct
+            else:
+                x = value
+                temp = device.temp
+                if temp < reference:  # False for nan
+                    x += chemistries[device.chemistry].temp_coef_v_per_c * (reference - temp)
+                margin = margin_v
+            if charging:  # shown, not learned
+                if from_pct:
+                    device.obs_level, device.obs_v = x, math.nan
+                else:
+                    device.obs_level = chemistries[device.chemistry].level(x)
+                    device.obs_v = x
                 device.last_ts = ts
                 continue
             start = device.b_start
-            if start == start and ts >= start + bucket_s:
+            if start == start and (ts >= start + bucket_s or from_pct != device.b_pct):
                 signal = self._close_bucket(reading.device_id, device)
                 if signal is not None:
                     signals.append(signal)
                 start = math.nan
             if start != start:
                 device.b_start = ts
-            if from_pct:
-                level = 0.0 if value < 0.0 else 100.0 if value > 100.0 else float(value)
-                corrected = math.nan
-            else:
-                chemistry = chemistries[device.chemistry]
-                temp = device.temp
-                corrected = value
-                if temp < reference:  # False for nan
-                    corrected += chemistry.temp_coef_v_per_c * (reference - temp)
-                level = chemistry.level(corrected)
+                device.b_pct = from_pct
             device.b_tsum += ts
             device.b_n += 1
             device.b_end = ts
-            if level > device.b_level:
-                device.b_level = level
-                device.b_v = corrected
+            top = device.b_top
+            if x > top + margin:  # the first value, or one clearly above a sagging start
+                device.b_top = device.b_sum = x
+                device.b_cnt = 1
+            elif x >= top - margin:  # within the margin of the top: kept (noise averages out)
+                device.b_sum += x
+                device.b_cnt += 1
+                if x > top:
+                    device.b_top = x
             device.last_ts = ts
         return signals
 
@@ -476,19 +516,31 @@ class BatteryDetector:
         meta = device.meta
         signal: Signal | None = None
         if meta is not None:
-            device.site, device.zone, device.model = meta.get("site"), meta.get("zone"), meta.get("model")  # fmt: skip
+            device.site, device.zone = meta.get("site"), meta.get("zone")
+            device.model = meta.get("model")
             chemistry = self._chemistry_of(meta)
             if chemistry != device.chemistry:  # a different battery: start afresh
                 device.chemistry = chemistry
                 device.reset_estimate()
                 device._reset_bucket()
                 return None
-        y = device.b_level
-        t = device.b_tsum / device.b_n / _DAY
-        volts = device.b_v
+        level, volts = self._bucket_level(device)
+        t_new = device.b_tsum / device.b_n / _DAY
         end = device.b_end
-        device._reset_bucket()
-        device.obs_level, device.obs_v = y, volts
+        device.b_start = device.b_end = math.nan
+        device.b_tsum, device.b_n = 0.0, 0
+        device.b_top, device.b_sum, device.b_cnt = -math.inf, 0.0, 0
+        device.obs_level, device.obs_v = level, volts
+        # running median of three bucket levels, one bucket late: a lone dip (or spike) that
+        # the envelope let through never reaches the regression
+        t = device.f1_t
+        if t != t:  # the first bucket: it stands in for its missing predecessor
+            device.f0_level = device.f1_level = level
+            device.f1_t = t_new
+            return None
+        a, b = device.f0_level, device.f1_level
+        y = max(min(a, b), min(max(a, b), level))
+        device.f0_level, device.f1_level, device.f1_t = b, level, t_new
         if device.n == 0:
             self._learn(device, t, y, 1.0)
             return None
@@ -496,19 +548,15 @@ class BatteryDetector:
         residual = y - predicted
         scale = max(device.scale if device.scale == device.scale else 0.0, config.min_scale_pct)
         if residual > config.swap_jump_pct and residual > config.swap_k * scale:
-            if device.pending_t == device.pending_t:  # seen twice: a new battery
-                swap_at = device.pending_t * _DAY
-                device.swaps.append(swap_at)
-                if len(device.swaps) > config.swap_history:
-                    del device.swaps[: len(device.swaps) - config.swap_history]
-                if device.severity:
-                    signal = self._cleared(device_id, device, end, "swap")
-                device.reset_estimate()
-                self._learn(device, t, y, 1.0)
-                return signal
-            device.pending_t = t
-            return None
-        device.pending_t = math.nan
+            # a step up that outlived the median filter: a new battery
+            device.swaps.append(t * _DAY)
+            if len(device.swaps) > config.swap_history:
+                del device.swaps[: len(device.swaps) - config.swap_history]
+            if device.severity:
+                signal = self._cleared(device_id, device, end, "swap")
+            device.reset_estimate()
+            self._learn(device, t, y, 1.0)
+            return signal
         weight = 1.0
         if device.n >= config.min_samples:
             if residual < -config.reject_k * scale and device.rejects < config.max_rejects:
@@ -517,6 +565,19 @@ class BatteryDetector:
             if device.rejects < config.max_rejects and abs(residual) > config.huber_k * scale:
                 weight = config.huber_k * scale / abs(residual)
             device.rejects = 0
+        if device.n >= config.min_samples:
+            # a change in usage: residuals that keep one sign. Old data is discounted at
+            # once instead of waiting for the forgetting to wear it out.
+            clipped = max(-4.0 * scale, min(4.0 * scale, residual))
+            device.drift += config.change_alpha * (clipped - device.drift)
+            if abs(device.drift) > config.change_k * scale:
+                d = config.change_discount
+                device.w *= d
+                device.w2 *= d * d
+                device.ctt *= d
+                device.cty *= d
+                device.cyy *= d
+                device.drift = 0.0
         # robust scale: EW mean absolute one-step residual (x1.25 ~ sigma), clipped
         size = abs(residual)
         if device.scale == device.scale:
@@ -527,6 +588,13 @@ class BatteryDetector:
             device.scale = 1.25 * size
         self._learn(device, t, y, weight)
         return self._judge(device_id, device)
+
+    def _bucket_level(self, device: _Device) -> tuple[float, float]:
+        """The open bucket's level (%) and voltage (nan for battery_pct)."""
+        value = device.b_sum / device.b_cnt
+        if device.b_pct:
+            return value, math.nan
+        return self.config.chemistries[device.chemistry].level(value), value
 
     def _learn(self, device: _Device, t: float, y: float, weight: float) -> None:
         """Add ``(t days, y %)`` to the forgetting regression (weighted Welford update)."""
@@ -566,7 +634,7 @@ class BatteryDetector:
         if level_obs != level_obs and device.n == 0:
             if device.b_n == 0:
                 return None
-            level_obs, volts = device.b_level, device.b_v  # only an open bucket so far
+            level_obs, volts = self._bucket_level(device)  # only an open bucket so far
         else:
             volts = device.obs_v
         chemistry = config.chemistries[device.chemistry]
@@ -575,6 +643,7 @@ class BatteryDetector:
         level = level_obs
         rate: float | None = None
         rate_sigma: float | None = None
+        rate_se: float | None = None
         tte = low = high = None
         ready = (
             not device.charging
@@ -598,6 +667,7 @@ class BatteryDetector:
             rate = -slope
             rel = math.hypot(config.rate_rel_sigma, curve_sigma / max(level, 10.0))
             rate_sigma = math.sqrt(var_slope + (rel * rate) ** 2)
+            rate_se = math.sqrt(var_slope)
             if rate > config.min_rate_pct_per_day:
                 usable = self._usable(device.temp)
                 z = config.interval_z
@@ -618,6 +688,7 @@ class BatteryDetector:
             voltage=None if volts != volts else volts,
             rate_pct_per_day=rate,
             rate_sigma_pct_per_day=rate_sigma,
+            rate_se_pct_per_day=rate_se,
             tte_s=tte,
             tte_low_s=low,
             tte_high_s=high,
@@ -657,7 +728,12 @@ class BatteryDetector:
         forecast = self._forecast(device_id, device)
         if forecast is None or forecast.rate_pct_per_day is None:
             return None
-        tte = math.inf if forecast.tte_s is None else forecast.tte_s
+        # judged on a cautious time to empty: the rate at its lower confidence bound (the
+        # regression's own error only), so a young, noisy estimate does not fire
+        rate = forecast.rate_pct_per_day - config.interval_z * (forecast.rate_se_pct_per_day or 0.0)
+        tte = math.inf
+        if forecast.tte_s is not None and rate > config.min_rate_pct_per_day:
+            tte = forecast.level_pct * self._usable(device.temp) / rate * _DAY
         # rising: charging (not a swap, not noise around a flat level)
         rising = forecast.rate_pct_per_day < -(
             config.min_rate_pct_per_day
@@ -701,7 +777,9 @@ class BatteryDetector:
             )
             before = _date(fc.last_ts + fc.tte_low_s)
             action = f"Replace the battery of {fc.device_id}" + (f" ({where})" if where else "")
-            if severity is Severity.CRITICAL and fc.tte_low_s < 2 * _DAY:
+            if severity is Severity.CRITICAL and (
+                fc.tte_low_s < 2 * _DAY or fc.level_pct <= self.config.critical_level_pct
+            ):
                 action += f" now: it may be empty by {before}."
             else:
                 action += f" before {before}."
@@ -782,6 +860,10 @@ class BatteryDetector:
 
     # -- report -----------------------------------------------------------------------------
 
+    def report(self, now: float) -> dict[str, Any]:
+        """The detector's published report: the replacement plan."""
+        return self.replacement_plan(now)
+
     def replacement_plan(
         self,
         now: float,
@@ -811,7 +893,7 @@ class BatteryDetector:
             else:
                 continue
             if fc.level_pct <= config.critical_level_pct:
-                remaining = 0.0
+                remaining, earliest = 0.0, now
             if remaining > horizon:
                 continue
             weight = weights.get(fc.device_id)
@@ -828,7 +910,7 @@ class BatteryDetector:
                 else round(fc.rate_pct_per_day, 3),
                 "tte_days": round(remaining / _DAY, 2),
                 "empty_at": None if fc.empty_at is None else iso_utc(fc.empty_at),
-                "replace_before": _date(max(min(earliest, fc.empty_at or earliest), now)),
+                "replace_before": _date(max(earliest, now)),
                 "criticality": weight,
                 "priority": round(remaining / _DAY / weight, 3),
             }
@@ -868,6 +950,8 @@ class BatteryDetector:
                 "swaps": list(d.swaps),
                 "n": d.n,
                 "b_n": d.b_n,
+                "b_cnt": d.b_cnt,
+                "b_pct": d.b_pct,
                 "rejects": d.rejects,
                 "f": [_json_float(getattr(d, name)) for name in _FLOATS],
             }
@@ -887,9 +971,12 @@ class BatteryDetector:
             d.site, d.zone, d.model = data.get("site"), data.get("zone"), data.get("model")
             d.charging = bool(data.get("charging", False))
             d.severity = int(data.get("severity", 0))
-            d.swaps = [float(x) for x in data.get("swaps", [])][-config.swap_history :]
+            swaps = [float(x) for x in data.get("swaps", [])]
+            d.swaps = swaps[max(len(swaps) - config.swap_history, 0) :]
             d.n = int(data.get("n", 0))
             d.b_n = int(data.get("b_n", 0))
+            d.b_cnt = int(data.get("b_cnt", 0))
+            d.b_pct = bool(data.get("b_pct", False))
             d.rejects = int(data.get("rejects", 0))
             values = list(data.get("f", []))
             if len(values) != len(_FLOATS):

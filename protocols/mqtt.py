@@ -263,14 +263,33 @@ class MqttClient:
     ) -> None:
         await self.close()
 
+    async def wait_acknowledged(self, timeout: float) -> bool:
+        """Wait (bounded) until the broker has acknowledged every QoS 1 message we sent."""
+        storage = getattr(self._client, "_persistent_storage", None)
+        if storage is None:
+            return True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while storage.get_all() and self.connected.is_set():
+            if loop.time() > deadline:
+                log.warning("%d published messages not acknowledged", len(storage.get_all()))
+                return False
+            await asyncio.sleep(0.01)
+        return not storage.get_all()
+
     async def close(self) -> None:
-        """Publish ``offline`` (when a status topic is set) and disconnect."""
+        """Publish ``offline`` (when a status topic is set), wait for the broker to
+        acknowledge what was published (bounded by ``mqtt.close_timeout_s``), disconnect."""
         self._closing = True
         client = self._client
         if client is None:
             return
         if self.status_topic and self.connected.is_set():
             client.publish(self.status_topic, b"offline", qos=1, retain=True)
+        # read again (intake is closed: what arrives now is not acknowledged and comes
+        # back later) so the broker's acknowledgements of what we sent get in
+        self.resume_reading()
+        await self.wait_acknowledged(self.settings.close_timeout_s)
         try:
             client.stop_reconnect()
             await asyncio.wait_for(client.disconnect(), 5.0)
