@@ -190,6 +190,7 @@ class RuleSettings(_Section):
 class DetectorSettings(_Section):
     enabled: tuple[str, ...] = (
         "rules", "connectivity", "gateway", "drift", "firmware", "environment", "battery",
+        "power",
     )  # fmt: skip
     connectivity: dict[str, float | int] = Field(default_factory=dict)
     gateway: dict[str, float | int | dict[str, int] | dict[str, str]] = Field(default_factory=dict)
@@ -197,6 +198,7 @@ class DetectorSettings(_Section):
     firmware: dict[str, Any] = Field(default_factory=dict)
     environment: dict[str, float | int] = Field(default_factory=dict)
     battery: dict[str, Any] = Field(default_factory=dict)
+    power: dict[str, float | int] = Field(default_factory=dict)
 
 
 class StateSettings(_Section):

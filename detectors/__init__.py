@@ -85,6 +85,16 @@ def _battery(settings: Settings) -> Detector:
     return BatteryDetector(config)
 
 
+def _power(settings: Settings) -> Detector:
+    from detectors.power import PowerConfig, PowerDetector
+
+    try:
+        config = PowerConfig.from_mapping(settings.detectors.power)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError("detectors.power", str(exc)) from exc
+    return PowerDetector(config)
+
+
 DETECTORS: dict[str, Callable[[Settings], Detector]] = {
     "rules": _rules,
     "connectivity": _connectivity,
@@ -93,6 +103,7 @@ DETECTORS: dict[str, Callable[[Settings], Detector]] = {
     "firmware": _firmware,
     "environment": _environment,
     "battery": _battery,
+    "power": _power,
 }
 
 

@@ -6,7 +6,7 @@ temperature, humidity and vibration from its own readings), the stress it has ac
 
 - **lost reports**: reports missing between arrivals, judged against its own rhythm (the
   median of its recent gaps);
-- **battery drain**: volts per day between its first and latest battery reading;
+- **battery drain**: volts per day, the least-squares slope over the battery's readings;
 - **update failures**: failed against attempted firmware updates.
 
 Every ``evaluate_every_s`` (data time) the devices are put in environmental bands (e.g.
@@ -74,7 +74,7 @@ class EnvironmentConfig:
 
 class _Device:
     __slots__ = (
-        "arrivals", "battery_first", "battery_last", "env", "expected", "first_rx", "gaps",
+        "arrivals", "battery_first", "battery_last", "battery_sums", "env", "expected", "first_rx", "gaps",
         "interval", "last_rx", "lost", "site", "stress", "updates", "zone",
     )  # fmt: skip
 
@@ -92,6 +92,8 @@ class _Device:
         self.expected = 0
         self.battery_first: tuple[float, float] | None = None
         self.battery_last: tuple[float, float] | None = None
+        # least squares of volts against days since battery_first: n, St, Sv, Stt, Stv
+        self.battery_sums = [0.0, 0.0, 0.0, 0.0, 0.0]
         self.updates = [0, 0]  # succeeded, failed
 
     def lost_share(self) -> tuple[int, int] | None:
@@ -101,12 +103,16 @@ class _Device:
         return self.lost, self.expected
 
     def drain_per_day(self) -> float | None:
+        """Volts lost per day: the least-squares slope over every reading of this battery."""
         if self.battery_first is None or self.battery_last is None:
             return None
-        (t0, v0), (t1, v1) = self.battery_first, self.battery_last
-        if t1 - t0 < 6 * 3600:
+        if self.battery_last[0] - self.battery_first[0] < 6 * 3600:
             return None
-        return (v0 - v1) / (t1 - t0) * 86_400
+        n, st, sv, stt, stv = self.battery_sums
+        denominator = n * stt - st * st
+        if n < 3 or denominator <= 0:
+            return None
+        return -(n * stv - st * sv) / denominator
 
 
 class EnvironmentDetector:
@@ -164,7 +170,15 @@ class EnvironmentDetector:
                     device.battery_last is not None and volts > device.battery_last[1] + 0.3
                 ):
                     device.battery_first = point  # first reading, or a new battery
+                    device.battery_sums = [0.0, 0.0, 0.0, 0.0, 0.0]
                 device.battery_last = point
+                days = (reading.ts - device.battery_first[0]) / 86_400
+                sums = device.battery_sums
+                sums[0] += 1
+                sums[1] += days
+                sums[2] += volts
+                sums[3] += days * days
+                sums[4] += days * volts
             if reading.kind is MessageKind.FIRMWARE:
                 event = meta.get("event")
                 if event in ("succeeded", "success"):
@@ -286,7 +300,7 @@ class EnvironmentDetector:
             "devices": {
                 i: [d.site, d.zone, d.env, d.stress, d.first_rx, d.last_rx, d.interval,
                     d.arrivals, d.battery_first, d.battery_last, d.updates, d.gaps, d.lost,
-                    d.expected]
+                    d.expected, d.battery_sums]
                 for i, d in self._devices.items()
             },
         }  # fmt: skip
@@ -299,7 +313,7 @@ class EnvironmentDetector:
         self._devices = {}
         for device_id, row in state["devices"].items():
             (site, zone, env, stress, first_rx, last_rx, interval, arrivals, b_first, b_last,
-             updates, gaps, lost, expected) = row  # fmt: skip
+             updates, gaps, lost, expected, battery_sums) = row  # fmt: skip
             device = _Device(float(first_rx))
             device.site, device.zone = site, zone
             device.env = {k: float(v) for k, v in env.items()}
@@ -311,6 +325,7 @@ class EnvironmentDetector:
             device.updates = [int(updates[0]), int(updates[1])]
             device.gaps = [float(g) for g in gaps]
             device.lost, device.expected = int(lost), int(expected)
+            device.battery_sums = [float(x) for x in battery_sums]
             self._devices[device_id] = device
 
 
