@@ -27,7 +27,7 @@ ENV PATH=/opt/fleetwatch/bin:$PATH \
 USER fleetwatch
 WORKDIR /var/lib/fleetwatch
 VOLUME ["/etc/fleetwatch", "/var/lib/fleetwatch"]
-EXPOSE 9108
+EXPOSE 9108 5683/udp
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:9108/healthz', timeout=2).status != 200)"]
 # The daemon handles SIGTERM itself (stop intake, drain, flush alerts, go offline).

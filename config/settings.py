@@ -19,6 +19,7 @@ service.errors.ConfigError: mqtt.port: Input should be less than or equal to 655
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -104,6 +105,41 @@ class MetricAlias(_Section):
     offset: float = 0.0
 
 
+def _known_content_type(value: str) -> str:
+    """``value`` if a payload codec reads it (checked at start-up, not per message)."""
+    from protocols.codecs import CODECS
+
+    base = value.split(";", 1)[0].strip().lower()
+    known = sorted(ct for codec in CODECS.values() for ct in codec().content_types)
+    if base not in known:
+        raise ValueError(f"unknown content type {value!r} (known: {', '.join(known)})")
+    return value
+
+
+class ContentTypeRule(_Section):
+    """The payload format of MQTT messages on topics matching ``filter`` (``+`` and ``#``
+    wildcards) that carry no MQTT 5 content type."""
+
+    filter: str
+    content_type: str
+
+    @field_validator("filter")
+    @classmethod
+    def _valid_filter(cls, value: str) -> str:
+        levels = value.split("/")
+        for index, level in enumerate(levels):
+            if "#" in level and (level != "#" or index != len(levels) - 1):
+                raise ValueError(f"filter {value!r}: '#' must be a whole, last level")
+            if "+" in level and level != "+":
+                raise ValueError(f"filter {value!r}: '+' must be a whole level")
+        return value
+
+    @field_validator("content_type")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        return _known_content_type(value)
+
+
 class IngestSettings(_Section):
     max_payload_bytes: int = Field(256 * 1024, ge=64)
     max_batch_records: int = Field(10_000, ge=1)
@@ -114,6 +150,13 @@ class IngestSettings(_Section):
     allowed_devices: tuple[str, ...] = ()
     allowed_sites: tuple[str, ...] = ()
     aliases: dict[str, str | MetricAlias] = Field(default_factory=dict)
+    content_types: tuple[ContentTypeRule, ...] = ()
+    default_content_type: str = "application/json"
+
+    @field_validator("default_content_type")
+    @classmethod
+    def _known_default(cls, value: str) -> str:
+        return _known_content_type(value)
 
 
 class PipelineSettings(_Section):
@@ -198,7 +241,24 @@ class DetectorSettings(_Section):
     firmware: dict[str, Any] = Field(default_factory=dict)
     environment: dict[str, float | int] = Field(default_factory=dict)
     battery: dict[str, Any] = Field(default_factory=dict)
-    power: dict[str, float | int] = Field(default_factory=dict)
+    power: dict[str, Any] = Field(default_factory=dict)
+    anomaly: dict[str, Any] = Field(default_factory=dict)
+
+
+class SiteSettings(_Section):
+    """A facility on the fleet view: display name, region, map position."""
+
+    name: str | None = None
+    region: str | None = None
+    lat: float | None = Field(None, ge=-90, le=90)
+    lon: float | None = Field(None, ge=-180, le=180)
+
+
+class FleetViewSettings(_Section):
+    enabled: bool = True
+    title: str = "FleetWatch"
+    tile_url: str | None = None  # a {z}/{x}/{y} tile server; none: a plain background
+    sites: dict[str, SiteSettings] = Field(default_factory=dict)
 
 
 class StateSettings(_Section):
@@ -209,8 +269,66 @@ class StateSettings(_Section):
     synchronous: Literal["normal", "full"] = "normal"
 
 
+class AlertmanagerSettings(_Section):
+    """Where and how alerts are pushed to Prometheus Alertmanager (``POST /api/v2/alerts``)."""
+
+    enabled: bool = False
+    urls: tuple[str, ...] = ("http://127.0.0.1:9093",)
+    resend_interval_s: float = Field(60.0, gt=0)
+    timeout_s: float = Field(5.0, gt=0)
+    queue_size: int = Field(10_000, ge=1)
+    max_batch: int = Field(500, ge=1)
+    retry_min_s: float = Field(0.5, gt=0)
+    retry_max_s: float = Field(30.0, gt=0)
+    labels: dict[str, str] = Field(default_factory=dict)
+    generator_url: str | None = None
+
+    @field_validator("urls")
+    @classmethod
+    def _http_urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one Alertmanager URL is needed")
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r} is not an http:// or https:// URL")
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _label_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"{name!r} is not a valid Alertmanager label name")
+        return value
+
+    @model_validator(mode="after")
+    def _retry_order(self) -> AlertmanagerSettings:
+        if self.retry_max_s < self.retry_min_s:
+            raise ValueError("retry_max_s must be at least retry_min_s")
+        return self
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class CoapSettings(_Section):
+    """The CoAP server (``protocols/coap.py``): UDP, one resource path template."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(5683, ge=0, le=65535)  # 0: any free port (tests)
+    path: str = "t/{device_id}"
+    max_payload_bytes: int = Field(65_536, ge=64)
+    retry_after_s: int = Field(5, ge=0, le=3600)  # Max-Age of a 5.03 under backpressure
+
+    @field_validator("path")
+    @classmethod
+    def _path_template(cls, value: str) -> str:
+        value = value.strip("/")
+        if "{device_id}" not in value.split("/"):
+            raise ValueError(f"path template {value!r} has no {{device_id}} segment")
+        return value
 
 
 class Settings(_Section):
@@ -220,10 +338,13 @@ class Settings(_Section):
     pipeline: PipelineSettings = PipelineSettings()
     alerts: AlertSettings = AlertSettings()
     http: HttpSettings = HttpSettings()
+    alertmanager: AlertmanagerSettings = AlertmanagerSettings()
     state: StateSettings = StateSettings()
+    fleetview: FleetViewSettings = FleetViewSettings()
     logging: LoggingSettings = LoggingSettings()
     detectors: DetectorSettings = DetectorSettings()
     rules: tuple[RuleSettings, ...] = ()
+    coap: CoapSettings = CoapSettings()
 
     @field_validator("rules")
     @classmethod

@@ -95,6 +95,16 @@ def _power(settings: Settings) -> Detector:
     return PowerDetector(config)
 
 
+def _anomaly(settings: Settings) -> Detector:
+    from detectors.anomaly import AnomalyConfig, AnomalyDetector
+
+    try:
+        config = AnomalyConfig.from_mapping(settings.detectors.anomaly)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError("detectors.anomaly", str(exc)) from exc
+    return AnomalyDetector(config)
+
+
 DETECTORS: dict[str, Callable[[Settings], Detector]] = {
     "rules": _rules,
     "connectivity": _connectivity,
@@ -104,6 +114,7 @@ DETECTORS: dict[str, Callable[[Settings], Detector]] = {
     "environment": _environment,
     "battery": _battery,
     "power": _power,
+    "anomaly": _anomaly,
 }
 
 

@@ -85,6 +85,7 @@ per bucket. Memory per device: about thirty numbers and at most ``swap_history``
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import math
 from bisect import bisect_right
@@ -145,6 +146,22 @@ class Chemistry:
         v0 = vs[i - 1]
         p0 = self._pcts[i - 1]
         return p0 + (self._pcts[i] - p0) * (volts - v0) / (vs[i] - v0)
+
+    def volts_at(self, level: float) -> float:
+        """The resting voltage at ``level`` percent (the curve read backwards).
+
+        >>> Chemistry("x", ((3.0, 0.0), (4.0, 100.0))).volts_at(25.0)
+        3.25
+        """
+        pcts = self._pcts
+        if level <= pcts[0]:
+            return self._volts[0]
+        if level >= pcts[-1]:
+            return self._volts[-1]
+        i = bisect_right(pcts, level)
+        p0, p1 = pcts[i - 1], pcts[i]
+        v0, v1 = self._volts[i - 1], self._volts[i]
+        return v0 + (v1 - v0) * (level - p0) / (p1 - p0) if p1 > p0 else v1
 
     def level_sigma(self, volts: float) -> float:
         """How far the level moves for ``voltage_sigma_v`` either way (% points)."""
@@ -720,6 +737,11 @@ class BatteryDetector:
         """The current forecast of one device (``None`` if unknown)."""
         device = self._devices.get(device_id)
         return None if device is None else self._forecast(device_id, device)
+
+    def device_view(self, device_id: str) -> dict[str, Any] | None:
+        """The device's battery forecast as plain data (the fleet view's device twin)."""
+        forecast = self.forecast(device_id)
+        return None if forecast is None else dataclasses.asdict(forecast)
 
     # -- alerts -----------------------------------------------------------------------------
 

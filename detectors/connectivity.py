@@ -309,6 +309,24 @@ class ConnectivityDetector:
 
     # -- silence ----------------------------------------------------------------------
 
+    def device_view(self, device_id: str) -> dict[str, Any] | None:
+        """How the device's link behaves: rhythm, last contact, gaps, signal (plain data)."""
+        device = self._devices.get(device_id)
+        if device is None:
+            return None
+        signal = device.signal
+        return {
+            "last_heard": iso_utc(device.last_rx),
+            "interval_s": round(device.interval, 3),
+            "offline": device.offline,
+            "intermittent": device.intermittent,
+            "recent_gaps": len(device.gaps),
+            "gateway": device.gateway,
+            "technology": device.tech,
+            "gateway_switches": device.switches,
+            "signal_dbm": round(signal[-1], 2) if len(signal) >= 2 else None,
+        }
+
     def tick(self, now: float) -> list[Signal]:
         """Judge silence at ``now`` (receive-time clock): gateways first, then devices.
 

@@ -625,6 +625,25 @@ class DriftDetector:
             sensor.peer_streak = sensor.alone_streak = 0
         sensor.group = group_name
 
+    def device_view(self, device_id: str) -> dict[str, Any] | None:
+        """Each watched metric's drift state: peer or alone, rate, shape (plain data)."""
+        metrics = {}
+        for (device, metric), sensor in self._sensors.items():
+            if device != device_id:
+                continue
+            metrics[metric] = {
+                "mode": sensor.mode,
+                "drift_per_day": sensor.rate_per_day,
+                "drift_shape": sensor.drift_shape,
+                "fault_shape": sensor.fault_shape,
+                "out_of_tolerance_since": None
+                if not sensor.out_since
+                else iso_utc(float(sensor.out_since)),
+                "reference": sensor.last_ref,
+                "peers": sensor.last_peers,
+            }
+        return {"metrics": metrics} if metrics else None
+
     def tick(self, now: float) -> list[Signal]:
         """Close the buckets that ``now`` has passed by ``idle_close_s`` (quiet groups)."""
         signals: list[Signal] = []

@@ -417,6 +417,21 @@ class FirmwareDetector:
 
     # -- time -------------------------------------------------------------------------------
 
+    def device_view(self, device_id: str) -> dict[str, Any] | None:
+        """The device's firmware, its history and any update in progress (plain data)."""
+        device = self._devices.get(device_id)
+        if device is None:
+            return None
+        return {
+            "version": device.version,
+            "previous": device.previous,
+            "history": [{"at": iso_utc(at), "from": old, "to": new}
+                        for at, old, new in device.history],
+            "update_in_progress": None if device.update is None
+            else {"since": iso_utc(device.update[0]), "to": device.update[1]},
+            "open_alerts": sorted(device.alerts),
+        }  # fmt: skip
+
     def tick(self, now: float) -> list[Signal]:
         signals: list[Signal] = []
         rejudge, self._rejudge = self._rejudge, False

@@ -2,9 +2,14 @@
 
 Readings are averaged per device into hourly points of its power draw (``power_mw``, or
 ``current_a`` times ``voltage_v``) and, for devices that report no power at all, of its
-battery discharge rate (percent or volts per day between hourly points: a rising discharge
-rate is a power anomaly too). Each point is judged before it is learned, against two
-references:
+battery discharge rate: a rising discharge rate is a power anomaly too. The discharge rate
+is the least-squares slope, in percent of charge per day, of the hourly median battery level
+over the last ``drain_window_h`` hours; the level is ``battery_pct`` or ``battery_v`` read
+through the device's chemistry curve (``model_chemistry``, the ``battery_chemistry`` meta
+key, else ``default_chemistry``), corrected for the cold, so the rate is as steady as the
+draw is whatever the chemistry. A charging device (``power_source`` in
+``charging_sources``) or a new battery starts the rate afresh. Each point is judged before
+it is learned, against two references:
 
 - the device's **own baseline**: an exponentially weighted mean and mean absolute deviation
   with a long half-life (``baseline_half_life_h``), frozen while the device is flagged;
@@ -18,11 +23,17 @@ Shapes, told apart:
 - ``step``: a sudden change confirmed by ``step_points`` consecutive points beyond
   ``step_z`` (a short circuit, a stuck relay, a radio that stopped sleeping);
 - ``creep``: a slow rise: the short-term mean (``short_half_life_h``) drifted more than
-  ``creep_fraction`` above the long baseline with a monotone trend over ``trend_points``;
-- ``fleet_outlier``: the device's own level is ``fleet_ratio`` times its model's.
+  ``creep_fraction`` above the long baseline with a monotone trend over ``trend_points``
+  (for a discharge rate, also ``creep_z`` standard errors of the rate's own fit: a rate read
+  off a flat voltage curve is noisy);
+- ``fleet_outlier``: the device's own level is ``fleet_ratio`` times its model's (power
+  draw only: a discharge rate in percent depends on the battery's capacity and the duty
+  cycle it was set up with, so drain rates are judged against the device's own past).
 
-A ``power_anomaly`` signal carries the shape, the level, both baselines and the excess, and
-clears when the level is back within half the threshold.
+A ``power_anomaly`` signal carries the shape, the level, both baselines, the excess and the
+point's novelty score from a :class:`detectors.anomaly.NoveltyScorer` run over the device's
+points (how far outside anything the device has shown), and clears when the level is back
+within half the threshold.
 
 >>> from service.model import Reading
 >>> det = PowerDetector()
@@ -39,10 +50,15 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+from detectors.anomaly import NoveltyScorer, ScorerConfig
+from detectors.battery import CHEMISTRIES, Chemistry
 from service.model import Reading, Severity, Signal, iso_utc
+
+# a device's hourly points are few: the novelty grid is set after two days of them
+NOVELTY = ScorerConfig(warmup=48, rest=24)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +71,24 @@ class PowerConfig:
     step_points: int = 3
     spike_z: float = 8.0
     creep_fraction: float = 0.2
+    creep_z: float = 3.0
     trend_points: int = 24
     fleet_ratio: float = 1.6
     fleet_min_devices: int = 5
     min_scale_fraction: float = 0.02
+    drain_window_h: float = 72.0
+    swap_jump_pct: float = 20.0
+    default_chemistry: str = "li_ion"
+    model_chemistry: Mapping[str, str] = field(default_factory=dict)
+    charging_sources: tuple[str, ...] = ("mains", "charging")
+    reference_temp_c: float = 20.0
+
+    def __post_init__(self) -> None:
+        for name in (self.default_chemistry, *self.model_chemistry.values()):
+            if name not in CHEMISTRIES:
+                raise ValueError(f"unknown chemistry {name!r} (known: {', '.join(CHEMISTRIES)})")
+        if self.drain_window_h < 4 * self.bucket_s / 3600.0:
+            raise ValueError("drain_window_h must hold at least four points")
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> PowerConfig:
@@ -66,7 +96,14 @@ class PowerConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown power settings: {', '.join(sorted(unknown))}")
-        return cls(**dict(data))
+        values = dict(data)
+        if "model_chemistry" in values:
+            values["model_chemistry"] = {
+                str(k): str(v) for k, v in dict(values["model_chemistry"]).items()
+            }
+        if "charging_sources" in values:
+            values["charging_sources"] = tuple(str(v) for v in values["charging_sources"])
+        return cls(**values)
 
 
 class _Stats:
@@ -89,10 +126,44 @@ class _Stats:
         self.n += 1
 
 
+class _Drain:
+    """Hourly median battery levels and the discharge rate they show."""
+
+    __slots__ = ("bucket", "error", "levels", "points")
+
+    def __init__(self) -> None:
+        self.bucket: int | None = None
+        self.error = 0.0  # standard error of the latest rate, % per day
+        self.levels: list[float] = []  # this hour's levels
+        self.points: deque[tuple[float, float]] = deque()  # (hour, median level)
+
+    def reset(self) -> None:
+        self.bucket = None
+        self.levels.clear()
+        self.points.clear()
+
+    def rate_per_day(self, hours: float) -> float | None:
+        """Least-squares fall of the level, % per day, once ``hours`` are covered."""
+        points = self.points
+        if len(points) < 4 or points[-1][0] - points[0][0] < 0.75 * hours:
+            return None
+        n = len(points)
+        mean_t = sum(t for t, _ in points) / n
+        mean_v = sum(v for _, v in points) / n
+        sxx = sum((t - mean_t) ** 2 for t, _ in points)
+        sxy = sum((t - mean_t) * (v - mean_v) for t, v in points)
+        if sxx <= 0:
+            return None
+        slope = sxy / sxx
+        residual = sum((v - mean_v - slope * (t - mean_t)) ** 2 for t, v in points)
+        self.error = math.sqrt(residual / max(1, n - 2) / sxx) * 24.0
+        return -slope * 24.0
+
+
 class _Device:
     __slots__ = (
-        "acc_n", "acc_sum", "bucket", "flag", "last_level", "model", "own", "pending", "recent",
-        "short", "site", "source", "zone",
+        "acc_n", "acc_sum", "bucket", "drain", "flag", "model", "novel", "novelty", "own",
+        "pending", "recent", "short", "site", "source", "zone",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -104,7 +175,9 @@ class _Device:
         self.pending = 0  # consecutive points beyond the step threshold
         self.flag: str | None = None  # the shape currently alerted
         self.recent: deque[float] = deque(maxlen=48)
-        self.last_level: tuple[float, float] | None = None  # battery (t, level) for drain
+        self.drain: _Drain | None = None  # for devices that report no power
+        self.novelty = NoveltyScorer(NOVELTY)
+        self.novel: tuple[float, int] = (0.0, -(10**9))  # latest novelty score, its bucket
         self.source = "power_mw"
         self.model: str | None = None
         self.site: str | None = None
@@ -119,7 +192,7 @@ class PowerDetector:
     """Spikes, steps, creep and fleet outliers in a device's power draw or drain rate."""
 
     name = "power"
-    STATE_VERSION = 1
+    STATE_VERSION = 2
 
     def __init__(self, config: PowerConfig | None = None) -> None:
         self.config = config or PowerConfig()
@@ -139,10 +212,8 @@ class PowerDetector:
             source = "power_mw"
             if value is None and "current_a" in metrics and "voltage_v" in metrics:
                 value = metrics["current_a"] * metrics["voltage_v"] * 1000.0
-            level = None
             if value is None:
-                level = metrics.get("battery_pct", metrics.get("battery_v"))
-                if level is None or reading.late:
+                if reading.late or ("battery_pct" not in metrics and "battery_v" not in metrics):
                     continue
                 source = "drain_per_day"
             device = self._devices.get(reading.device_id)
@@ -153,6 +224,10 @@ class PowerDetector:
             device.site = meta.get("site", device.site)
             device.zone = meta.get("zone", device.zone)
             mode = meta.get("mode")
+            if value is None:
+                value = self._drain_point(device, reading)
+                if value is None:
+                    continue
             index = int(reading.ts // bucket_s)
             if device.bucket is not None and index > device.bucket and device.acc_n:
                 point = device.acc_sum / device.acc_n
@@ -162,21 +237,58 @@ class PowerDetector:
                 device.acc_sum, device.acc_n = 0.0, 0
             if device.bucket is None or index > device.bucket:
                 device.bucket = index
-            if source == "drain_per_day":
-                assert level is not None
-                previous = device.last_level
-                device.last_level = (reading.ts, level)
-                if previous is None or reading.ts - previous[0] < bucket_s / 2:
-                    if previous is not None:
-                        device.last_level = previous
-                    continue
-                value = (previous[1] - level) / (reading.ts - previous[0]) * 86_400.0
-                if value < 0:
-                    continue  # charging or a new battery: not a drain
             device.source = source
-            device.acc_sum += value  # type: ignore[operator]
+            device.acc_sum += value
             device.acc_n += 1
         return signals
+
+    def _chemistry(self, device: _Device, meta: Mapping[str, Any]) -> Chemistry:
+        config = self.config
+        name = config.model_chemistry.get(device.model or "")
+        if name is None:
+            named = meta.get("battery_chemistry")
+            name = named if isinstance(named, str) and named in CHEMISTRIES else None
+        return CHEMISTRIES[name or config.default_chemistry]
+
+    def _drain_point(self, device: _Device, reading: Reading) -> float | None:
+        """The device's current discharge rate (% per day), once an hour; else None."""
+        config = self.config
+        drain = device.drain
+        if drain is None:
+            drain = device.drain = _Drain()
+        metrics, meta = reading.metrics, reading.meta
+        if meta.get("power_source") in config.charging_sources:
+            drain.reset()  # charging: nothing is depleting
+            return None
+        level = metrics.get("battery_pct")
+        if level is None:
+            chemistry = self._chemistry(device, meta)
+            volts = metrics["battery_v"]
+            temperature = metrics.get("temperature_c")
+            if temperature is not None:
+                volts += chemistry.temp_coef_v_per_c * max(
+                    0.0, config.reference_temp_c - temperature
+                )
+            level = chemistry.level(volts)
+        hour = int(reading.ts // config.bucket_s)
+        rate: float | None = None
+        if drain.bucket is not None and hour > drain.bucket and drain.levels:
+            median = sorted(drain.levels)[len(drain.levels) // 2]
+            previous = drain.points[-1][1] if drain.points else None
+            if previous is not None and median - previous >= config.swap_jump_pct:
+                drain.points.clear()  # a new battery: its rate starts afresh
+            drain.points.append((drain.bucket * config.bucket_s / 3600.0, median))
+            horizon = drain.points[-1][0] - config.drain_window_h
+            while drain.points and drain.points[0][0] < horizon:
+                drain.points.popleft()
+            drain.levels.clear()
+            rate = drain.rate_per_day(config.drain_window_h)
+        if drain.bucket is None or hour > drain.bucket:
+            drain.bucket = hour
+        drain.levels.append(level)
+        if rate is None or rate < 0:
+            return None
+        return rate
 
     def _judge(
         self, device_id: str, device: _Device, point: float, bucket: int, mode: str | None
@@ -190,7 +302,16 @@ class PowerDetector:
         own = device.own
         floor = config.min_scale_fraction * abs(own.mean) if own.n else 0.0
         scale = max(own.mad * 1.4826, floor, 1e-9)
+        if device.drain is not None:
+            # drain points are slopes over overlapping windows: their scatter understates
+            # their noise, which the fit's standard error gives
+            scale = max(scale, device.drain.error)
         z = (point - own.mean) / scale if own.n >= config.warmup_points else 0.0
+        novelty = device.novelty.score(point)
+        if novelty > 0.0:
+            device.novel = (novelty, bucket)
+        elif bucket - device.novel[1] <= config.trend_points:
+            novelty = device.novel[0]  # the excursion's novelty, while it is recent
         device.recent.append(point)
         shape: str | None = None
         if own.n >= config.warmup_points:
@@ -202,7 +323,13 @@ class PowerDetector:
                 device.pending = 0
             if shape is None and device.short.n >= config.trend_points:
                 excess = (device.short.mean - own.mean) / max(abs(own.mean), 1e-9)
-                if excess >= config.creep_fraction and _rising(device.recent, config.trend_points):
+                rise = device.short.mean - own.mean
+                sure = device.drain is None or rise >= config.creep_z * device.drain.error
+                if (
+                    excess >= config.creep_fraction
+                    and sure
+                    and _rising(device.recent, config.trend_points)
+                ):
                     shape = "creep"
         if (
             shape is None
@@ -210,12 +337,13 @@ class PowerDetector:
             and own.n >= config.warmup_points
             and fleet.mean > 0
             and own.mean >= config.fleet_ratio * fleet.mean
+            and device.source != "drain_per_day"
         ):
             shape = "fleet_outlier"
         signal = None
         if shape is not None and device.flag is None:
             device.flag = shape
-            signal = self._signal(device_id, device, True, at, shape, point, z, fleet)
+            signal = self._signal(device_id, device, True, at, shape, point, z, fleet, novelty)
         elif device.flag is not None and shape is None:
             back = abs(z) < config.step_z / 2 and (
                 device.short.mean - own.mean
@@ -224,7 +352,9 @@ class PowerDetector:
                 back = own.mean < (1 + (config.fleet_ratio - 1) / 2) * fleet.mean
             if back:
                 device.flag = None
-                signal = self._signal(device_id, device, False, at, "normal", point, z, fleet)
+                signal = self._signal(
+                    device_id, device, False, at, "normal", point, z, fleet, novelty
+                )
         # learn after judging; the own baseline stays frozen while the device is flagged
         if (device.flag is None or device.flag == "fleet_outlier") and (
             device.pending == 0 or own.n < config.warmup_points
@@ -236,7 +366,7 @@ class PowerDetector:
         return signal
 
     def _signal(self, device_id: str, device: _Device, firing: bool, at: float, shape: str,
-                point: float, z: float, fleet: _Stats) -> Signal:  # fmt: skip
+                point: float, z: float, fleet: _Stats, novelty: float) -> Signal:  # fmt: skip
         unit = "mW" if device.source == "power_mw" else "%/day (drain)"
         if not firing:
             return Signal(kind="power_anomaly", subject=device_id, firing=False, at=at,
@@ -257,12 +387,28 @@ class PowerDetector:
             evidence={"shape": shape, "source": device.source, "level": round(point, 4),
                       "baseline": round(baseline, 4), "ratio": round(ratio, 3),
                       "z": round(z, 2), "model_baseline": round(fleet.mean, 4),
+                      "novelty": round(novelty, 3),
                       "since": iso_utc(at)},
             action=("Inspect the device: a sudden rise means a short, a stuck actuator or a "
                     "radio that no longer sleeps; a slow one, a leak or failing component. "
                     "Its battery will run out early."),
             site=device.site, zone=device.zone,
         )  # fmt: skip
+
+    def device_view(self, device_id: str) -> dict[str, Any] | None:
+        """The device's power baseline and what it is judged on (plain data)."""
+        device = self._devices.get(device_id)
+        if device is None:
+            return None
+        return {
+            "source": device.source,
+            "baseline": round(device.own.mean, 4),
+            "recent": round(device.short.mean, 4),
+            "points": device.own.n,
+            "flagged": device.flag,
+            "drain_error_pct_per_day": None if device.drain is None
+            else round(device.drain.error, 4),
+        }  # fmt: skip
 
     def tick(self, now: float) -> list[Signal]:
         return []
@@ -289,7 +435,9 @@ class PowerDetector:
                     d.pending,
                     d.flag,
                     list(d.recent),
-                    list(d.last_level) if d.last_level else None,
+                    _drain_state(d.drain),
+                    d.novelty.state_dict(),
+                    list(d.novel),
                     d.source,
                     d.model,
                     d.site,
@@ -301,7 +449,7 @@ class PowerDetector:
 
     def load_state(self, state: dict[str, Any]) -> None:
         if state.get("version") != self.STATE_VERSION:
-            raise ValueError(f"power state format {state.get('version')} is not 1")
+            raise ValueError(f"power state format {state.get('version')} is not 2")
 
         def stats(row: list[float]) -> _Stats:
             s = _Stats()
@@ -315,15 +463,34 @@ class PowerDetector:
             self._fleet_devices[k] = set(members)
         self._devices = {}
         for device_id, row in state["devices"].items():
-            (bucket, acc_sum, acc_n, own, short, pending, flag, recent, last_level, source,
-             model, site, zone) = row  # fmt: skip
+            (bucket, acc_sum, acc_n, own, short, pending, flag, recent, drain, novelty, novel,
+             source, model, site, zone) = row  # fmt: skip
             d = _Device()
             d.bucket, d.acc_sum, d.acc_n = bucket, float(acc_sum), int(acc_n)
             d.own, d.short, d.pending, d.flag = stats(own), stats(short), int(pending), flag
             d.recent.extend(float(x) for x in recent)
-            d.last_level = (float(last_level[0]), float(last_level[1])) if last_level else None
+            d.drain = _drain_from_state(drain)
+            d.novelty = NoveltyScorer.from_state(novelty, NOVELTY)
+            d.novel = (float(novel[0]), int(novel[1]))
             d.source, d.model, d.site, d.zone = source, model, site, zone
             self._devices[device_id] = d
+
+
+def _drain_state(drain: _Drain | None) -> list[Any] | None:
+    if drain is None:
+        return None
+    return [drain.bucket, list(drain.levels), [list(p) for p in drain.points], drain.error]
+
+
+def _drain_from_state(row: list[Any] | None) -> _Drain | None:
+    if row is None:
+        return None
+    drain = _Drain()
+    drain.bucket = None if row[0] is None else int(row[0])
+    drain.levels = [float(v) for v in row[1]]
+    drain.points.extend((float(t), float(v)) for t, v in row[2])
+    drain.error = float(row[3])
+    return drain
 
 
 def _rising(values: Sequence[float], points: int) -> bool:

@@ -2,13 +2,14 @@
 
 Phases, in order (as ``fleetwatch run`` goes through them):
 
-1. start-up: build the pipeline from settings, bind the HTTP server, connect to the
-   broker (retrying with back-off) and subscribe;
+1. start-up: build the pipeline from settings, bind the HTTP server (and the CoAP server
+   when ``[coap] enabled``), connect to the broker (retrying with back-off) and subscribe;
 2. main loop: intake, micro-batches, ticks and sinks run as named tasks in a TaskGroup
    until the stop event is set (SIGTERM or SIGINT);
 3. shutdown, bounded by ``pipeline.shutdown_timeout_s``: stop reading from the broker,
    process what is queued (so it is acknowledged), flush alerts and dead letters, publish
-   ``offline`` on the status topic, disconnect; then cancel what is left.
+   ``offline`` on the status topic, disconnect; then cancel what is left. CoAP requests
+   that arrive once intake is closed are answered 5.03; the CoAP server closes last.
 """
 
 from __future__ import annotations
@@ -28,8 +29,12 @@ from prometheus_client import CollectorRegistry
 from config.settings import Settings
 from detectors import build_detectors
 from detectors.base import Detector
+from protocols.coap import CoapServer
 from protocols.mqtt import MqttClient
 from service.advisories import AdvisoryWatcher
+from service.alertmanager import AlertmanagerSink
+from service.fleetapi import FleetApi, FleetEvents
+from service.fleetview import FleetView, LatestValues, SiteInfo
 from service.http import HttpServer, server_ssl_context
 from service.metrics import FleetMetrics
 from service.model import AlertRecord, AlertState, DeadLetter, RawMessage
@@ -90,12 +95,39 @@ class Daemon:
             self.metrics,
             settings.alerts.sink_queue_size,
         )
+        self.alertmanager = (
+            AlertmanagerSink(settings.alertmanager, self.metrics, clock=clock)
+            if settings.alertmanager.enabled
+            else None
+        )
+        fleetview = settings.fleetview
+        self.latest = LatestValues() if fleetview.enabled else None
+        self.fleet_events = FleetEvents() if fleetview.enabled else None
+        chosen = list(build_detectors(settings) if detectors is None else detectors)
         self.pipeline = Pipeline.build(
             settings,
-            detectors=build_detectors(settings) if detectors is None else detectors,
-            sinks=[_Router(self.alert_sink, self.deadletter_sink), *extra_sinks],
+            detectors=[*chosen, self.latest] if self.latest is not None else chosen,
+            sinks=[
+                _Router(self.alert_sink, self.deadletter_sink),
+                *([self.alertmanager] if self.alertmanager is not None else []),
+                *([self.fleet_events] if self.fleet_events is not None else []),
+                *extra_sinks,
+            ],
             metrics=self.metrics,
         )
+        self.fleet_view = FleetView(
+            self.pipeline.registry,
+            self.pipeline.alerts,
+            latest=self.latest,
+            detectors=chosen,
+            reports=lambda: self.pipeline.reports(self.clock()),
+            sites={
+                name: SiteInfo(site.name, site.region, site.lat, site.lon)
+                for name, site in fleetview.sites.items()
+            },
+        )
+        if self.fleet_events is not None:
+            self.fleet_events.bind(self.fleet_view)
         self.store = (
             StateStore(settings.state.path, synchronous=settings.state.synchronous)
             if settings.state.enabled
@@ -114,6 +146,19 @@ class Daemon:
             acknowledge=self.mqtt.acknowledge,
             journal=self._journal if self.store is not None and settings.state.journal else None,
         )
+        # CoAP telemetry goes through the same intake (and so journal and pipeline) as MQTT
+        self.coap = (
+            CoapServer(
+                settings.coap,
+                self.intake,
+                clock=clock,
+                max_payload=min(settings.coap.max_payload_bytes, settings.ingest.max_payload_bytes),
+                on_response=self._coap_response,
+            )
+            if settings.coap.enabled
+            else None
+        )
+        self.coap_port: int | None = None
 
     def _subscriptions(self) -> list[tuple[str, int]]:
         group = self.settings.mqtt.shared_group
@@ -139,6 +184,9 @@ class Daemon:
         except RuntimeError:
             # shutting down: not acknowledged, so the broker delivers it again later
             log.debug("intake closed; %s left for redelivery", topic)
+
+    def _coap_response(self, method: str, code: str) -> None:
+        self.metrics.coap_requests.labels(method=method, code=code).inc()
 
     def _connection_changed(self, connected: bool) -> None:
         self.metrics.mqtt_connected.set(1 if connected else 0)
@@ -296,8 +344,7 @@ class Daemon:
     def publish_reports(self, prefix: str) -> dict[str, dict[str, Any]]:
         """Collect the detectors' reports, update report-based metrics, publish (retained)."""
         reports = self.pipeline.reports(self.clock())
-        if "firmware" in reports:
-            self.metrics.set_firmware(reports["firmware"])
+        self.metrics.set_reports(reports)
         if self.mqtt.connected.is_set():
             for name, report in reports.items():
                 self.mqtt.publish(f"{prefix}/{name}", orjson.dumps(report), qos=1, retain=True)
@@ -313,6 +360,9 @@ class Daemon:
         """Run until :meth:`stop` is called, then shut down within the timeout."""
         settings = self.settings
         self._restore()
+        if self.alertmanager is not None:
+            # restored open alerts go to Alertmanager too (it may have lost them meanwhile)
+            self.alertmanager.track(self.pipeline.alerts.active())
         http = (
             HttpServer(
                 settings.http.host,
@@ -331,6 +381,16 @@ class Daemon:
                     if settings.http.tls_cert_file is not None
                     else None
                 ),
+                fleet_api=(
+                    FleetApi(
+                        self.fleet_view,
+                        self.fleet_events,
+                        tile_url=settings.fleetview.tile_url,
+                        title=settings.fleetview.title,
+                    )
+                    if self.fleet_events is not None
+                    else None
+                ),
             )
             if settings.http.enabled
             else None
@@ -342,6 +402,12 @@ class Daemon:
                 await stack.enter_async_context(http)
                 self.http_port = http.port
                 log.info("serving metrics at %s/metrics", http.url)
+            if self.coap is not None:
+                # closed after shutdown has drained the intake, so queued requests get answers
+                await stack.enter_async_context(self.coap)
+                self.coap_port = self.coap.port
+            if self.alertmanager is not None:
+                await stack.enter_async_context(self.alertmanager)
             async with asyncio.TaskGroup() as group:
                 tasks = [
                     group.create_task(self.intake.run(), name="fleetwatch-pipeline"),
@@ -385,6 +451,13 @@ class Daemon:
             remaining = max(0.1, deadline - loop.time())
             if self.mqtt.connected.is_set() and not await sink.flush(remaining):
                 log.warning("shutdown timeout: %d items left in sink %s", len(sink), sink.name)
+        if self.alertmanager is not None and len(self.alertmanager):
+            remaining = max(0.1, deadline - loop.time())
+            if not await self.alertmanager.flush(remaining):
+                log.warning(
+                    "shutdown timeout: %d alert changes not sent to Alertmanager",
+                    len(self.alertmanager),
+                )
         self.checkpoint()
         await self.mqtt.close()
         log.info("FleetWatch stopped")

@@ -1,5 +1,6 @@
 """The daemon's HTTP server: ``/metrics`` for Prometheus, ``/healthz``, ``/api/alerts``,
-``/api/status``; optionally behind basic auth (all but ``/healthz``) and over TLS.
+``/api/status`` and, with a :class:`~service.fleetapi.FleetApi`, the fleet API and the status
+page at ``/``; optionally behind basic auth (all but ``/healthz``) and over TLS.
 
 It binds to the configured address only (127.0.0.1 by default). Port 0 picks a free port;
 :attr:`HttpServer.port` tells which.
@@ -19,6 +20,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from service.fleetapi import FleetApi
 from service.model import AlertRecord
 
 
@@ -36,6 +38,7 @@ class HttpServer:
         status: Callable[[], dict[str, Any]] = dict,
         credentials: tuple[str, str] | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        fleet_api: FleetApi | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -45,6 +48,7 @@ class HttpServer:
         self._status = status
         self._credentials = credentials
         self._ssl = ssl_context
+        self._fleet_api = fleet_api
         self._runner: web.AppRunner | None = None
 
     @web.middleware
@@ -72,8 +76,12 @@ class HttpServer:
         app = web.Application(middlewares=[self._authenticate])
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._health)
-        app.router.add_get("/api/alerts", self._alerts)
         app.router.add_get("/api/status", self._status_view)
+        if self._fleet_api is not None:
+            app.router.add_get("/api/alerts", self._fleet_api.alerts)
+            self._fleet_api.add_routes(app)
+        else:
+            app.router.add_get("/api/alerts", self._alerts)
         return app
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -109,6 +117,8 @@ class HttpServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._fleet_api is not None:
+            self._fleet_api.events.close()  # open event streams end now, not at a timeout
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+from service.errors import DecodeError
+
 EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
@@ -69,6 +71,24 @@ class RawMessage:
     received_at: float
     protocol: str = "mqtt"
     content_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageOutcome:
+    """What the pipeline made of one message: readings accepted, duplicates dropped, and
+    the errors of what was rejected (the whole message, or single records of a batch).
+
+    Request/response transports (CoAP) answer each request from it.
+    """
+
+    accepted: int = 0
+    duplicates: int = 0
+    errors: tuple[DecodeError, ...] = ()
+
+    @property
+    def rejected(self) -> bool:
+        """Nothing was kept and something was refused."""
+        return bool(self.errors) and not self.accepted and not self.duplicates
 
 
 class Reading(NamedTuple):

@@ -36,11 +36,11 @@ from service.alerts import AlertChange, AlertManager, Transition
 from service.errors import DecodeError, StateError, check_state_version
 from service.identity import AllowList
 from service.metrics import FleetMetrics
-from service.model import DeadLetter, MessageKind, RawMessage, Reading, Signal
+from service.model import DeadLetter, MessageKind, MessageOutcome, RawMessage, Reading, Signal
 from service.normalize import Normalizer, NormalizeResult
 from service.registry import DeviceRegistry
 from service.sinks import Sink
-from service.topics import TopicRouter
+from service.topics import ContentTypeRules, TopicRouter
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +71,16 @@ class Pipeline:
         alerts: AlertManager,
         metrics: FleetMetrics,
         sinks: Sequence[Sink],
+        routers: Mapping[str, TopicRouter] | None = None,
+        content_types: ContentTypeRules | None = None,
     ) -> None:
         self.settings = settings
         self.router = router
+        # transports whose addresses follow their own templates (CoAP paths), by protocol
+        self.routers = dict(routers or {})
         self.codecs = codecs
+        # the content type of a message that names none: by topic, else the default
+        self.content_types = content_types or ContentTypeRules((), "application/json")
         self.normalizer = normalizer
         self.registry = normalizer.registry
         self.detectors = list(detectors)
@@ -103,6 +109,11 @@ class Pipeline:
         return cls(
             settings=settings,
             router=TopicRouter(settings.topics.templates),
+            routers={"coap": TopicRouter([settings.coap.path], setting="coap.path")},
+            content_types=ContentTypeRules(
+                [(rule.filter, rule.content_type) for rule in settings.ingest.content_types],
+                settings.ingest.default_content_type,
+            ),
             codecs=CodecSet(),
             normalizer=Normalizer(registry or DeviceRegistry(), settings.ingest),
             detectors=detectors,
@@ -132,10 +143,31 @@ class Pipeline:
         for sink in self.sinks:
             sink.offer(letter)
 
-    def decode(self, messages: Sequence[RawMessage], outcome: BatchOutcome) -> list[Reading]:
-        """Turn messages into readings; dead-letter what cannot be read."""
+    def reject(self, message: RawMessage, error: DecodeError) -> None:
+        """Count and dead-letter a message its transport refused before decoding (a CoAP
+        request over the size limit or without a known content format), as if the
+        pipeline had refused it."""
+        if error.topic is None:
+            error.topic = message.topic
+        self._dead_letter(message, error)
+        self.metrics.readings.labels(protocol=message.protocol, result="rejected").inc()
+        self.totals.messages += 1
+        self.totals.rejected += 1
+
+    def decode(
+        self,
+        messages: Sequence[RawMessage],
+        outcome: BatchOutcome,
+        outcomes: list[MessageOutcome] | None = None,
+    ) -> list[Reading]:
+        """Turn messages into readings; dead-letter what cannot be read.
+
+        With ``outcomes``, what became of each message is appended to it, in order.
+        """
         normalize = self.normalizer.normalize
-        match = self.router.match
+        default_match = self.router.match
+        routers = {protocol: router.match for protocol, router in self.routers.items()}
+        content_type_for = self.content_types.content_type
         contexts = self._contexts
         for_content_type = self.codecs.for_content_type
         max_payload = self._max_payload
@@ -151,6 +183,7 @@ class Pipeline:
             if tally is None:
                 tally = counts[protocol] = [0, 0, 0]
             n_readings, n_duplicates, n_rejected = len(readings), result.duplicates, len(rejected)
+            match = routers.get(protocol, default_match) if routers else default_match
             try:
                 if len(message.payload) > max_payload:
                     raise DecodeError(
@@ -166,7 +199,7 @@ class Pipeline:
                         "device or site is not in ingest.allowed_devices / allowed_sites",
                         device_id=found.device_id,
                     )
-                codec = for_content_type(message.content_type)
+                codec = for_content_type(message.content_type or content_type_for(message.topic))
                 if codec is None:
                     raise DecodeError(
                         "unsupported_content_type",
@@ -191,11 +224,16 @@ class Pipeline:
                     exc.topic = message.topic
                 self._dead_letter(message, exc)
                 tally[2] += 1
+                if outcomes is not None:
+                    outcomes.append(MessageOutcome(errors=(exc,)))
                 continue
             except Exception as exc:  # a bug of ours: keep going, but loudly
                 log.exception("internal error decoding %s", message.topic[:200])
-                self._dead_letter(message, DecodeError("internal_error", repr(exc)[:200]))
+                error = DecodeError("internal_error", repr(exc)[:200])
+                self._dead_letter(message, error)
                 tally[2] += 1
+                if outcomes is not None:
+                    outcomes.append(MessageOutcome(errors=(error,)))
                 continue
             tally[0] += len(readings) - n_readings
             tally[1] += result.duplicates - n_duplicates
@@ -204,6 +242,14 @@ class Pipeline:
                     error.topic = message.topic
                     self._dead_letter(message, error)
                 tally[2] += len(rejected) - n_rejected
+            if outcomes is not None:
+                outcomes.append(
+                    MessageOutcome(
+                        accepted=len(readings) - n_readings,
+                        duplicates=result.duplicates - n_duplicates,
+                        errors=tuple(rejected[n_rejected:]),
+                    )
+                )
         for protocol, (accepted, duplicates, failed) in counts.items():
             outcome.accepted += accepted
             outcome.duplicates += duplicates
@@ -262,11 +308,16 @@ class Pipeline:
         self._publish_changes(changes)
         return changes
 
-    def process_messages(self, messages: Sequence[RawMessage]) -> BatchOutcome:
-        """Run one micro-batch through decode, detectors and the alert lifecycle."""
+    def process_messages(
+        self, messages: Sequence[RawMessage], outcomes: list[MessageOutcome] | None = None
+    ) -> BatchOutcome:
+        """Run one micro-batch through decode, detectors and the alert lifecycle.
+
+        With ``outcomes``, what became of each message is appended to it, in order.
+        """
         started = time.perf_counter()
         outcome = BatchOutcome(messages=len(messages))
-        readings = self.decode(messages, outcome)
+        readings = self.decode(messages, outcome, outcomes)
         if readings:
             newest = max(r.ts for r in readings)
             if newest > self.data_time:
@@ -378,9 +429,10 @@ class Pipeline:
         return changes + settled
 
 
-Token = int | asyncio.Future[None] | None
+Token = int | asyncio.Future[MessageOutcome | None] | None
 """How a queued message is acknowledged once processed: a transport's integer token (an MQTT
-packet id, acknowledged in bulk through ``acknowledge``), a future to resolve, or nothing."""
+packet id, acknowledged in bulk through ``acknowledge``), a future to resolve with what became
+of the message, or nothing."""
 
 
 class Intake:
@@ -396,7 +448,9 @@ class Intake:
       socket; ``on_room`` is called when the queue is back under half its bound. The queue
       can exceed its bound only by what one socket read already held.
     - :meth:`submit` (async, for request/response transports): waits while the queue is
-      full, and with ``wait=True`` returns only once the message has been processed.
+      full, and with ``wait=True`` returns only once the message has been processed (and
+      journaled), with its :class:`~service.model.MessageOutcome`. A transport that would
+      rather refuse than wait checks :attr:`full` first (CoAP answers 5.03).
 
     With a ``journal`` (the state store's), each processed batch is journaled before it
     is acknowledged; a batch that cannot be journaled is not acknowledged.
@@ -463,21 +517,33 @@ class Intake:
         elif depth >= self._capacity:
             self._check_full()
 
-    async def submit(self, message: RawMessage, *, wait: bool) -> None:
-        """Queue ``message`` (waiting for room); with ``wait``, return once processed."""
+    async def submit(self, message: RawMessage, *, wait: bool) -> MessageOutcome | None:
+        """Queue ``message`` (waiting for room); with ``wait``, return once processed.
+
+        Returns what became of the message (``None`` without ``wait``, or when its batch
+        failed); raises :class:`StateError` when it could not be journaled and
+        ``RuntimeError`` when the intake is closed.
+        """
         if self._closed:
             raise RuntimeError("intake is closed")
         while len(self._queue) >= self._capacity:
             self._check_full()
             await self.has_room.wait()
-        future: asyncio.Future[None] | None = None
+            if self._closed:
+                raise RuntimeError("intake is closed")
+        future: asyncio.Future[MessageOutcome | None] | None = None
         if wait:
             future = asyncio.get_running_loop().create_future()
         self._queue.append((message, future))
         self._ready.set()
         self._check_full()
-        if future is not None:
-            await future
+        if future is None:
+            return None
+        return await future
+
+    def reject(self, message: RawMessage, error: DecodeError) -> None:
+        """Count and dead-letter a message the transport refused (see :meth:`Pipeline.reject`)."""
+        self.pipeline.reject(message, error)
 
     def close(self) -> None:
         """Refuse further messages (shutdown)."""
@@ -506,9 +572,13 @@ class Intake:
         count = min(self._max_batch, len(queue))
         batch = [queue.popleft() for _ in range(count)]
         messages = [message for message, _ in batch]
+        # per-message outcomes only when a request/response transport waits for them
+        outcomes: list[MessageOutcome] | None = None
+        if any(token is not None and type(token) is not int for _, token in batch):
+            outcomes = []
         journaled = True
         try:
-            self.pipeline.process_messages(messages)
+            self.pipeline.process_messages(messages, outcomes)
             if self.journal is not None:
                 journaled = False
                 self.journal(messages)
@@ -524,7 +594,8 @@ class Intake:
             now = self._clock()
             self.pipeline.metrics.lag_seconds.observe(max(0.0, now - messages[0].received_at))
             tokens: list[int] = []
-            for _, token in batch:
+            complete = outcomes is not None and len(outcomes) == count
+            for index, (_, token) in enumerate(batch):
                 if token is None:
                     continue
                 if type(token) is int:
@@ -532,7 +603,9 @@ class Intake:
                         tokens.append(token)
                 elif not token.done():  # type: ignore[union-attr]
                     if journaled:
-                        token.set_result(None)  # type: ignore[union-attr]
+                        token.set_result(  # type: ignore[union-attr]
+                            outcomes[index] if complete and outcomes is not None else None
+                        )
                     else:
                         token.set_exception(  # type: ignore[union-attr]
                             StateError("the message could not be journaled")

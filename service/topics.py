@@ -44,7 +44,7 @@ class TopicTemplate:
 
     __slots__ = ("_levels", "_size", "text")
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, setting: str = "topics.templates") -> None:
         self.text = text
         levels: list[tuple[bool, str]] = []
         for part in text.split("/"):
@@ -53,15 +53,15 @@ class TopicTemplate:
                 if name not in KNOWN_LEVELS:
                     known = ", ".join(sorted(KNOWN_LEVELS))
                     raise ConfigError(
-                        "topics.templates", f"{text!r}: unknown level {{{name}}} (known: {known})"
+                        setting, f"{text!r}: unknown level {{{name}}} (known: {known})"
                     )
                 levels.append((True, name))
             else:
                 if "+" in part or "#" in part or "{" in part or "}" in part:
-                    raise ConfigError("topics.templates", f"{text!r}: bad literal level {part!r}")
+                    raise ConfigError(setting, f"{text!r}: bad literal level {part!r}")
                 levels.append((False, part))
         if (True, "device_id") not in levels:
-            raise ConfigError("topics.templates", f"{text!r} has no {{device_id}} level")
+            raise ConfigError(setting, f"{text!r} has no {{device_id}} level")
         self._levels = tuple(levels)
         self._size = len(levels)
 
@@ -90,10 +90,15 @@ class TopicTemplate:
 class TopicRouter:
     """Match topics against templates in order."""
 
-    def __init__(self, templates: Iterable[str], cache_size: int = 200_000) -> None:
-        self.templates = tuple(TopicTemplate(text) for text in templates)
+    def __init__(
+        self,
+        templates: Iterable[str],
+        cache_size: int = 200_000,
+        setting: str = "topics.templates",
+    ) -> None:
+        self.templates = tuple(TopicTemplate(text, setting) for text in templates)
         if not self.templates:
-            raise ConfigError("topics.templates", "at least one template is needed")
+            raise ConfigError(setting, "at least one template is needed")
         self._cache: dict[str, TopicMatch] = {}
         self._cache_size = cache_size
 
@@ -132,3 +137,55 @@ class TopicRouter:
                 )
             return TopicMatch(device_id=device_id, kind=kind, levels=found)
         raise DecodeError("unknown_topic", "no topic template matches", topic=topic)
+
+
+def filter_matches(topic_filter: str, topic: str) -> bool:
+    """Whether the MQTT ``topic_filter`` (``+`` one level, ``#`` the rest) covers ``topic``.
+
+    >>> filter_matches("lora/+/up", "lora/gw1/up"), filter_matches("lora/#", "lora/gw1/up")
+    (True, True)
+    >>> filter_matches("lora/+/up", "lora/gw1/down"), filter_matches("lora/+", "lora/gw1/up")
+    (False, False)
+    """
+    levels = topic.split("/")
+    parts = topic_filter.split("/")
+    for index, part in enumerate(parts):
+        if part == "#":
+            return True
+        if index >= len(levels) or (part != "+" and part != levels[index]):
+            return False
+    return len(parts) == len(levels)
+
+
+class ContentTypeRules:
+    """The content type of a message that names none: the first topic rule that matches,
+    else the default (``[ingest] content_types`` and ``default_content_type``).
+
+    >>> rules = ContentTypeRules([("lora/+/up", "application/cbor")], "application/json")
+    >>> rules.content_type("lora/gw1/up"), rules.content_type("fleet/a/d1/telemetry")
+    ('application/cbor', 'application/json')
+    """
+
+    def __init__(
+        self, rules: Iterable[tuple[str, str]], default: str, cache_size: int = 200_000
+    ) -> None:
+        self.rules = tuple(rules)
+        self.default = default
+        self._cache: dict[str, str] = {}
+        self._cache_size = cache_size
+
+    def content_type(self, topic: str) -> str:
+        """The content type for ``topic`` (cached per topic; the cache is bounded)."""
+        if not self.rules:
+            return self.default
+        found = self._cache.get(topic)
+        if found is not None:
+            return found
+        found = next(
+            (ct for topic_filter, ct in self.rules if filter_matches(topic_filter, topic)),
+            self.default,
+        )
+        if len(self._cache) >= self._cache_size:
+            self._cache.clear()
+        self._cache[topic] = found
+        return found

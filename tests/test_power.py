@@ -104,3 +104,37 @@ def test_recovery_clears_and_state_round_trips() -> None:
     original, copy = continue_from(detector), continue_from(restored)
     assert original == copy
     assert [s.firing for s in original] == [False]  # it fired during the first half; cleared now
+
+
+def test_drain_read_through_the_chemistry_curve_ignores_charging_and_swaps() -> None:
+    from detectors.battery import CHEMISTRIES
+
+    curve = CHEMISTRIES["li_socl2"]
+    rng = random.Random(4)
+    meta = {**META, "model": "LS-1", "battery_chemistry": "li_socl2"}
+    stream: list[Reading] = []
+    level = 90.0
+    for step in range(24 * 12 * 30):  # 30 days every 5 minutes
+        t = step * 300.0
+        day = t / 86_400
+        source = "battery"
+        if 10 <= day < 11:
+            level = min(100.0, level + 0.4)  # on a charger for a day
+            source = "charging"
+        elif step == 24 * 12 * 18:
+            level = 100.0  # a new battery on day 18
+        else:
+            level -= 0.5 / 288  # 0.5 %/day
+        volts = curve.volts_at(level) + rng.gauss(0, 0.002)
+        stream.append(Reading("ls1", t, t, {"battery_v": volts}, {**meta, "power_source": source}))
+    detector = PowerDetector()
+    half = len(stream) * 2 // 3
+    signals = detector.process(stream[:half])
+    copy = PowerDetector()
+    copy.load_state(orjson.loads(orjson.dumps(detector.state_dict())))
+    signals += detector.process(stream[half:])
+    assert copy.process(stream[half:]) == []
+    assert fired(signals) == []
+    device = detector._devices["ls1"]
+    assert device.source == "drain_per_day" and 0.3 < device.own.mean < 0.7  # % per day
+    assert copy.state_dict() == detector.state_dict()

@@ -161,8 +161,7 @@ async def test_broker_outage_reconnects_and_delivers_alerts_raised_meanwhile(
         # a reading arrives by another path (CoAP, a gateway upload) while MQTT is down
         payload = orjson.dumps({"ts": NOW, "seq": 1, "battery_v": 3.0})
         await daemon.intake.submit(
-            RawMessage(f"{topic_prefix}/fleet/s1/d1/telemetry", payload, time.time(), "coap"),
-            wait=True,
+            RawMessage("t/d1", payload, time.time(), "coap", "application/json"), wait=True
         )
         assert [a.subject for a in daemon.pipeline.alerts.active()] == ["d1"]
         await broker.start()  # same port

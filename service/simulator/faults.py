@@ -12,6 +12,7 @@ and one line there.
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -113,24 +114,153 @@ class Fault:
 
 
 class BatteryFailing(Fault):
-    """The battery collapses to 3.0 V within ``collapse_s``; at the end it is replaced."""
+    """The battery collapses to its empty voltage within ``collapse_s``; at the end it is
+    replaced."""
 
     name = "battery_failing"
     needs_battery = True
 
     def apply(self, ts: float, values: dict[str, float], meta: dict[str, Any]) -> None:
-        if "battery_v" not in values:
+        pack = self.device.pack
+        if "battery_v" not in values or pack is None:
             return
         progress = min(1.0, (ts - self.start_ts) / max(1.0, self.param("collapse_s", 60.0)))
-        volts = values["battery_v"] - (values["battery_v"] - 3.0) * progress
+        floor = pack.chemistry.volts_at(0.0)
+        volts = values["battery_v"] - (values["battery_v"] - floor) * progress
         values["battery_v"] = volts
         if "battery_pct" in values:
-            values["battery_pct"] = max(0.0, (volts - 3.0) / 1.1 * 100.0)
+            values["battery_pct"] = pack.chemistry.level(volts)
 
     def on_end(self, ts: float) -> list[Extra]:
-        device = self.device
-        device.battery_v0 = 4.1 + device.drain_v_per_s * (ts - device.overrides.get("start_ts", ts))
+        if self.device.pack is not None:
+            self.device.pack.replace(ts)
         return []
+
+
+def _draws_power(device: SimDevice) -> bool:
+    return device.pack is not None or "power_mw" in device.model.metrics
+
+
+class ShortCircuit(Fault):
+    """A short circuit: the device draws ``factor`` (default 2) times its current from the
+    start; at the end it is repaired."""
+
+    name = "short_circuit"
+
+    @classmethod
+    def eligible(cls, device: SimDevice) -> bool:
+        return _draws_power(device)
+
+    def on_start(self, ts: float) -> list[Extra]:
+        self.device.draw_factor *= self.param("factor", 2.0)
+        return []
+
+    def on_end(self, ts: float) -> list[Extra]:
+        self.device.draw_factor /= self.param("factor", 2.0)
+        return []
+
+
+class SlowLeak(Fault):
+    """A slow leak (a failing capacitor, moisture): the draw grows by ``per_day`` (default
+    0.05, 5% of the healthy draw) every day; at the end it is repaired."""
+
+    name = "slow_leak"
+
+    @classmethod
+    def eligible(cls, device: SimDevice) -> bool:
+        return _draws_power(device)
+
+    def apply(self, ts: float, values: dict[str, float], meta: dict[str, Any]) -> None:
+        days = (ts - self.start_ts) / 86_400.0
+        self.device.extra_draw = self.param("per_day", 0.05) * days
+
+    def on_end(self, ts: float) -> list[Extra]:
+        self.device.extra_draw = 0.0
+        return []
+
+
+class RadioNoSleep(Fault):
+    """A firmware update (to ``version``, default the current one with ``-r2``) whose bug
+    keeps the radio awake: the draw is ``factor`` (default 4) times higher; at the end a
+    fixed firmware (``fixed``, default ``-r3``) puts it back to sleep."""
+
+    name = "radio_no_sleep"
+
+    @classmethod
+    def eligible(cls, device: SimDevice) -> bool:
+        return _draws_power(device)
+
+    def _update(self, ts: float, version: str) -> list[Extra]:
+        old = self.device.firmware
+        self.device.firmware = version
+        event = {"ts": round(ts, 3), "event": "succeeded", "from": old, "to": version}
+        return [("firmware", orjson.dumps(event))]
+
+    def on_start(self, ts: float) -> list[Extra]:
+        self.params.setdefault("base_firmware", self.device.firmware)
+        self.device.draw_factor *= self.param("factor", 4.0)
+        version = str(self.params.get("version", f"{self.params['base_firmware']}-r2"))
+        return self._update(ts, version)
+
+    def on_end(self, ts: float) -> list[Extra]:
+        self.device.draw_factor /= self.param("factor", 4.0)
+        version = str(self.params.get("fixed", f"{self.params['base_firmware']}-r3"))
+        return self._update(ts, version)
+
+
+class Charger(Fault):
+    """The device is on a charger (``power_source`` = ``charging``), which puts back
+    ``rate_c`` (default 0.2) of the capacity per hour; at the end it is unplugged."""
+
+    name = "charger"
+    needs_battery = True
+
+    def on_start(self, ts: float) -> list[Extra]:
+        pack = self.device.pack
+        if pack is not None:
+            pack.advance(ts, self.device.draw_ma)
+            pack.charging_ma = self.param("rate_c", 0.2) * pack.capacity_mah
+        return []
+
+    def apply(self, ts: float, values: dict[str, float], meta: dict[str, Any]) -> None:
+        meta["power_source"] = "charging"
+
+    def on_end(self, ts: float) -> list[Extra]:
+        pack = self.device.pack
+        if pack is not None:
+            pack.advance(ts, self.device.draw_ma)
+            pack.charging_ma = 0.0
+        return []
+
+
+class BatterySwap(Fault):
+    """The battery is replaced with a fresh one at the start."""
+
+    name = "battery_swap"
+    needs_battery = True
+
+    def on_start(self, ts: float) -> list[Extra]:
+        if self.device.pack is not None:
+            self.device.pack.replace(ts)
+        return []
+
+
+class TemperatureCycle(Fault):
+    """The device's surroundings swing ``amplitude_c`` (default 15 °C) either way over
+    ``period_s`` (default a day); the cold lowers the battery's voltage."""
+
+    name = "temperature_cycle"
+    needs = ("temperature_c",)
+
+    def apply(self, ts: float, values: dict[str, float], meta: dict[str, Any]) -> None:
+        phase = 2 * math.pi * (ts - self.start_ts) / self.param("period_s", 86_400.0)
+        before = values["temperature_c"]
+        after = before + self.param("amplitude_c", 15.0) * math.sin(phase)
+        values["temperature_c"] = after
+        pack = self.device.pack
+        if pack is not None and "battery_v" in values:
+            coef = pack.chemistry.temp_coef_v_per_c
+            values["battery_v"] -= coef * (max(0.0, 20.0 - after) - max(0.0, 20.0 - before))
 
 
 class SensorDrift(Fault):
@@ -310,13 +440,19 @@ class HotZone(Fault):
     name = "hot_zone"
     scope = "zone"
 
+    def on_start(self, ts: float) -> list[Extra]:
+        if self.device.pack is not None:
+            self.device.draw_factor *= self.param("drain_factor", 3.0)
+        return []
+
+    def on_end(self, ts: float) -> list[Extra]:
+        if self.device.pack is not None:
+            self.device.draw_factor /= self.param("drain_factor", 3.0)
+        return []
+
     def apply(self, ts: float, values: dict[str, float], meta: dict[str, Any]) -> None:
         if "temperature_c" in values:
             values["temperature_c"] += self.param("extra_c", 20.0)
-        if "battery_v" in values:
-            device = self.device
-            extra = (self.param("drain_factor", 3.0) - 1.0) * device.drain_v_per_s
-            values["battery_v"] = max(3.0, values["battery_v"] - extra * (ts - self.start_ts))
 
     def drops(self, ts: float, values: dict[str, float]) -> bool:
         return self.device.rng.random() < self.param("p_drop", 0.1)
@@ -338,5 +474,11 @@ FAULTS: dict[str, type[Fault]] = {
         FlakyRadio,
         FirmwareCampaign,
         HotZone,
+        ShortCircuit,
+        SlowLeak,
+        RadioNoSleep,
+        Charger,
+        BatterySwap,
+        TemperatureCycle,
     )
 }

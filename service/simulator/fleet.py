@@ -1,14 +1,32 @@
 """The simulated fleet: sites, zones, gateways, device models and their signals.
 
 Everything is drawn from one ``random.Random(seed)``: the same seed gives the same fleet.
+
+Battery devices carry a :class:`BatteryPack`: a chemistry (its discharge curve), a capacity
+and a charge that the device's draw runs down. The draw is the device's base current times
+``draw_factor`` plus ``extra_draw`` (a share of the base), which faults change: a short
+circuit doubles it, a leak grows it, a radio that stops sleeping multiplies it. Mains
+devices show the same factors in ``power_mw``. The reported voltage is the curve's voltage
+at the remaining charge, lowered in the cold and, now and then, by sag under load; a flat
+battery stops the device.
+
+>>> from detectors.battery import CHEMISTRIES
+>>> pack = BatteryPack(CHEMISTRIES["li_socl2"], capacity_mah=2600.0, charge_mah=2600.0,
+...                    updated_ts=0.0)
+>>> pack.advance(86_400.0 * 10, draw_ma=1.0)  # ten days at 1 mA
+>>> round(pack.level_pct, 2), round(pack.volts(20.0), 3)
+(90.77, 3.642)
 """
 
 from __future__ import annotations
 
 import math
 import random
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
+
+from detectors.battery import CHEMISTRIES, Chemistry
 
 DAY_S = 86_400.0
 
@@ -51,6 +69,48 @@ MODELS: tuple[DeviceModel, ...] = (
 )
 
 
+# typical capacities (mAh) of the cells each chemistry comes in on field devices
+CAPACITY_MAH = {"li_ion": 2600.0, "li_socl2": 3600.0, "alkaline_2aa": 2500.0}
+SAG_PROBABILITY = 0.03  # share of readings taken while the radio transmits
+SAG_V = 0.08
+
+
+@dataclass(slots=True)
+class BatteryPack:
+    """A battery: chemistry, capacity and remaining charge; drained and charged over time."""
+
+    chemistry: Chemistry
+    capacity_mah: float
+    charge_mah: float
+    updated_ts: float
+    charging_ma: float = 0.0  # a charger's current while one is connected
+
+    def advance(self, ts: float, draw_ma: float) -> None:
+        """Run the charge forward to ``ts`` at ``draw_ma`` (less any charging current)."""
+        hours = max(0.0, ts - self.updated_ts) / 3600.0
+        charge = self.charge_mah + (self.charging_ma - draw_ma) * hours
+        self.charge_mah = min(self.capacity_mah, max(0.0, charge))
+        self.updated_ts = max(self.updated_ts, ts)
+
+    @property
+    def level_pct(self) -> float:
+        return 100.0 * self.charge_mah / self.capacity_mah
+
+    @property
+    def empty(self) -> bool:
+        return self.charge_mah <= 0.0
+
+    def volts(self, temperature_c: float) -> float:
+        """Resting voltage at the remaining charge; the cold lowers it."""
+        cold = max(0.0, 20.0 - temperature_c) * self.chemistry.temp_coef_v_per_c
+        return self.chemistry.volts_at(self.level_pct) - cold
+
+    def replace(self, ts: float) -> None:
+        """A fresh battery of the same kind."""
+        self.charge_mah = self.capacity_mah
+        self.updated_ts = ts
+
+
 @dataclass(slots=True)
 class SimDevice:
     """One simulated device and its evolving state."""
@@ -75,9 +135,30 @@ class SimDevice:
     silent: bool = False
     rng: random.Random = field(default_factory=random.Random)
     overrides: dict[str, Any] = field(default_factory=dict)
+    pack: BatteryPack | None = None
+    base_ma: float = 0.0  # average current when healthy (battery devices)
+    draw_factor: float = 1.0  # faults multiply the draw ...
+    extra_draw: float = 0.0  # ... or add to it, as a share of the base
 
-    def battery_v(self, ts: float, start_ts: float) -> float:
-        return max(3.0, self.battery_v0 - self.drain_v_per_s * (ts - start_ts))
+    @property
+    def draw_ma(self) -> float:
+        return self.base_ma * (self.draw_factor + self.extra_draw)
+
+    def fit_battery(self, chemistry: Chemistry, start_ts: float) -> None:
+        """Give the device a pack of ``chemistry``, charged and drawn as its initial voltage
+        and voltage drain rate (on a Li-ion curve) imply."""
+        capacity = CAPACITY_MAH.get(chemistry.name, 2600.0)
+        reference = CHEMISTRIES["li_ion"]
+        level = reference.level(self.battery_v0)
+        days_full = 1.1 / (self.drain_v_per_s * DAY_S)
+        self.pack = BatteryPack(chemistry, capacity, capacity * level / 100.0, start_ts)
+        self.base_ma = capacity / (days_full * 24.0)
+
+    def battery_v(self, ts: float, temperature_c: float) -> float:
+        pack = self.pack
+        assert pack is not None
+        pack.advance(ts, self.draw_ma)
+        return pack.volts(temperature_c)
 
     def values(self, ts: float, start_ts: float) -> dict[str, float]:
         """The device's true readings at ``ts`` before any fault."""
@@ -93,18 +174,20 @@ class SimDevice:
             elif metric == "rssi_dbm":
                 out[metric] = self.rssi_base + rng.gauss(0, 2.0)
             elif metric == "power_mw":
-                out[metric] = self.power_base * (1 + 0.05 * day) + rng.gauss(
-                    0, self.power_base * 0.02
-                )
+                out[metric] = self.power_base * (self.draw_factor + self.extra_draw) * (
+                    1 + 0.05 * day
+                ) + rng.gauss(0, self.power_base * 0.02)
             elif metric == "voltage_v":
                 out[metric] = 230.0 + rng.gauss(0, 1.0)
             elif metric == "vibration_g":
                 out[metric] = abs(0.3 + rng.gauss(0, 0.05))
-        if self.model.battery:
-            volts = self.battery_v(ts, start_ts) + rng.gauss(0, 0.005)
+        if self.pack is not None:
+            volts = self.battery_v(ts, temperature) + rng.gauss(0, 0.005)
+            if rng.random() < SAG_PROBABILITY:
+                volts -= SAG_V
             out["battery_v"] = volts
             if self.model.reports_pct:
-                out["battery_pct"] = max(0.0, min(100.0, (volts - 3.0) / 1.1 * 100.0))
+                out["battery_pct"] = self.pack.level_pct  # the gauge counts charge
         return out
 
 
@@ -126,8 +209,12 @@ def build_fleet(
     interval_s: float,
     start_ts: float,
     rng: random.Random,
+    chemistries: tuple[str, ...] = ("li_ion",),
 ) -> list[SimDevice]:
-    """Spread ``devices`` over sites, zones and gateways with realistic variety."""
+    """Spread ``devices`` over sites, zones and gateways with realistic variety.
+
+    Battery devices get a pack of one of ``chemistries`` (chosen by device id).
+    """
     fleet: list[SimDevice] = []
     zone_phase: dict[tuple[str, str], float] = {}
     site_count = max(1, min(sites, len(SITES) * 20))
@@ -163,4 +250,8 @@ def build_fleet(
                 rng=random.Random(rng.getrandbits(64)),
             )
         )
+        device = fleet[-1]
+        if model.battery:
+            pick = zlib.crc32(device.device_id.encode()) % len(chemistries)
+            device.fit_battery(CHEMISTRIES[chemistries[pick]], start_ts)
     return fleet

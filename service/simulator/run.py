@@ -39,6 +39,7 @@ class SimulationConfig:
     faults: tuple[FaultSpec, ...] = ()
     topic_prefix: str = ""
     network_delay_s: float = 0.05
+    chemistries: tuple[str, ...] = ("li_ion",)  # battery devices get one of these
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,7 @@ class Simulator:
             interval_s=config.interval_s,
             start_ts=config.start_ts,
             rng=self._rng,
+            chemistries=config.chemistries,
         )
         for device in self.devices:
             device.overrides["start_ts"] = config.start_ts
@@ -162,6 +164,8 @@ class Simulator:
                     values = device.values(ts, self.config.start_ts)
                 else:
                     fault.apply(ts, values, meta)
+        if device.pack is not None and device.pack.empty:
+            return out  # a flat battery: the device is dead until it gets a new one
         device.seq += 1
         record: dict[str, Any] = {"ts": round(ts, 3), "seq": device.seq}
         for name, value in values.items():
@@ -173,6 +177,10 @@ class Simulator:
         record["lat"] = device.lat
         record["lon"] = device.lon
         record["radio"] = device.model.radio
+        if device.pack is not None:
+            record["battery_chemistry"] = device.pack.chemistry.name
+        if "power_source" in meta:
+            record["power_source"] = meta["power_source"]
         for fault in self._faults.get(device.device_id, ()):
             if fault.started and not fault.ended and fault.drops(ts, values):
                 return out  # lost on the way: nothing buffered, nothing sent

@@ -1,0 +1,411 @@
+"""The fleet view: devices, their status and place, as the HTTP API and status page see them.
+
+:class:`FleetView` is a read model over the pipeline's state (the device registry, the
+active and recent alerts, the detectors) plus :class:`LatestValues`, which keeps each
+device's newest telemetry. It answers:
+
+- device lists with filters (site, zone, model, firmware, status, gateway, protocol) and
+  paging, and one device's *twin* (metadata, place, latest metrics, alerts, and what each
+  detector knows of it: firmware history, battery forecast, drift, connectivity, power);
+- alerts, active and recent, filtered by kind, severity and site;
+- geography: the hierarchy region > facility (site) > zone with status roll-ups, devices as
+  GeoJSON, devices within a radius of a point, and zones whose share of devices in trouble
+  is significantly above the rest of the fleet's.
+
+A device's status is ``offline`` while a ``device_offline`` alert is open on it, else the
+worst severity of its open alerts (``critical``, ``warning``, ``info``), else ``ok``; an
+alert belongs to a device when its subject is the device or ``<device>/<metric>``.
+
+Sites are placed and grouped into regions by configuration (:class:`SiteInfo`); devices by
+their ``lat``/``lon`` metadata, or on a facility floor plan by ``pos_x``/``pos_y``.
+
+>>> round(haversine_m(52.0, 4.0, 52.0, 4.01))
+685
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from service.alerts import AlertManager
+from service.model import AlertRecord, MessageKind, Reading, Severity, iso_utc
+from service.registry import DeviceInfo, DeviceRegistry
+
+STATUSES = ("critical", "offline", "warning", "info", "ok")
+FILTERS = ("site", "zone", "model", "firmware", "status", "gateway", "protocol")
+COMPACT_COLUMNS = ("id", "status", "lat", "lon", "x", "y", "site", "zone", "region", "alerts")
+EARTH_RADIUS_M = 6_371_008.8
+_RANK = {name: rank for rank, name in enumerate(STATUSES)}
+
+
+def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance in metres."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(a)))
+
+
+@dataclass(frozen=True, slots=True)
+class SiteInfo:
+    """A facility: its display name, region and map position (from configuration)."""
+
+    name: str | None = None
+    region: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+
+
+class LatestValues:
+    """Each device's newest telemetry reading: a detector that only remembers.
+
+    It raises nothing; it sits among the detectors so it sees every reading, is saved in
+    checkpoints with them and costs one dictionary store per reading.
+    """
+
+    name = "latest"
+    STATE_VERSION = 1
+
+    def __init__(self) -> None:
+        self._latest: dict[str, tuple[float, Mapping[str, float]]] = {}
+
+    def process(self, batch: Sequence[Reading]) -> list[Any]:
+        latest = self._latest
+        for reading in batch:
+            if reading.late or reading.kind is not MessageKind.TELEMETRY or not reading.metrics:
+                continue
+            latest[reading.device_id] = (reading.ts, reading.metrics)
+        return []
+
+    def tick(self, now: float) -> list[Any]:
+        return []
+
+    def get(self, device_id: str) -> tuple[float, Mapping[str, float]] | None:
+        return self._latest.get(device_id)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.STATE_VERSION,
+            "latest": {d: [ts, dict(metrics)] for d, (ts, metrics) in self._latest.items()},
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        if state.get("version") != self.STATE_VERSION:
+            raise ValueError(f"latest-values state format {state.get('version')} is not 1")
+        self._latest = {
+            str(d): (float(ts), {str(k): float(v) for k, v in metrics.items()})
+            for d, (ts, metrics) in state["latest"].items()
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRow:
+    """One device as lists and maps show it."""
+
+    id: str
+    site: str | None
+    zone: str | None
+    region: str
+    model: str | None
+    firmware: str | None
+    gateway: str | None
+    protocol: str | None
+    status: str
+    alerts: int
+    lat: float | None
+    lon: float | None
+    x: float | None
+    y: float | None
+    last_seen: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "site": self.site, "zone": self.zone, "region": self.region,
+            "model": self.model, "firmware": self.firmware, "gateway": self.gateway,
+            "protocol": self.protocol, "status": self.status, "alerts": self.alerts,
+            "lat": self.lat, "lon": self.lon, "x": self.x, "y": self.y,
+            "last_seen": iso_utc(self.last_seen),
+        }  # fmt: skip
+
+
+def _float(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+class FleetView:
+    """Queries over the fleet's current state; see the module documentation."""
+
+    def __init__(
+        self,
+        registry: DeviceRegistry,
+        alerts: AlertManager,
+        *,
+        latest: LatestValues | None = None,
+        detectors: Sequence[Any] = (),
+        reports: Callable[[], dict[str, dict[str, Any]]] = dict,
+        sites: Mapping[str, SiteInfo] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.alerts = alerts
+        self.latest = latest
+        self.detectors = detectors
+        self._reports = reports
+        self.sites = dict(sites or {})
+
+    # -- status --------------------------------------------------------------------
+
+    def device_of(self, alert: AlertRecord) -> str | None:
+        """The device an alert is about, if any."""
+        subject = alert.subject
+        if subject in self.registry:
+            return subject
+        head = subject.split("/", 1)[0]
+        return head if head != subject and head in self.registry else None
+
+    def device_alerts(self) -> dict[str, list[AlertRecord]]:
+        """Open alerts by the device they are about."""
+        out: dict[str, list[AlertRecord]] = {}
+        for alert in self.alerts.active():
+            device = self.device_of(alert)
+            if device is not None:
+                out.setdefault(device, []).append(alert)
+        return out
+
+    @staticmethod
+    def status_of(alerts: Iterable[AlertRecord]) -> str:
+        best = "ok"
+        for alert in alerts:
+            name = "offline" if alert.kind == "device_offline" else alert.severity.label
+            if _RANK.get(name, 4) < _RANK[best]:
+                best = name
+        return best
+
+    def region_of(self, site: str | None) -> str:
+        info = self.sites.get(site or "")
+        if info is not None and info.region:
+            return info.region
+        return "unassigned"
+
+    def row(self, info: DeviceInfo, alerts: Sequence[AlertRecord]) -> DeviceRow:
+        meta = info.meta
+        site = meta.get("site")
+        return DeviceRow(
+            id=info.device_id, site=site, zone=meta.get("zone"), region=self.region_of(site),
+            model=meta.get("model"), firmware=meta.get("firmware"), gateway=meta.get("gateway"),
+            protocol=meta.get("protocol"), status=self.status_of(alerts), alerts=len(alerts),
+            lat=_float(meta.get("lat")), lon=_float(meta.get("lon")),
+            x=_float(meta.get("pos_x")), y=_float(meta.get("pos_y")), last_seen=info.last_seen,
+        )  # fmt: skip
+
+    def rows(self, filters: Mapping[str, str] | None = None) -> Iterator[DeviceRow]:
+        """Every device matching ``filters`` (exact values of :data:`FILTERS` keys)."""
+        wanted = {k: v for k, v in (filters or {}).items() if v}
+        by_device = self.device_alerts()
+        for info in self.registry:
+            row = self.row(info, by_device.get(info.device_id, ()))
+            if all(getattr(row, key) == value for key, value in wanted.items()):
+                yield row
+
+    def devices(
+        self, filters: Mapping[str, str], limit: int, offset: int, compact: bool = False
+    ) -> dict[str, Any]:
+        """A page of devices; ``compact`` gives rows of :data:`COMPACT_COLUMNS` instead of
+        objects (what the status page loads: a fifth of the bytes)."""
+        rows = sorted(self.rows(filters), key=lambda r: r.id)
+        page = rows[offset : offset + limit]
+        out: dict[str, Any] = {"total": len(rows), "limit": limit, "offset": offset}
+        if compact:
+            out["columns"] = list(COMPACT_COLUMNS)
+            out["rows"] = [[getattr(r, c) for c in COMPACT_COLUMNS] for r in page]
+        else:
+            out["devices"] = [r.to_json() for r in page]
+        return out
+
+    # -- one device ----------------------------------------------------------------
+
+    def twin(self, device_id: str) -> dict[str, Any] | None:
+        """Everything known of one device, or ``None``."""
+        info = self.registry.get(device_id)
+        if info is None:
+            return None
+        alerts = self.device_alerts().get(device_id, [])
+        row = self.row(info, alerts)
+        latest = self.latest.get(device_id) if self.latest is not None else None
+        views: dict[str, Any] = {}
+        for detector in self.detectors:
+            describe = getattr(detector, "device_view", None)
+            if describe is not None:
+                view = describe(device_id)
+                if view is not None:
+                    views[detector.name] = view
+        recent = [
+            a.to_json_dict() for a in reversed(self.alerts.recent) if self.device_of(a) == device_id
+        ][:20]
+        return {
+            **row.to_json(),
+            "first_seen": iso_utc(info.first_seen),
+            "meta": dict(info.meta),
+            "latest": None
+            if latest is None
+            else {"ts": iso_utc(latest[0]), "metrics": dict(latest[1])},
+            "active_alerts": [a.to_json_dict() for a in alerts],
+            "recent_alerts": recent,
+            "detectors": views,
+        }
+
+    # -- alerts and reports ------------------------------------------------------------
+
+    def alert_list(self, filters: Mapping[str, str], state: str, limit: int) -> dict[str, Any]:
+        def keep(alert: AlertRecord) -> bool:
+            if filters.get("kind") and alert.kind != filters["kind"]:
+                return False
+            if filters.get("severity") and alert.severity.label != filters["severity"]:
+                return False
+            return not (filters.get("site") and alert.site != filters["site"])
+
+        out: dict[str, Any] = {}
+        if state in ("active", "all"):
+            active = [a for a in self.alerts.active() if keep(a)]
+            active.sort(key=lambda a: (a.kind, a.subject))
+            out["active"] = [a.to_json_dict() for a in active[:limit]]
+        if state in ("recent", "all"):
+            recent = [a for a in reversed(self.alerts.recent) if keep(a)]
+            out["recent"] = [a.to_json_dict() for a in recent[:limit]]
+        return out
+
+    def reports(self) -> dict[str, dict[str, Any]]:
+        return self._reports()
+
+    # -- geography -----------------------------------------------------------------------
+
+    def geojson(self, filters: Mapping[str, str]) -> dict[str, Any]:
+        """Devices with coordinates as a GeoJSON FeatureCollection (``[lon, lat]``)."""
+        features = [
+            {
+                "type": "Feature",
+                "id": row.id,
+                "geometry": {"type": "Point", "coordinates": [row.lon, row.lat]},
+                "properties": {
+                    "status": row.status, "site": row.site, "zone": row.zone,
+                    "region": row.region, "model": row.model, "alerts": row.alerts,
+                },
+            }
+            for row in self.rows(filters)
+            if row.lat is not None and row.lon is not None
+        ]  # fmt: skip
+        return {"type": "FeatureCollection", "features": features}
+
+    def near(self, lat: float, lon: float, radius_m: float, limit: int) -> dict[str, Any]:
+        """Devices within ``radius_m`` of a point, nearest first."""
+        found: list[tuple[float, DeviceRow]] = []
+        # a cheap box first: a degree of latitude is about 111 km everywhere
+        dlat = radius_m / 111_000.0
+        dlon = dlat / max(0.01, math.cos(math.radians(lat)))
+        for row in self.rows():
+            if row.lat is None or row.lon is None:
+                continue
+            if abs(row.lat - lat) > dlat or abs(row.lon - lon) > dlon:
+                continue
+            distance = haversine_m(lat, lon, row.lat, row.lon)
+            if distance <= radius_m:
+                found.append((distance, row))
+        found.sort(key=lambda pair: pair[0])
+        return {
+            "center": {"lat": lat, "lon": lon},
+            "radius_m": radius_m,
+            "total": len(found),
+            "devices": [{**row.to_json(), "distance_m": round(d, 1)} for d, row in found[:limit]],
+        }
+
+    def tree(self) -> dict[str, Any]:
+        """Region > facility > zone, each with device counts by status and a position."""
+        regions: dict[str, dict[str, Any]] = {}
+
+        def bump(node: dict[str, Any], status: str) -> None:
+            node["devices"] += 1
+            node["status"][status] = node["status"].get(status, 0) + 1
+
+        def node(name: str, **extra: Any) -> dict[str, Any]:
+            return {"name": name, "devices": 0, "status": {}, **extra}
+
+        positions: dict[tuple[str, str | None], list[tuple[float, float]]] = {}
+        for row in self.rows():
+            region = regions.setdefault(row.region, node(row.region, sites={}))
+            site_name = row.site or "unknown"
+            info = self.sites.get(site_name, SiteInfo())
+            site = region["sites"].setdefault(
+                site_name,
+                node(site_name, title=info.name or site_name, lat=info.lat, lon=info.lon,
+                     zones={}),
+            )  # fmt: skip
+            zone = site["zones"].setdefault(row.zone or "unknown", node(row.zone or "unknown"))
+            for target in (region, site, zone):
+                bump(target, row.status)
+            if row.lat is not None and row.lon is not None:
+                positions.setdefault((site_name, None), []).append((row.lat, row.lon))
+                positions.setdefault((site_name, row.zone), []).append((row.lat, row.lon))
+        for region in regions.values():
+            for site_name, site in region["sites"].items():
+                points = positions.get((site_name, None))
+                if points and site["lat"] is None:
+                    site["lat"] = sum(p[0] for p in points) / len(points)
+                    site["lon"] = sum(p[1] for p in points) / len(points)
+                for zone_name, zone in site["zones"].items():
+                    zp = positions.get((site_name, zone_name), [])
+                    zone["lat"] = sum(p[0] for p in zp) / len(zp) if zp else None
+                    zone["lon"] = sum(p[1] for p in zp) / len(zp) if zp else None
+        return {"regions": regions}
+
+    def hotspots(self, min_devices: int = 5, alpha: float = 0.01) -> dict[str, Any]:
+        """Zones whose share of devices with open alerts is significantly above the rest's.
+
+        One-sided two-proportion z-test per zone against all other devices, Bonferroni-
+        corrected over the zones tested; a finding also needs at least twice the rate.
+        """
+        counts: dict[tuple[str, str], list[int]] = {}
+        for row in self.rows():
+            key = (row.site or "unknown", row.zone or "unknown")
+            entry = counts.setdefault(key, [0, 0])
+            entry[0] += 1
+            entry[1] += row.status != "ok"
+        total = sum(n for n, _ in counts.values())
+        bad = sum(b for _, b in counts.values())
+        tested = [k for k, (n, _) in counts.items() if n >= min_devices and total - n > 0]
+        threshold = alpha / max(1, len(tested))
+        findings: list[dict[str, Any]] = []
+        for key in tested:
+            n, b = counts[key]
+            rest_n, rest_b = total - n, bad - b
+            p1, p2 = b / n, rest_b / rest_n
+            pooled = (b + rest_b) / (n + rest_n)
+            se = math.sqrt(pooled * (1 - pooled) * (1 / n + 1 / rest_n))
+            if se == 0 or p1 < 2 * p2 or p1 == 0:
+                continue
+            z = (p1 - p2) / se
+            p_value = 0.5 * math.erfc(z / math.sqrt(2))
+            if p_value < threshold:
+                findings.append({
+                    "site": key[0], "zone": key[1], "devices": n, "in_trouble": b,
+                    "rate": round(p1, 4), "rest_rate": round(p2, 4),
+                    "ratio": round(p1 / p2, 2) if p2 > 0 else None,
+                    "p_value": p_value, "z": round(z, 2),
+                })  # fmt: skip
+        findings.sort(key=lambda f: f["p_value"])
+        return {"zones_tested": len(tested), "fleet_rate": bad / total if total else 0.0,
+                "hotspots": findings}  # fmt: skip
+
+
+def severity_filter(value: str) -> str:
+    """Validate a severity name for filtering (``info``, ``warning``, ``critical``)."""
+    if value not in {s.label for s in Severity}:
+        raise ValueError(f"unknown severity {value!r}")
+    return value
