@@ -331,6 +331,40 @@ class CoapSettings(_Section):
         return value
 
 
+class Lwm2mSettings(_Section):
+    """The LwM2M server (``protocols/lwm2m``), served on the CoAP server's UDP port."""
+
+    enabled: bool = False
+    observe: tuple[int, ...] = (3, 4, 5, 6, 3301, 3303, 3304, 3315, 3316, 3317, 3323, 3328)
+    write_attributes: bool = True  # Write-Attributes pmin/pmax before observing
+    pmin_s: int = Field(10, ge=0)
+    pmax_s: int = Field(300, ge=1)
+    accept: Literal[11542, 112, 110, 11543] = 11542  # Accept option of requests to devices
+    lifetime_grace_s: float = Field(30.0, ge=0)
+    default_lifetime_s: int = Field(86_400, ge=1)  # a registration without lt
+    request_timeout_s: float = Field(60.0, gt=0)
+    sweep_interval_s: float = Field(1.0, gt=0)
+    retry_after_s: int = Field(5, ge=0, le=3600)  # Max-Age of a 5.03
+    max_records: int = Field(10_000, ge=1)
+
+    @field_validator("observe")
+    @classmethod
+    def _known_objects(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        from protocols.lwm2m.objects import OBSERVED_OBJECTS
+
+        unknown = sorted(set(value) - set(OBSERVED_OBJECTS))
+        if unknown:
+            known = ", ".join(map(str, OBSERVED_OBJECTS))
+            raise ValueError(f"objects {unknown} are not in the object model (known: {known})")
+        return value
+
+    @model_validator(mode="after")
+    def _period_order(self) -> Lwm2mSettings:
+        if self.pmax_s < self.pmin_s:
+            raise ValueError("pmax_s must be at least pmin_s")
+        return self
+
+
 class Settings(_Section):
     mqtt: MqttSettings = MqttSettings()
     topics: TopicSettings = TopicSettings()
@@ -345,6 +379,13 @@ class Settings(_Section):
     detectors: DetectorSettings = DetectorSettings()
     rules: tuple[RuleSettings, ...] = ()
     coap: CoapSettings = CoapSettings()
+    lwm2m: Lwm2mSettings = Lwm2mSettings()
+
+    @model_validator(mode="after")
+    def _lwm2m_needs_coap(self) -> Settings:
+        if self.lwm2m.enabled and not self.coap.enabled:
+            raise ValueError("lwm2m.enabled needs coap.enabled: LwM2M is served on the CoAP port")
+        return self
 
     @field_validator("rules")
     @classmethod

@@ -4,7 +4,9 @@ Readings are averaged per device into hourly points of its power draw (``power_m
 ``current_a`` times ``voltage_v``) and, for devices that report no power at all, of its
 battery discharge rate: a rising discharge rate is a power anomaly too. The discharge rate
 is the least-squares slope, in percent of charge per day, of the hourly median battery level
-over the last ``drain_window_h`` hours; the level is ``battery_pct`` or ``battery_v`` read
+over the last ``drain_window_h`` hours (widened up to ``drain_window_max_h`` while the
+slope's standard error exceeds ``drain_precision`` of the rate; a rate that imprecise is
+neither judged nor learned); the level is ``battery_pct`` or ``battery_v`` read
 through the device's chemistry curve (``model_chemistry``, the ``battery_chemistry`` meta
 key, else ``default_chemistry``), corrected for the cold, so the rate is as steady as the
 draw is whatever the chemistry. A charging device (``power_source`` in
@@ -20,12 +22,13 @@ Shapes, told apart:
 
 - ``spike``: one point far out (``spike_z`` deviations) that the next point does not
   confirm (reported only as evidence, never alerted: spikes are everyday);
-- ``step``: a sudden change confirmed by ``step_points`` consecutive points beyond
+- ``step``: a sudden rise confirmed by ``step_points`` consecutive points above
   ``step_z`` (a short circuit, a stuck relay, a radio that stopped sleeping);
 - ``creep``: a slow rise: the short-term mean (``short_half_life_h``) drifted more than
   ``creep_fraction`` above the long baseline with a monotone trend over ``trend_points``
-  (for a discharge rate, also ``creep_z`` standard errors of the rate's own fit: a rate read
-  off a flat voltage curve is noisy);
+  (for a discharge rate, ``drain_creep_fraction`` and also ``creep_z`` standard errors of
+  the rate's own fit: a rate read off a voltage curve wanders as the level crosses the
+  curve's bends);
 - ``fleet_outlier``: the device's own level is ``fleet_ratio`` times its model's (power
   draw only: a discharge rate in percent depends on the battery's capacity and the duty
   cycle it was set up with, so drain rates are judged against the device's own past).
@@ -71,12 +74,15 @@ class PowerConfig:
     step_points: int = 3
     spike_z: float = 8.0
     creep_fraction: float = 0.2
+    drain_creep_fraction: float = 0.2
     creep_z: float = 3.0
     trend_points: int = 24
     fleet_ratio: float = 1.6
     fleet_min_devices: int = 5
     min_scale_fraction: float = 0.02
     drain_window_h: float = 72.0
+    drain_window_max_h: float = 336.0
+    drain_precision: float = 0.25
     swap_jump_pct: float = 20.0
     default_chemistry: str = "li_ion"
     model_chemistry: Mapping[str, str] = field(default_factory=dict)
@@ -127,35 +133,82 @@ class _Stats:
 
 
 class _Drain:
-    """Hourly median battery levels and the discharge rate they show."""
+    """Hourly median battery levels and the discharge rate they show.
 
-    __slots__ = ("bucket", "error", "levels", "points")
+    The rate is a least-squares slope over the points of the last ``window`` hours, kept as
+    running sums so each hour costs the same whatever the window. The window starts at
+    ``drain_window_h`` and widens (to ``drain_window_max_h``) while the slope's standard
+    error is above ``drain_precision`` of the rate: a flat voltage curve needs days of
+    levels to show a rate that a steep one shows in hours.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("bucket", "error", "levels", "origin", "points", "sums", "updates", "window")
+
+    def __init__(self, window: float) -> None:
         self.bucket: int | None = None
         self.error = 0.0  # standard error of the latest rate, % per day
         self.levels: list[float] = []  # this hour's levels
-        self.points: deque[tuple[float, float]] = deque()  # (hour, median level)
+        self.points: deque[tuple[float, float]] = deque()  # (hours since origin, median)
+        self.origin: float | None = None
+        self.sums = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]  # n, t, v, tt, tv, vv (over ``points``)
+        self.updates = 0
+        self.window = window
 
     def reset(self) -> None:
         self.bucket = None
         self.levels.clear()
         self.points.clear()
+        self.origin = None
+        self.sums = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
 
-    def rate_per_day(self, hours: float) -> float | None:
-        """Least-squares fall of the level, % per day, once ``hours`` are covered."""
+    def add(self, hour: float, level: float) -> None:
+        if self.origin is None:
+            self.origin = hour
+        t = hour - self.origin
+        self.points.append((t, level))
+        s = self.sums
+        s[0] += 1
+        s[1] += t
+        s[2] += level
+        s[3] += t * t
+        s[4] += t * level
+        s[5] += level * level
+        while self.points and t - self.points[0][0] > self.window:
+            old_t, old_v = self.points.popleft()
+            s[0] -= 1
+            s[1] -= old_t
+            s[2] -= old_v
+            s[3] -= old_t * old_t
+            s[4] -= old_t * old_v
+            s[5] -= old_v * old_v
+        self.updates += 1
+        if self.updates % 256 == 0:  # wipe out the rounding running sums gather
+            self.resum()
+
+    def resum(self) -> None:
         points = self.points
-        if len(points) < 4 or points[-1][0] - points[0][0] < 0.75 * hours:
-            return None
+        self.sums = [
+            float(len(points)),
+            sum(t for t, _ in points),
+            sum(v for _, v in points),
+            sum(t * t for t, _ in points),
+            sum(t * v for t, v in points),
+            sum(v * v for _, v in points),
+        ]
+
+    def rate_per_day(self, min_span_h: float) -> float | None:
+        """Least-squares fall of the level, % per day, once ``min_span_h`` is covered."""
+        points = self.points
         n = len(points)
-        mean_t = sum(t for t, _ in points) / n
-        mean_v = sum(v for _, v in points) / n
-        sxx = sum((t - mean_t) ** 2 for t, _ in points)
-        sxy = sum((t - mean_t) * (v - mean_v) for t, v in points)
+        if n < 4 or points[-1][0] - points[0][0] < min_span_h:
+            return None
+        _, st, sv, stt, stv, svv = self.sums
+        sxx = stt - st * st / n
         if sxx <= 0:
             return None
+        sxy = stv - st * sv / n
         slope = sxy / sxx
-        residual = sum((v - mean_v - slope * (t - mean_t)) ** 2 for t, v in points)
+        residual = max(0.0, svv - sv * sv / n - slope * sxy)
         self.error = math.sqrt(residual / max(1, n - 2) / sxx) * 24.0
         return -slope * 24.0
 
@@ -255,7 +308,7 @@ class PowerDetector:
         config = self.config
         drain = device.drain
         if drain is None:
-            drain = device.drain = _Drain()
+            drain = device.drain = _Drain(config.drain_window_h)
         metrics, meta = reading.metrics, reading.meta
         if meta.get("power_source") in config.charging_sources:
             drain.reset()  # charging: nothing is depleting
@@ -275,14 +328,17 @@ class PowerDetector:
         if drain.bucket is not None and hour > drain.bucket and drain.levels:
             median = sorted(drain.levels)[len(drain.levels) // 2]
             previous = drain.points[-1][1] if drain.points else None
+            point_hour = drain.bucket * config.bucket_s / 3600.0
             if previous is not None and median - previous >= config.swap_jump_pct:
-                drain.points.clear()  # a new battery: its rate starts afresh
-            drain.points.append((drain.bucket * config.bucket_s / 3600.0, median))
-            horizon = drain.points[-1][0] - config.drain_window_h
-            while drain.points and drain.points[0][0] < horizon:
-                drain.points.popleft()
+                drain.reset()  # a new battery: its rate starts afresh
+            drain.add(point_hour, median)
             drain.levels.clear()
-            rate = drain.rate_per_day(config.drain_window_h)
+            rate = drain.rate_per_day(0.75 * config.drain_window_h)
+            if rate is not None and drain.error > config.drain_precision * abs(rate):
+                # too imprecise to judge or learn from: widen the window (up to its maximum)
+                # and wait for a rate the levels can vouch for
+                drain.window = min(config.drain_window_max_h, drain.window * 1.25)
+                rate = None
         if drain.bucket is None or hour > drain.bucket:
             drain.bucket = hour
         drain.levels.append(level)
@@ -315,7 +371,7 @@ class PowerDetector:
         device.recent.append(point)
         shape: str | None = None
         if own.n >= config.warmup_points:
-            if abs(z) >= config.step_z:
+            if z >= config.step_z:  # a rise: less draw is not a failing part
                 device.pending += 1
                 if device.pending >= config.step_points:
                     shape = "step"
@@ -326,7 +382,12 @@ class PowerDetector:
                 rise = device.short.mean - own.mean
                 sure = device.drain is None or rise >= config.creep_z * device.drain.error
                 if (
-                    excess >= config.creep_fraction
+                    excess
+                    >= (
+                        config.creep_fraction
+                        if device.drain is None
+                        else config.drain_creep_fraction
+                    )
                     and sure
                     and _rising(device.recent, config.trend_points)
                 ):
@@ -479,17 +540,20 @@ class PowerDetector:
 def _drain_state(drain: _Drain | None) -> list[Any] | None:
     if drain is None:
         return None
-    return [drain.bucket, list(drain.levels), [list(p) for p in drain.points], drain.error]
+    return [drain.bucket, list(drain.levels), [list(p) for p in drain.points], drain.error,
+            drain.origin, drain.window]  # fmt: skip
 
 
 def _drain_from_state(row: list[Any] | None) -> _Drain | None:
     if row is None:
         return None
-    drain = _Drain()
+    drain = _Drain(float(row[5]))
     drain.bucket = None if row[0] is None else int(row[0])
     drain.levels = [float(v) for v in row[1]]
     drain.points.extend((float(t), float(v)) for t, v in row[2])
     drain.error = float(row[3])
+    drain.origin = None if row[4] is None else float(row[4])
+    drain.resum()
     return drain
 
 

@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -274,6 +274,20 @@ def _reply(code: Any, text: str) -> Any:
     return aiocoap.Message(code=code, payload=diagnostic(text))
 
 
+class _Dispatch:
+    """The server site when other resources share the socket: a request goes to the
+    resource its first path segment names, anything else to the telemetry resource."""
+
+    def __init__(self, default: TelemetryResource, sites: Mapping[str, Any]) -> None:
+        self.default = default
+        self.sites = dict(sites)
+
+    async def render_to_pipe(self, pipe: Any) -> None:
+        segments = pipe.request.opt.uri_path
+        site = self.sites.get(segments[0]) if segments else None
+        await (site or self.default).render_to_pipe(pipe)
+
+
 def _bound_port(context: Any) -> int | None:
     """The UDP port aiocoap's server socket is bound to (for ``port = 0``)."""
     for interface in getattr(context, "request_interfaces", ()):
@@ -299,6 +313,9 @@ class CoapServer:
         Where messages go (:class:`service.pipeline.Intake`).
     clock, max_payload, on_response
         As for :class:`TelemetryResource`.
+    sites
+        Other resources on the same socket, by first path segment (the LwM2M server's
+        ``rd`` and ``dp``); they take precedence over the path template.
     """
 
     def __init__(
@@ -309,11 +326,13 @@ class CoapServer:
         clock: Callable[[], float] = time.time,
         max_payload: int | None = None,
         on_response: ResponseHook | None = None,
+        sites: Mapping[str, Any] | None = None,
     ) -> None:
         self.settings = settings
         self.resource = TelemetryResource(
             settings, intake, clock=clock, max_payload=max_payload, on_response=on_response
         )
+        self.site: Any = _Dispatch(self.resource, sites) if sites else self.resource
         self._context: Any = None
         self.port: int | None = None
 
@@ -323,7 +342,7 @@ class CoapServer:
         settings = self.settings
         try:
             self._context = await aiocoap.Context.create_server_context(
-                self.resource, bind=(settings.host, settings.port), transports=["udp6"]
+                self.site, bind=(settings.host, settings.port), transports=["udp6"]
             )
         except OSError as exc:
             raise OSError(
@@ -332,6 +351,13 @@ class CoapServer:
         self.port = settings.port or _bound_port(self._context)
         log.info("serving CoAP on udp %s:%s /%s", settings.host, self.port, settings.path)
         return self
+
+    @property
+    def context(self) -> Any:
+        """The running aiocoap context (requests to devices are sent through it)."""
+        if self._context is None:
+            raise RuntimeError("CoapServer is not running")
+        return self._context
 
     async def __aexit__(
         self,

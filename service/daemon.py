@@ -3,7 +3,9 @@
 Phases, in order (as ``fleetwatch run`` goes through them):
 
 1. start-up: build the pipeline from settings, bind the HTTP server (and the CoAP server
-   when ``[coap] enabled``), connect to the broker (retrying with back-off) and subscribe;
+   when ``[coap] enabled``, with the LwM2M server on its socket when ``[lwm2m] enabled``,
+   its registrations loaded from the state store), connect to the broker (retrying with
+   back-off) and subscribe;
 2. main loop: intake, micro-batches, ticks and sinks run as named tasks in a TaskGroup
    until the stop event is set (SIGTERM or SIGINT);
 3. shutdown, bounded by ``pipeline.shutdown_timeout_s``: stop reading from the broker,
@@ -30,6 +32,7 @@ from config.settings import Settings
 from detectors import build_detectors
 from detectors.base import Detector
 from protocols.coap import CoapServer
+from protocols.lwm2m.server import Lwm2mServer
 from protocols.mqtt import MqttClient
 from service.advisories import AdvisoryWatcher
 from service.alertmanager import AlertmanagerSink
@@ -147,6 +150,22 @@ class Daemon:
             journal=self._journal if self.store is not None and settings.state.journal else None,
         )
         # CoAP telemetry goes through the same intake (and so journal and pipeline) as MQTT
+        # LwM2M shares the CoAP server's socket: /rd and /dp beside the telemetry path
+        self.lwm2m = (
+            Lwm2mServer(
+                settings.lwm2m,
+                self.intake,
+                context=lambda: self._coap_context(),
+                storage=self.store,
+                clock=clock,
+                permits=lambda endpoint: self.pipeline.allow.permits(endpoint, None),
+                on_response=self._coap_response,
+                on_event=self._lwm2m_event,
+                max_payload=min(settings.coap.max_payload_bytes, settings.ingest.max_payload_bytes),
+            )
+            if settings.lwm2m.enabled
+            else None
+        )
         self.coap = (
             CoapServer(
                 settings.coap,
@@ -154,6 +173,7 @@ class Daemon:
                 clock=clock,
                 max_payload=min(settings.coap.max_payload_bytes, settings.ingest.max_payload_bytes),
                 on_response=self._coap_response,
+                sites=self.lwm2m.sites if self.lwm2m is not None else None,
             )
             if settings.coap.enabled
             else None
@@ -187,6 +207,14 @@ class Daemon:
 
     def _coap_response(self, method: str, code: str) -> None:
         self.metrics.coap_requests.labels(method=method, code=code).inc()
+
+    def _coap_context(self) -> Any:
+        assert self.coap is not None
+        return self.coap.context
+
+    def _lwm2m_event(self, event: str, registrations: int) -> None:
+        self.metrics.lwm2m_events.labels(event=event).inc()
+        self.metrics.lwm2m_registrations.set(registrations)
 
     def _connection_changed(self, connected: bool) -> None:
         self.metrics.mqtt_connected.set(1 if connected else 0)
@@ -406,6 +434,9 @@ class Daemon:
                 # closed after shutdown has drained the intake, so queued requests get answers
                 await stack.enter_async_context(self.coap)
                 self.coap_port = self.coap.port
+                if self.lwm2m is not None:
+                    # registrations are loaded from the state store opened by _restore
+                    await stack.enter_async_context(self.lwm2m)
             if self.alertmanager is not None:
                 await stack.enter_async_context(self.alertmanager)
             async with asyncio.TaskGroup() as group:

@@ -29,6 +29,7 @@ from service.broker import EmbeddedBroker
 from service.console import AlertConsole, plain_printer
 from service.daemon import Daemon
 from service.simulator import FaultSpec, SimulationConfig, Simulator, publish
+from service.simulator.fleet import SITES
 
 DEMO_FAULTS = (
     "battery_failing=3@3+40:collapse_s=6",
@@ -57,6 +58,16 @@ DEMO_RULES: list[dict[str, Any]] = [
 ]  # fmt: skip
 
 
+# the simulator's facilities, grouped into regions for the status page's drill-down
+DEMO_REGIONS = {"plant-a": "North", "plant-b": "Alps", "plant-c": "Alps", "plant-d": "North",
+                "plant-e": "South"}  # fmt: skip
+DEMO_SITES = {
+    name: {"name": name.replace("-", " ").title(), "region": DEMO_REGIONS[name], "lat": lat,
+           "lon": lon}
+    for name, lat, lon in SITES
+}  # fmt: skip
+
+
 def demo_settings(host: str, port: int, http_port: int, state_path: Path) -> Settings:
     return settings_from_mapping(
         {
@@ -67,6 +78,7 @@ def demo_settings(host: str, port: int, http_port: int, state_path: Path) -> Set
             "http": {"port": http_port},
             "state": {"path": str(state_path), "checkpoint_interval_s": 10.0},
             "rules": DEMO_RULES,
+            "fleetview": {"title": "FleetWatch demo", "sites": DEMO_SITES},
         }
     )  # fmt: skip
 
@@ -147,6 +159,9 @@ async def run_demo(args: argparse.Namespace) -> int:
         console.print(
             f"[bold]FleetWatch demo[/bold]: {args.devices} simulated devices on a private "
             f"{broker.kind} broker at {broker.url}\n"
+            f"  page     http://127.0.0.1:{daemon.http_port}/ (map, drill-down, live alerts)\n"
+            f"  api      http://127.0.0.1:{daemon.http_port}/api/devices "
+            f"(OpenAPI at /api/openapi.json)\n"
             f"  metrics  http://127.0.0.1:{daemon.http_port}/metrics\n"
             f"  alerts   {settings.topics.alerts_prefix}/# (retained while active)\n"
             f"  faults   {', '.join(DEMO_FAULTS)}\n"

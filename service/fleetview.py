@@ -160,6 +160,14 @@ class FleetView:
         self.detectors = detectors
         self._reports = reports
         self.sites = dict(sites or {})
+        self._features: dict[str, tuple[Mapping[str, str], dict[str, Any]]] = {}
+        self._places: dict[
+            str,
+            tuple[
+                Mapping[str, str],
+                tuple[str, float | None, float | None, float | None, float | None],
+            ],
+        ] = {}
 
     # -- status --------------------------------------------------------------------
 
@@ -195,34 +203,61 @@ class FleetView:
             return info.region
         return "unassigned"
 
+    def _place(self, info: DeviceInfo) -> tuple[str, float | None, float | None, float | None,
+                                                float | None]:  # fmt: skip
+        """Region and parsed coordinates, cached while the device's metadata is unchanged."""
+        meta = info.meta
+        cached = self._places.get(info.device_id)
+        if cached is not None and cached[0] is meta:
+            return cached[1]
+        place = (
+            self.region_of(meta.get("site")), _float(meta.get("lat")), _float(meta.get("lon")),
+            _float(meta.get("pos_x")), _float(meta.get("pos_y")),
+        )  # fmt: skip
+        self._places[info.device_id] = (meta, place)
+        return place
+
     def row(self, info: DeviceInfo, alerts: Sequence[AlertRecord]) -> DeviceRow:
         meta = info.meta
-        site = meta.get("site")
+        region, lat, lon, x, y = self._place(info)
         return DeviceRow(
-            id=info.device_id, site=site, zone=meta.get("zone"), region=self.region_of(site),
+            id=info.device_id, site=meta.get("site"), zone=meta.get("zone"), region=region,
             model=meta.get("model"), firmware=meta.get("firmware"), gateway=meta.get("gateway"),
-            protocol=meta.get("protocol"), status=self.status_of(alerts), alerts=len(alerts),
-            lat=_float(meta.get("lat")), lon=_float(meta.get("lon")),
-            x=_float(meta.get("pos_x")), y=_float(meta.get("pos_y")), last_seen=info.last_seen,
+            protocol=meta.get("protocol"), status=self.status_of(alerts) if alerts else "ok",
+            alerts=len(alerts), lat=lat, lon=lon, x=x, y=y, last_seen=info.last_seen,
         )  # fmt: skip
+
+    def _matching(self, filters: Mapping[str, str] | None) -> Iterator[
+            tuple[DeviceInfo, Sequence[AlertRecord]]]:  # fmt: skip
+        """Devices matching ``filters`` with their open alerts; metadata is tested first."""
+        wanted = {k: v for k, v in (filters or {}).items() if v}
+        status = wanted.pop("status", None)
+        by_device = self.device_alerts()
+        items = tuple(wanted.items())
+        none: tuple[AlertRecord, ...] = ()
+        for info in self.registry:
+            if items:
+                meta = info.meta
+                if any(meta.get(key) != value for key, value in items):
+                    continue
+            alerts = by_device.get(info.device_id, none)
+            if status is not None and (self.status_of(alerts) if alerts else "ok") != status:
+                continue
+            yield info, alerts
 
     def rows(self, filters: Mapping[str, str] | None = None) -> Iterator[DeviceRow]:
         """Every device matching ``filters`` (exact values of :data:`FILTERS` keys)."""
-        wanted = {k: v for k, v in (filters or {}).items() if v}
-        by_device = self.device_alerts()
-        for info in self.registry:
-            row = self.row(info, by_device.get(info.device_id, ()))
-            if all(getattr(row, key) == value for key, value in wanted.items()):
-                yield row
+        for info, alerts in self._matching(filters):
+            yield self.row(info, alerts)
 
     def devices(
         self, filters: Mapping[str, str], limit: int, offset: int, compact: bool = False
     ) -> dict[str, Any]:
         """A page of devices; ``compact`` gives rows of :data:`COMPACT_COLUMNS` instead of
         objects (what the status page loads: a fifth of the bytes)."""
-        rows = sorted(self.rows(filters), key=lambda r: r.id)
-        page = rows[offset : offset + limit]
-        out: dict[str, Any] = {"total": len(rows), "limit": limit, "offset": offset}
+        matching = sorted(self._matching(filters), key=lambda pair: pair[0].device_id)
+        page = [self.row(info, alerts) for info, alerts in matching[offset : offset + limit]]
+        out: dict[str, Any] = {"total": len(matching), "limit": limit, "offset": offset}
         if compact:
             out["columns"] = list(COMPACT_COLUMNS)
             out["rows"] = [[getattr(r, c) for c in COMPACT_COLUMNS] for r in page]
@@ -288,20 +323,35 @@ class FleetView:
     # -- geography -----------------------------------------------------------------------
 
     def geojson(self, filters: Mapping[str, str]) -> dict[str, Any]:
-        """Devices with coordinates as a GeoJSON FeatureCollection (``[lon, lat]``)."""
-        features = [
-            {
-                "type": "Feature",
-                "id": row.id,
-                "geometry": {"type": "Point", "coordinates": [row.lon, row.lat]},
-                "properties": {
-                    "status": row.status, "site": row.site, "zone": row.zone,
-                    "region": row.region, "model": row.model, "alerts": row.alerts,
-                },
-            }
-            for row in self.rows(filters)
-            if row.lat is not None and row.lon is not None
-        ]  # fmt: skip
+        """Devices with coordinates as a GeoJSON FeatureCollection (``[lon, lat]``).
+
+        Each device's feature is kept while its metadata is unchanged; only its status and
+        alert count are refreshed per request.
+        """
+        features = []
+        cache = self._features
+        for info, alerts in self._matching(filters):
+            cached = cache.get(info.device_id)
+            if cached is None or cached[0] is not info.meta:
+                row = self.row(info, ())
+                if row.lat is None or row.lon is None:
+                    continue
+                feature: dict[str, Any] = {
+                    "type": "Feature",
+                    "id": row.id,
+                    "geometry": {"type": "Point", "coordinates": [row.lon, row.lat]},
+                    "properties": {
+                        "status": "ok", "site": row.site, "zone": row.zone,
+                        "region": row.region, "model": row.model, "alerts": 0,
+                    },
+                }  # fmt: skip
+                cache[info.device_id] = (info.meta, feature)
+            else:
+                feature = cached[1]
+            properties: dict[str, Any] = feature["properties"]
+            properties["status"] = self.status_of(alerts) if alerts else "ok"
+            properties["alerts"] = len(alerts)
+            features.append(feature)
         return {"type": "FeatureCollection", "features": features}
 
     def near(self, lat: float, lon: float, radius_m: float, limit: int) -> dict[str, Any]:

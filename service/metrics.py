@@ -210,6 +210,16 @@ class FleetMetrics:
             ["method", "code"],
             registry=registry,
         )
+        self.lwm2m_events = Counter(
+            "fleetwatch_lwm2m_events",
+            "LwM2M events: registered, updated, replaced, deregistered, expired, restored, "
+            "notification, notification_rejected, send.",
+            ["event"],
+            registry=registry,
+        )
+        self.lwm2m_registrations = Gauge(
+            "fleetwatch_lwm2m_registrations", "LwM2M clients registered now.", registry=registry
+        )
         self.alertmanager_failures = Counter(
             "fleetwatch_alertmanager_send_failures",
             "Pushes of alerts to an Alertmanager that failed (refused, error status, timeout).",

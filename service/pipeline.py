@@ -32,6 +32,7 @@ from typing import Any
 from config.settings import Settings
 from detectors.base import Detector
 from protocols.codecs import CodecSet, DecodeContext
+from protocols.lwm2m import TOPIC_TEMPLATE as LWM2M_TOPIC_TEMPLATE
 from service.alerts import AlertChange, AlertManager, Transition
 from service.errors import DecodeError, StateError, check_state_version
 from service.identity import AllowList
@@ -109,7 +110,10 @@ class Pipeline:
         return cls(
             settings=settings,
             router=TopicRouter(settings.topics.templates),
-            routers={"coap": TopicRouter([settings.coap.path], setting="coap.path")},
+            routers={
+                "coap": TopicRouter([settings.coap.path], setting="coap.path"),
+                "lwm2m": TopicRouter([LWM2M_TOPIC_TEMPLATE], setting="lwm2m"),
+            },
             content_types=ContentTypeRules(
                 [(rule.filter, rule.content_type) for rule in settings.ingest.content_types],
                 settings.ingest.default_content_type,

@@ -7,6 +7,8 @@ FleetWatch keeps everything it has learned in memory and saves it here:
   ``state.checkpoint_interval_s`` and at shutdown, all in one transaction;
 - **journal**: every message processed since the last checkpoint, written before the
   message is acknowledged to the broker. A checkpoint empties it in the same transaction.
+- **LwM2M registrations**: written on every Register, Update and De-register (not with
+  the checkpoints), so a client's registration survives any restart.
 
 After a crash (even ``kill -9``), the daemon loads the last checkpoint and runs the journal
 through the pipeline again, which brings every component back to exactly where it was when
@@ -63,6 +65,11 @@ CREATE TABLE IF NOT EXISTS journal (
     received_at REAL NOT NULL,
     protocol TEXT NOT NULL,
     content_type TEXT
+);
+CREATE TABLE IF NOT EXISTS lwm2m_registration (
+    id TEXT PRIMARY KEY,
+    endpoint TEXT NOT NULL UNIQUE,
+    data BLOB NOT NULL
 );
 """
 
@@ -210,6 +217,43 @@ class StateStore:
         )
         for topic, payload, received_at, protocol, content_type in cursor:
             yield RawMessage(topic, bytes(payload), received_at, protocol, content_type)
+
+
+    # -- LwM2M registrations (protocols.lwm2m.registry) -------------------------------------
+
+    def save_registration(self, registration_id: str, endpoint: str, data: bytes) -> None:
+        """Store one LwM2M registration (replacing any of the same endpoint), committed."""
+        db = self.db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(
+                    "DELETE FROM lwm2m_registration WHERE endpoint = ? AND id != ?",
+                    (endpoint, registration_id),
+                )
+                db.execute(
+                    "INSERT OR REPLACE INTO lwm2m_registration (id, endpoint, data) "
+                    "VALUES (?, ?, ?)",
+                    (registration_id, endpoint, data),
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot store LwM2M registration in {self.path}: {exc}") from exc
+
+    def delete_registration(self, registration_id: str) -> None:
+        """Forget one LwM2M registration."""
+        try:
+            self.db.execute("DELETE FROM lwm2m_registration WHERE id = ?", (registration_id,))
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot delete LwM2M registration in {self.path}: {exc}") from exc
+
+    def load_registrations(self) -> list[bytes]:
+        """Every stored LwM2M registration (as :mod:`protocols.lwm2m.registry` wrote it)."""
+        rows = self.db.execute("SELECT data FROM lwm2m_registration ORDER BY id").fetchall()
+        return [bytes(data) for (data,) in rows]
 
 
 @dataclass(slots=True)
