@@ -51,7 +51,10 @@ from typing import Any
 
 from scipy import stats
 
-from service.model import Reading, Severity, Signal, SubjectType, iso_utc
+from service.model import MessageKind, Reading, Severity, Signal, SubjectType, iso_utc
+
+# what a status message says when the device (or its broker's last will) announces it is gone
+OFFLINE_STATES = frozenset({"offline", "disconnected", "lost", "dead"})
 
 TECH_KEYS = ("radio", "technology", "network", "bearer")
 SIGNAL_METRICS = (("rssi_dbm", -115.0), ("snr_db", -10.0), ("link_quality_pct", 10.0))
@@ -167,6 +170,12 @@ class ConnectivityDetector:
             if received > self.now:
                 self.now = received
             device = self._devices.get(reading.device_id)
+            if (
+                reading.kind is MessageKind.STATUS
+                and (reading.meta.get("state") or reading.meta.get("status")) in OFFLINE_STATES
+            ):
+                # a goodbye is not a sign of life: the silence clock keeps running
+                continue
             if device is None:
                 device = self._device(reading)
                 self._follow_meta(reading.device_id, device, reading.meta)

@@ -203,3 +203,29 @@ def test_state_round_trip_carries_on_identically() -> None:
     later_restored = run_fleet(restored, devices, gone + 3600, silent=silent, start=gone, seed=9)
     assert later_first == later_restored
     assert kinds(later_first) == [("device_offline", "d1"), ("device_offline", "d1")]
+
+
+def test_an_offline_status_message_is_not_a_sign_of_life() -> None:
+    from service.model import MessageKind
+
+    def offline_at(goodbye: bool) -> float:
+        detector = ConnectivityDetector()
+        devices = {f"d{i}": meta("gw-1") for i in range(5)}
+        silent_from = T0 + 3600
+        signals = run_fleet(detector, devices, silent_from, silent=lambda d, t: False)
+        if goodbye:  # the broker's last will, or a device that says goodbye, as it goes
+            bye = Reading("d0", silent_from, silent_from + 0.05, {},
+                          {"state": "offline"}, kind=MessageKind.STATUS)  # fmt: skip
+            signals += detector.process([bye])
+        t = silent_from
+        while t < silent_from + 3600:
+            t += 10.0
+            live = [Reading(d, t, t + 0.05, {}, devices[d]) for d in devices if d != "d0"
+                    and int(t) % 60 == 0]  # fmt: skip
+            signals += detector.process(live)
+            signals += detector.tick(t)
+        fired = [s for s in signals if s.firing and s.kind == "device_offline"]
+        assert {s.subject for s in fired} == {"d0"}  # (it may escalate once it persists)
+        return fired[0].at
+
+    assert offline_at(goodbye=True) == offline_at(goodbye=False)
