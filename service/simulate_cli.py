@@ -41,6 +41,10 @@ def add_simulate_parser(sub: Any) -> None:
     sim.add_argument(
         "--start", type=float, default=None, help="simulated start (epoch s) for --out"
     )
+    sim.add_argument(
+        "--chemistries", default="li_ion",
+        help="battery chemistries to draw from, comma-separated (li_ion, li_socl2, alkaline_2aa)",
+    )  # fmt: skip
     sim.set_defaults(func=cmd_simulate)
 
 
@@ -56,7 +60,18 @@ def _config(args: argparse.Namespace, start_ts: float) -> SimulationConfig:
         start_ts=start_ts,
         faults=tuple(FaultSpec.parse(spec) for spec in args.fault),
         topic_prefix=args.prefix,
+        chemistries=_chemistries(args.chemistries),
     )
+
+
+def _chemistries(text: str) -> tuple[str, ...]:
+    from detectors.battery import CHEMISTRIES
+
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in CHEMISTRIES]
+    if not names or unknown:
+        raise ValueError(f"unknown chemistries {unknown} (known: {', '.join(CHEMISTRIES)})")
+    return names
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
