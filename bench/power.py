@@ -175,6 +175,13 @@ def main() -> None:
         rows.append((f"flagged among {name}", f"{sum(d in fp for d in group)}/{len(group)}"))
     rows.append(("flagged among natural deaths", f"{sum(d in fp for d in natural)}/{len(natural)}"))
     if args.verbose:
+        for d in sorted(failed):
+            if lead.get(d, 0.0) < DAY:
+                print("LATE", d, kind(d), planted[d].fault,
+                      f"fault day {(planted[d].start_ts - config.start_ts) / DAY:.1f}",
+                      f"flat day {(last_seen[d] - config.start_ts) / DAY:.1f}",
+                      f"alert day {(first_alert[d] - config.start_ts) / DAY:.1f}"
+                      if d in first_alert else "no alert")  # fmt: skip
         for d in sorted(fp):
             first = first_signal.get(d)
             if first is not None:

@@ -256,13 +256,20 @@ class FleetView:
         """A page of devices; ``compact`` gives rows of :data:`COMPACT_COLUMNS` instead of
         objects (what the status page loads: a fifth of the bytes)."""
         matching = sorted(self._matching(filters), key=lambda pair: pair[0].device_id)
-        page = [self.row(info, alerts) for info, alerts in matching[offset : offset + limit]]
+        chosen = matching[offset : offset + limit]
         out: dict[str, Any] = {"total": len(matching), "limit": limit, "offset": offset}
-        if compact:
+        if compact:  # straight to rows: the page asks for every device at once
+            rows = []
+            for info, alerts in chosen:
+                region, lat, lon, x, y = self._place(info)
+                meta = info.meta
+                status = self.status_of(alerts) if alerts else "ok"
+                rows.append([info.device_id, status, lat, lon, x, y, meta.get("site"),
+                             meta.get("zone"), region, len(alerts)])  # fmt: skip
             out["columns"] = list(COMPACT_COLUMNS)
-            out["rows"] = [[getattr(r, c) for c in COMPACT_COLUMNS] for r in page]
+            out["rows"] = rows
         else:
-            out["devices"] = [r.to_json() for r in page]
+            out["devices"] = [self.row(info, alerts).to_json() for info, alerts in chosen]
         return out
 
     # -- one device ----------------------------------------------------------------
@@ -378,41 +385,60 @@ class FleetView:
 
     def tree(self) -> dict[str, Any]:
         """Region > facility > zone, each with device counts by status and a position."""
-        regions: dict[str, dict[str, Any]] = {}
-
-        def bump(node: dict[str, Any], status: str) -> None:
-            node["devices"] += 1
-            node["status"][status] = node["status"].get(status, 0) + 1
+        counts: dict[tuple[str, str, str], dict[str, int]] = {}
+        sums: dict[tuple[str, str], list[float]] = {}  # (site, zone) -> n, sum lat, sum lon
+        for info, alerts in self._matching(None):
+            region, lat, lon, _, _ = self._place(info)
+            meta = info.meta
+            site = meta.get("site") or "unknown"
+            zone = meta.get("zone") or "unknown"
+            status = self.status_of(alerts) if alerts else "ok"
+            tally = counts.get((region, site, zone))
+            if tally is None:
+                tally = counts[(region, site, zone)] = {}
+            tally[status] = tally.get(status, 0) + 1
+            if lat is not None and lon is not None:
+                acc = sums.get((site, zone))
+                if acc is None:
+                    acc = sums[(site, zone)] = [0.0, 0.0, 0.0]
+                acc[0] += 1
+                acc[1] += lat
+                acc[2] += lon
 
         def node(name: str, **extra: Any) -> dict[str, Any]:
             return {"name": name, "devices": 0, "status": {}, **extra}
 
-        positions: dict[tuple[str, str | None], list[tuple[float, float]]] = {}
-        for row in self.rows():
-            region = regions.setdefault(row.region, node(row.region, sites={}))
-            site_name = row.site or "unknown"
-            info = self.sites.get(site_name, SiteInfo())
-            site = region["sites"].setdefault(
-                site_name,
-                node(site_name, title=info.name or site_name, lat=info.lat, lon=info.lon,
-                     zones={}),
+        def add(target: dict[str, Any], tally: dict[str, int]) -> None:
+            for status, n in tally.items():
+                target["devices"] += n
+                target["status"][status] = target["status"].get(status, 0) + n
+
+        regions: dict[str, dict[str, Any]] = {}
+        for (region_name, site_name, zone_name), tally in counts.items():
+            region_node = regions.setdefault(region_name, node(region_name, sites={}))
+            site_info = self.sites.get(site_name, SiteInfo())
+            site_node = region_node["sites"].get(site_name)
+            if site_node is None:
+                site_node = region_node["sites"][site_name] = node(
+                    site_name, title=site_info.name or site_name, lat=site_info.lat,
+                    lon=site_info.lon, zones={},
+                )  # fmt: skip
+            acc = sums.get((site_name, zone_name))
+            zone_node = site_node["zones"].setdefault(
+                zone_name,
+                node(zone_name, lat=acc[1] / acc[0] if acc else None,
+                     lon=acc[2] / acc[0] if acc else None),
             )  # fmt: skip
-            zone = site["zones"].setdefault(row.zone or "unknown", node(row.zone or "unknown"))
-            for target in (region, site, zone):
-                bump(target, row.status)
-            if row.lat is not None and row.lon is not None:
-                positions.setdefault((site_name, None), []).append((row.lat, row.lon))
-                positions.setdefault((site_name, row.zone), []).append((row.lat, row.lon))
-        for region in regions.values():
-            for site_name, site in region["sites"].items():
-                points = positions.get((site_name, None))
-                if points and site["lat"] is None:
-                    site["lat"] = sum(p[0] for p in points) / len(points)
-                    site["lon"] = sum(p[1] for p in points) / len(points)
-                for zone_name, zone in site["zones"].items():
-                    zp = positions.get((site_name, zone_name), [])
-                    zone["lat"] = sum(p[0] for p in zp) / len(zp) if zp else None
-                    zone["lon"] = sum(p[1] for p in zp) / len(zp) if zp else None
+            for target in (region_node, site_node, zone_node):
+                add(target, tally)
+        for region_node in regions.values():
+            for site_name, site_node in region_node["sites"].items():
+                if site_node["lat"] is None:
+                    parts = [a for (s_name, _), a in sums.items() if s_name == site_name]
+                    n = sum(a[0] for a in parts)
+                    if n:
+                        site_node["lat"] = sum(a[1] for a in parts) / n
+                        site_node["lon"] = sum(a[2] for a in parts) / n
         return {"regions": regions}
 
     def hotspots(self, min_devices: int = 5, alpha: float = 0.01) -> dict[str, Any]:

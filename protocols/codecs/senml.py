@@ -20,6 +20,7 @@ relative to the receive time (RFC 8428 section 4.5.3).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Any
@@ -42,6 +43,7 @@ _RELATIVE_LIMIT = 2**28
 _SPLIT = re.compile(r"[/:;]")
 
 
+@functools.lru_cache(maxsize=65_536)  # the same names arrive again and again
 def field_name(name: str, unit: str | None) -> str:
     """The FleetWatch field for a SenML name and unit.
 
@@ -93,8 +95,7 @@ def resolve_pack(pack: Any, context: DecodeContext) -> list[Record]:
         if "bs" in entry:
             base_sum = _number(entry["bs"], "bs")
         name = base_name + str(entry.get("n", ""))
-        has_value = any(key in entry for key in ("v", "vs", "vb", "vd", "s"))
-        if not has_value:
+        if not ("v" in entry or "vs" in entry or "vb" in entry or "vd" in entry or "s" in entry):
             continue
         if not name:
             raise DecodeError("bad_senml", f"record {index} has a value but no name")

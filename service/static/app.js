@@ -51,13 +51,11 @@ function clusterIcon(cluster) {
 
 function markerFor(device, useXY) {
   const latlng = useXY ? [device.y, device.x] : [device.lat, device.lon];
-  const marker = L.circleMarker(latlng, {
+  // no handler per marker: the layer group's one click handler reads the device id
+  return L.circleMarker(latlng, {
     renderer, radius: 6, weight: 1, color: "#fff", fillOpacity: 0.9,
-    fillColor: COLORS[device.status], status: device.status,
+    fillColor: COLORS[device.status], status: device.status, deviceId: device.id,
   });
-  marker.on("click", () => showTwin(device.id));
-  marker.bindTooltip(() => `${device.id} · ${device.status}`);
-  return marker;
 }
 
 function visibleDevices() {
@@ -87,7 +85,9 @@ function render() {
     disableClusteringAtZoom: 18, maxClusterRadius: 60,
     // every marker is on the map: the time since the page was opened, for benchmarks
     chunkProgress: (done, total) => { if (done === total) state.drawnMs = performance.now(); },
+    chunkInterval: 250, chunkDelay: 5,
   });
+  clusters.on("click", (event) => showTwin(event.layer.options.deviceId));
   const markers = [];
   for (const d of geo) {
     d.marker = markerFor(d, false);
@@ -115,6 +115,7 @@ function renderFloor(devices) {
   L.rectangle(bounds, { color: "#90a4ae", weight: 2, fill: true, fillColor: "#fff", fillOpacity: 1 }).addTo(floor);
   for (const d of devices) {
     d.marker = markerFor(d, true);
+    d.marker.on("click", () => showTwin(d.id));
     d.marker.addTo(floor);
   }
   floor.invalidateSize();
