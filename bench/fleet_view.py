@@ -138,7 +138,8 @@ async def run(devices: int, args: argparse.Namespace) -> list[tuple[str, str]]:
                 f"{devices:,} devices: {name}",
                 f"p50 {statistics.median(latencies) * 1000:.1f} ms, "
                 f"p99 {sorted(latencies)[int(len(latencies) * 0.99) - 1] * 1000:.1f} ms, "
-                f"{len(latencies) / wall:.0f} req/s, {size / 1024:.0f} KiB",
+                f"{len(latencies) / wall:.0f} req/s, "
+                + (f"{size / 1024:.0f} KiB" if size >= 10_240 else f"{size} bytes"),
             ))  # fmt: skip
         if not args.no_browser:
             seconds = await asyncio.to_thread(render_time, base + "/", devices)
