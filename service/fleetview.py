@@ -211,7 +211,8 @@ class FleetView:
         if cached is not None and cached[0] is meta:
             return cached[1]
         place = (
-            self.region_of(meta.get("site")), _float(meta.get("lat")), _float(meta.get("lon")),
+            meta.get("region") or self.region_of(meta.get("site")),
+            _float(meta.get("lat")), _float(meta.get("lon")),
             _float(meta.get("pos_x")), _float(meta.get("pos_y")),
         )  # fmt: skip
         self._places[info.device_id] = (meta, place)

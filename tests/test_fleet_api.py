@@ -173,3 +173,14 @@ def test_status_follows_the_worst_open_alert_and_hotspots_need_significance() ->
     found = view.hotspots()
     assert [(h["site"], h["zone"]) for h in found["hotspots"]] == [("s", "hot")]
     assert found["hotspots"][0]["rate"] == 0.8
+
+
+def test_a_device_region_in_its_metadata_wins_over_its_site() -> None:
+    from service.fleetview import SiteInfo
+
+    registry = DeviceRegistry()
+    registry.observe("a", 1.0, 1.0, {"site": "s1", "zone": "z"})
+    registry.observe("b", 1.0, 1.0, {"site": "s1", "zone": "z", "region": "Far North"})
+    view = FleetView(registry, AlertManager(), sites={"s1": SiteInfo("Site 1", "North")})
+    assert {row.id: row.region for row in view.rows()} == {"a": "North", "b": "Far North"}
+    assert set(view.tree()["regions"]) == {"North", "Far North"}
