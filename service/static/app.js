@@ -235,6 +235,7 @@ async function load() {
     getJSON("/api/geo/tree"),
     getJSON("/api/alerts?state=active&limit=100000"),
   ]);
+  state.loadedMs = performance.now();  // every response is in
   state.config = config;
   document.getElementById("title").textContent = config.title;
   document.title = config.title;
