@@ -24,12 +24,11 @@ from gmqtt import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from config.settings import settings_from_mapping
+from config.settings import Settings, settings_from_mapping
 from service.broker import EmbeddedBroker
 from service.daemon import Daemon
 
 HERE = Path(__file__).resolve().parent
-STATE_DIR = Path(tempfile.mkdtemp(prefix="fleetwatch-bench-"))
 RULES = [
     {"name": "battery_low", "metric": "battery_v", "kind": "below", "threshold": 3.3},
     {"name": "hot", "metric": "temperature_c", "kind": "above", "threshold": 70.0},
@@ -37,26 +36,32 @@ RULES = [
 ]
 
 
-async def register_session(host: str, port: int, client_id: str, topic_filter: str) -> None:
+async def register_session(
+    host: str, port: int, client_id: str, topic_filter: str, qos: int = 1
+) -> None:
+    """Create a persistent session subscribed to ``topic_filter``, then leave it offline."""
     client = Client(client_id, clean_session=False, session_expiry_interval=3600)
     await client.connect(host, port)
-    client.subscribe(topic_filter, qos=1)
+    client.subscribe(topic_filter, qos=qos)
     await asyncio.sleep(0.2)
     await client.disconnect()
 
 
-def publish(host: str, port: int, count: int, devices: int, prefix: str) -> float:
+def publisher_command(
+    host: str, port: int, count: int, devices: int, prefix: str, *options: str
+) -> list[str]:
+    """The command line of the publisher process (``bench/_publisher.py``)."""
+    return [
+        sys.executable, str(HERE / "_publisher.py"), host, str(port), str(count), str(devices),
+        prefix, *options,
+    ]  # fmt: skip
+
+
+def publish(host: str, port: int, count: int, devices: int, prefix: str, qos: int = 1) -> float:
+    """Publish ``count`` messages from a separate process; return the seconds it took."""
     started = time.perf_counter()
     subprocess.run(
-        [
-            sys.executable,
-            str(HERE / "_publisher.py"),
-            host,
-            str(port),
-            str(count),
-            str(devices),
-            prefix,
-        ],
+        publisher_command(host, port, count, devices, prefix, "--qos", str(qos)),
         check=True,
         timeout=600,
     )
@@ -64,43 +69,65 @@ def publish(host: str, port: int, count: int, devices: int, prefix: str) -> floa
 
 
 def drain_mosquitto_sub(
-    host: str, port: int, count: int, client_id: str, topic_filter: str
+    host: str, port: int, count: int, client_id: str, topic_filter: str, qos: int = 1
 ) -> float:
+    """Seconds ``mosquitto_sub`` takes to receive ``count`` queued messages (NaN if absent)."""
     binary = shutil.which("mosquitto_sub")
     if binary is None:
         return float("nan")
     started = time.perf_counter()
     subprocess.run(
-        [binary, "-h", host, "-p", str(port), "-c", "-i", client_id, "-q", "1", "-t", topic_filter,
+        [binary, "-h", host, "-p", str(port), "-c", "-i", client_id, "-q", str(qos), "-t", topic_filter,
          "-C", str(count), "-V", "mqttv5", "-x", "3600"],
         check=True, stdout=subprocess.DEVNULL, timeout=600,
     )  # fmt: skip
     return time.perf_counter() - started
 
 
-async def drain_fleetwatch(host: str, port: int, count: int, prefix: str, timeout: float) -> float:
-    settings = settings_from_mapping(
+def fleetwatch_settings(
+    host: str, port: int, prefix: str, state_dir: Path, qos: int = 1
+) -> Settings:
+    """The daemon's settings for a benchmark: topics under ``prefix``, default detectors,
+    :data:`RULES`, no HTTP, the state store (journal on) in ``state_dir``."""
+    return settings_from_mapping(
         {
             "mqtt": {"host": host, "port": port, "client_id": f"fw-{prefix}",
-                     "subscriptions": [{"filter": f"{prefix}/fleet/+/+/+", "qos": 1}]},
+                     "subscriptions": [{"filter": f"{prefix}/fleet/+/+/+", "qos": qos}]},
             "topics": {"templates": [f"{prefix}/fleet/{{site}}/{{device_id}}/{{kind}}"],
                        "alerts_prefix": f"{prefix}/alerts"},
             "http": {"enabled": False},
-            "state": {"path": str(STATE_DIR / f"{prefix}.db")},
+            "state": {"path": str(state_dir / f"{prefix}.db")},
             "rules": RULES,
         }
     )  # fmt: skip
-    daemon = Daemon(settings)
-    task = asyncio.create_task(daemon.run())
-    await daemon.ready.wait()
-    started = time.perf_counter()
-    deadline = started + timeout
-    while daemon.intake.processed < count and time.perf_counter() < deadline:
-        await asyncio.sleep(0.02)
-    elapsed = time.perf_counter() - started
-    processed = daemon.intake.processed
-    daemon.stop()
-    await task
+
+
+async def drain_fleetwatch(
+    host: str,
+    port: int,
+    count: int,
+    prefix: str,
+    timeout: float,
+    *,
+    qos: int = 1,
+    state_dir: Path | None = None,
+) -> float:
+    """Seconds the daemon takes to process ``count`` queued messages (acknowledged after
+    processing and journaling); a count of 0 just creates its persistent session."""
+    with tempfile.TemporaryDirectory(prefix="fleetwatch-bench-") as scratch:
+        folder = state_dir if state_dir is not None else Path(scratch)
+        daemon = Daemon(fleetwatch_settings(host, port, prefix, folder, qos))
+        # the clock starts before connecting: queued messages flow as soon as it is connected
+        started = time.perf_counter()
+        task = asyncio.create_task(daemon.run())
+        await daemon.ready.wait()
+        deadline = started + timeout
+        while daemon.intake.processed < count and time.perf_counter() < deadline:
+            await asyncio.sleep(0.02)
+        elapsed = time.perf_counter() - started
+        processed = daemon.intake.processed
+        daemon.stop()
+        await task
     if processed < count:
         raise RuntimeError(f"FleetWatch processed {processed} of {count} within {timeout} s")
     return elapsed
@@ -140,18 +167,19 @@ async def drain_client_only(
 
 async def one_run(count: int, devices: int, run: int) -> tuple[float, float, float]:
     prefix = f"b{run}"
-    async with EmbeddedBroker(prefer="mosquitto") as broker:
-        host, port = broker.host, broker.port
-        # FleetWatch's persistent session: start once so the broker keeps its subscription
-        await drain_fleetwatch(host, port, 0, prefix, 5)
-        await register_session(host, port, f"sub-{prefix}", f"{prefix}/fleet/#")
-        await register_session(host, port, f"client-{prefix}", f"{prefix}/fleet/#")
-        publish(host, port, count, devices, prefix)
-        bare = drain_mosquitto_sub(host, port, count, f"sub-{prefix}", f"{prefix}/fleet/#")
-        client_only = await drain_client_only(
-            host, port, count, f"client-{prefix}", f"{prefix}/fleet/#"
-        )
-        ours = await drain_fleetwatch(host, port, count, prefix, 600)
+    with tempfile.TemporaryDirectory(prefix="fleetwatch-bench-") as scratch:
+        async with EmbeddedBroker(prefer="mosquitto") as broker:
+            host, port = broker.host, broker.port
+            # FleetWatch's persistent session: start once so the broker keeps its subscription
+            await drain_fleetwatch(host, port, 0, prefix, 5, state_dir=Path(scratch))
+            await register_session(host, port, f"sub-{prefix}", f"{prefix}/fleet/#")
+            await register_session(host, port, f"client-{prefix}", f"{prefix}/fleet/#")
+            publish(host, port, count, devices, prefix)
+            bare = drain_mosquitto_sub(host, port, count, f"sub-{prefix}", f"{prefix}/fleet/#")
+            client_only = await drain_client_only(
+                host, port, count, f"client-{prefix}", f"{prefix}/fleet/#"
+            )
+            ours = await drain_fleetwatch(host, port, count, prefix, 600, state_dir=Path(scratch))
     return count / bare, count / client_only, count / ours
 
 
