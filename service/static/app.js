@@ -6,7 +6,7 @@ const COLORS = { critical: "#c62828", offline: "#6a1b9a", warning: "#ef6c00", in
 const RANK = { critical: 0, offline: 1, warning: 2, info: 3, ok: 4 };
 
 const state = {
-  devices: new Map(),        // id -> {id, status, lat, lon, x, y, site, zone, region, alerts, marker}
+  devices: new Map(),        // id -> {id, status, lat, lon, x, y, site, zone, region, alerts}
   alerts: new Map(),         // alert id -> alert
   level: { region: null, site: null, zone: null },
   tree: null,
@@ -19,6 +19,7 @@ const state = {
 window.fleetwatch = {
   state,
   statusOf: (id) => (state.devices.get(id) || {}).status || null,
+  colourOf: (id) => drawnAs.get(id) || null,  // the colour the device is drawn in now
   shownCount: () => document.getElementById("device-count").dataset.count | 0,
 };
 
@@ -32,30 +33,68 @@ async function getJSON(url) {
 
 const renderer = L.canvas({ padding: 0.5 });
 const map = L.map("map", { preferCanvas: true, worldCopyJump: true, minZoom: 2, maxZoom: 19 }).setView([48, 8], 4);
-let clusters = null;
+const CELL_PX = 48;           // devices closer than this on screen are drawn as one cluster
+const SINGLE_ZOOM = 17;       // from this zoom on, every device is drawn on its own
+let layer = L.layerGroup().addTo(map);
 let floor = null;
+let onMap = [];               // the devices the map currently draws (the drill-down's)
+let drawnAs = new Map();      // device id -> the colour it is drawn in (its own or its cluster's)
 
-function clusterIcon(cluster) {
+function worstOf(devices) {
   let worst = "ok";
-  for (const marker of cluster.getAllChildMarkers()) {
-    const status = marker.options.status;
-    if (RANK[status] < RANK[worst]) worst = status;
-  }
-  const n = cluster.getChildCount();
-  const size = n < 100 ? 30 : n < 1000 ? 38 : 46;
-  return L.divIcon({
-    html: `<div class="cluster" style="width:${size}px;height:${size}px;background:${COLORS[worst]}">${n}</div>`,
-    className: "", iconSize: [size, size],
-  });
+  for (const d of devices) if (RANK[d.status] < RANK[worst]) worst = d.status;
+  return worst;
 }
 
-function markerFor(device, useXY) {
-  const latlng = useXY ? [device.y, device.x] : [device.lat, device.lon];
-  // no handler per marker: the layer group's one click handler reads the device id
-  return L.circleMarker(latlng, {
-    renderer, radius: 6, weight: 1, color: "#fff", fillOpacity: 0.9,
-    fillColor: COLORS[device.status], status: device.status, deviceId: device.id,
-  });
+// Clusters are made per view: devices are binned into screen cells of CELL_PX, so a view
+// costs one pass over the devices whatever their number, and only what is visible is drawn.
+function draw() {
+  const zoom = map.getZoom();
+  const bounds = map.getBounds().pad(0.2);
+  const cells = new Map();
+  for (const d of onMap) {
+    if (!bounds.contains([d.lat, d.lon])) continue;
+    const p = map.project([d.lat, d.lon], zoom);
+    const key = zoom >= SINGLE_ZOOM ? d.id : `${Math.floor(p.x / CELL_PX)}:${Math.floor(p.y / CELL_PX)}`;
+    let cell = cells.get(key);
+    if (!cell) cells.set(key, (cell = []));
+    cell.push(d);
+  }
+  const next = L.layerGroup();
+  drawnAs = new Map();
+  for (const members of cells.values()) {
+    const colour = COLORS[worstOf(members)];
+    for (const d of members) drawnAs.set(d.id, colour);
+    if (members.length === 1) {
+      const d = members[0];
+      const marker = L.circleMarker([d.lat, d.lon], {
+        renderer, radius: 6, weight: 1, color: "#fff", fillOpacity: 0.9, fillColor: colour,
+      });
+      marker.on("click", () => showTwin(d.id));
+      next.addLayer(marker);
+      continue;
+    }
+    let lat = 0, lon = 0;
+    for (const d of members) { lat += d.lat; lon += d.lon; }
+    const n = members.length;
+    const size = n < 100 ? 30 : n < 1000 ? 38 : 46;
+    const cluster = L.marker([lat / n, lon / n], {
+      icon: L.divIcon({
+        html: `<div class="cluster" style="width:${size}px;height:${size}px;background:${colour}">${n}</div>`,
+        className: "", iconSize: [size, size],
+      }),
+    });
+    cluster.on("click", () => map.fitBounds(L.latLngBounds(members.map((d) => [d.lat, d.lon])).pad(0.2)));
+    next.addLayer(cluster);
+  }
+  map.removeLayer(layer);
+  layer = next.addTo(map);
+}
+map.on("moveend", () => draw());
+
+let redraw = null;
+function drawSoon() {  // live updates come in bursts: draw once per burst
+  if (redraw === null) redraw = setTimeout(() => { redraw = null; draw(); }, 150);
 }
 
 function visibleDevices() {
@@ -78,31 +117,23 @@ function render() {
   const onFloor = state.level.site && planned.length > 0 && geo.length === 0;
   document.getElementById("map").hidden = onFloor;
   document.getElementById("floor").hidden = !onFloor;
-  if (clusters) map.removeLayer(clusters);
-  state.drawnMs = null;
-  clusters = L.markerClusterGroup({
-    chunkedLoading: true, iconCreateFunction: clusterIcon, showCoverageOnHover: false,
-    disableClusteringAtZoom: 18, maxClusterRadius: 60,
-    // every marker is on the map: the time since the page was opened, for benchmarks
-    chunkProgress: (done, total) => { if (done === total) state.drawnMs = performance.now(); },
-    chunkInterval: 250, chunkDelay: 5,
-  });
-  clusters.on("click", (event) => showTwin(event.layer.options.deviceId));
-  const markers = [];
-  for (const d of geo) {
-    d.marker = markerFor(d, false);
-    markers.push(d.marker);
-  }
-  clusters.addLayers(markers);
-  map.addLayer(clusters);
-  if (!markers.length) state.drawnMs = performance.now();
+  onMap = geo;
   if (onFloor) renderFloor(planned);
-  else if (geo.length) map.fitBounds(L.latLngBounds(geo.map((d) => [d.lat, d.lon])).pad(0.1), { animate: false });
+  else if (geo.length) {
+    let south = 90, west = 180, north = -90, east = -180;
+    for (const d of geo) {
+      if (d.lat < south) south = d.lat; if (d.lat > north) north = d.lat;
+      if (d.lon < west) west = d.lon; if (d.lon > east) east = d.lon;
+    }
+    map.fitBounds(L.latLngBounds([south, west], [north, east]).pad(0.1), { animate: false });
+  }
+  draw();  // fitBounds may not move the map (same view): draw anyway
   const shown = onFloor ? planned.length : geo.length;
   const counter = document.getElementById("device-count");
   counter.dataset.count = String(shown);
   counter.textContent = `${shown.toLocaleString()} devices shown`;
   state.renderMs = performance.now() - started;
+  state.drawnMs = performance.now();
 }
 
 function renderFloor(devices) {
@@ -114,9 +145,12 @@ function renderFloor(devices) {
   const bounds = [[Math.min(...ys) - 1, Math.min(...xs) - 1], [Math.max(...ys) + 1, Math.max(...xs) + 1]];
   L.rectangle(bounds, { color: "#90a4ae", weight: 2, fill: true, fillColor: "#fff", fillOpacity: 1 }).addTo(floor);
   for (const d of devices) {
-    d.marker = markerFor(d, true);
+    d.marker = L.circleMarker([d.y, d.x], {
+      renderer, radius: 6, weight: 1, color: "#fff", fillOpacity: 0.9, fillColor: COLORS[d.status],
+    });
     d.marker.on("click", () => showTwin(d.id));
     d.marker.addTo(floor);
+    drawnAs.set(d.id, COLORS[d.status]);
   }
   floor.invalidateSize();
   floor.fitBounds(bounds, { animate: false });
@@ -126,10 +160,11 @@ function paint(id, status) {
   const device = state.devices.get(id);
   if (!device || !status) return;
   device.status = status;
-  if (device.marker) {
-    device.marker.setStyle({ fillColor: COLORS[status] });
-    device.marker.options.status = status;
-    if (clusters && clusters.hasLayer(device.marker)) clusters.refreshClusters(device.marker);
+  if (device.marker && !document.getElementById("floor").hidden) {
+    device.marker.setStyle({ fillColor: COLORS[status] });  // on the floor plan
+    drawnAs.set(id, COLORS[status]);
+  } else {
+    drawSoon();
   }
   renderCounts();
 }
