@@ -36,7 +36,7 @@ range the device had shown; the alert clears after ``rest`` ordinary values.
 from __future__ import annotations
 
 import math
-from collections import deque
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -69,7 +69,7 @@ class NoveltyScorer:
 
     def __init__(self, config: ScorerConfig | None = None) -> None:
         self._config = config or ScorerConfig()
-        self._buffer: list[float] | None = []
+        self._buffer: array[float] | None = array("d")  # warm-up values, 8 bytes each
         self._center = 0.0
         self._half = 1.0
         self._step = 1.0
@@ -78,7 +78,7 @@ class NoveltyScorer:
         self._cells: dict[int, int] = {}
         self._index = 0
         # (index, score) of recent non-zero scores: the rest period's running maximum
-        self._peaks: deque[tuple[int, float]] = deque()
+        self._peaks: list[tuple[int, float]] = []  # few, and usually none
 
     @property
     def warmed_up(self) -> bool:
@@ -110,7 +110,7 @@ class NoveltyScorer:
         self._high = max(self._high, value)
         return self._peak(raw)
 
-    def _set_grid(self, values: list[float]) -> None:
+    def _set_grid(self, values: Sequence[float]) -> None:
         low, high = min(values), max(values)
         span = high - low
         if span <= 0.0:
@@ -130,7 +130,7 @@ class NoveltyScorer:
     def _peak(self, raw: float) -> float:
         peaks, index, rest = self._peaks, self._index, self._config.rest
         while peaks and peaks[0][0] <= index - rest - 1:
-            peaks.popleft()
+            peaks.pop(0)
         recent = max((score for _, score in peaks), default=0.0)
         if raw > 0.0:
             peaks.append((index, raw))
@@ -138,7 +138,7 @@ class NoveltyScorer:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "buffer": self._buffer,
+            "buffer": None if self._buffer is None else list(self._buffer),
             "grid": [self._center, self._half, self._step],
             "seen": [self._low, self._high] if self._buffer is None else None,
             "cells": [[cell, count] for cell, count in self._cells.items()],
@@ -150,13 +150,13 @@ class NoveltyScorer:
     def from_state(cls, state: Mapping[str, Any], config: ScorerConfig) -> NoveltyScorer:
         scorer = cls(config)
         buffer = state["buffer"]
-        scorer._buffer = None if buffer is None else [float(v) for v in buffer]
+        scorer._buffer = None if buffer is None else array("d", (float(v) for v in buffer))
         scorer._center, scorer._half, scorer._step = (float(v) for v in state["grid"])
         if state["seen"] is not None:
             scorer._low, scorer._high = float(state["seen"][0]), float(state["seen"][1])
         scorer._cells = {int(cell): int(count) for cell, count in state["cells"]}
         scorer._index = int(state["index"])
-        scorer._peaks = deque((int(i), float(s)) for i, s in state["peaks"])
+        scorer._peaks = [(int(i), float(s)) for i, s in state["peaks"]]
         return scorer
 
 

@@ -51,7 +51,7 @@ within half the threshold.
 from __future__ import annotations
 
 import math
-from collections import deque
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -139,25 +139,33 @@ class _Drain:
     running sums so each hour costs the same whatever the window. The window starts at
     ``drain_window_h`` and widens (to ``drain_window_max_h``) while the slope's standard
     error is above ``drain_precision`` of the rate: a flat voltage curve needs days of
-    levels to show a rate that a steep one shows in hours.
+    levels to show a rate that a steep one shows in hours. Points are kept in two arrays
+    (16 bytes a point).
     """
 
-    __slots__ = ("bucket", "error", "levels", "origin", "points", "sums", "updates", "window")
+    __slots__ = ("bucket", "error", "levels", "origin", "sums", "times", "updates", "values",
+                 "window")  # fmt: skip
 
     def __init__(self, window: float) -> None:
         self.bucket: int | None = None
         self.error = 0.0  # standard error of the latest rate, % per day
         self.levels: list[float] = []  # this hour's levels
-        self.points: deque[tuple[float, float]] = deque()  # (hours since origin, median)
+        self.times = array("d")  # hours since ``origin``
+        self.values = array("d")  # the hours' median levels
         self.origin: float | None = None
-        self.sums = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]  # n, t, v, tt, tv, vv (over ``points``)
+        self.sums = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]  # n, t, v, tt, tv, vv (over the points)
         self.updates = 0
         self.window = window
+
+    @property
+    def last_level(self) -> float | None:
+        return self.values[-1] if self.values else None
 
     def reset(self) -> None:
         self.bucket = None
         self.levels.clear()
-        self.points.clear()
+        del self.times[:]
+        del self.values[:]
         self.origin = None
         self.sums = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
 
@@ -165,7 +173,9 @@ class _Drain:
         if self.origin is None:
             self.origin = hour
         t = hour - self.origin
-        self.points.append((t, level))
+        times, values = self.times, self.values
+        times.append(t)
+        values.append(level)
         s = self.sums
         s[0] += 1
         s[1] += t
@@ -173,34 +183,39 @@ class _Drain:
         s[3] += t * t
         s[4] += t * level
         s[5] += level * level
-        while self.points and t - self.points[0][0] > self.window:
-            old_t, old_v = self.points.popleft()
+        drop = 0
+        while drop < len(times) and t - times[drop] > self.window:
+            old_t, old_v = times[drop], values[drop]
             s[0] -= 1
             s[1] -= old_t
             s[2] -= old_v
             s[3] -= old_t * old_t
             s[4] -= old_t * old_v
             s[5] -= old_v * old_v
+            drop += 1
+        if drop:
+            del times[:drop]
+            del values[:drop]
         self.updates += 1
         if self.updates % 256 == 0:  # wipe out the rounding running sums gather
             self.resum()
 
     def resum(self) -> None:
-        points = self.points
+        times, values = self.times, self.values
         self.sums = [
-            float(len(points)),
-            sum(t for t, _ in points),
-            sum(v for _, v in points),
-            sum(t * t for t, _ in points),
-            sum(t * v for t, v in points),
-            sum(v * v for _, v in points),
+            float(len(times)),
+            sum(times),
+            sum(values),
+            sum(t * t for t in times),
+            sum(t * v for t, v in zip(times, values, strict=True)),
+            sum(v * v for v in values),
         ]
 
     def rate_per_day(self, min_span_h: float) -> float | None:
         """Least-squares fall of the level, % per day, once ``min_span_h`` is covered."""
-        points = self.points
-        n = len(points)
-        if n < 4 or points[-1][0] - points[0][0] < min_span_h:
+        times = self.times
+        n = len(times)
+        if n < 4 or times[-1] - times[0] < min_span_h:
             return None
         _, st, sv, stt, stv, svv = self.sums
         sxx = stt - st * st / n
@@ -215,11 +230,25 @@ class _Drain:
 
 class _Device:
     __slots__ = (
-        "acc_n", "acc_sum", "bucket", "drain", "flag", "model", "novel", "novelty", "own",
-        "pending", "recent", "short", "site", "source", "zone",
+        "acc_n",
+        "acc_sum",
+        "bucket",
+        "drain",
+        "flag",
+        "history",
+        "model",
+        "novel",
+        "novelty",
+        "own",
+        "pending",
+        "recent",
+        "short",
+        "site",
+        "source",
+        "zone",
     )  # fmt: skip
 
-    def __init__(self) -> None:
+    def __init__(self, history: int) -> None:
         self.bucket: int | None = None
         self.acc_sum = 0.0
         self.acc_n = 0
@@ -227,7 +256,8 @@ class _Device:
         self.short = _Stats()
         self.pending = 0  # consecutive points beyond the step threshold
         self.flag: str | None = None  # the shape currently alerted
-        self.recent: deque[float] = deque(maxlen=48)
+        self.recent = array("d")  # the last ``history`` points: enough for the trend test
+        self.history = history
         self.drain: _Drain | None = None  # for devices that report no power
         self.novelty = NoveltyScorer(NOVELTY)
         self.novel: tuple[float, int] = (0.0, -(10**9))  # latest novelty score, its bucket
@@ -271,7 +301,7 @@ class PowerDetector:
                 source = "drain_per_day"
             device = self._devices.get(reading.device_id)
             if device is None:
-                device = self._devices[reading.device_id] = _Device()
+                device = self._devices[reading.device_id] = _Device(self.config.trend_points)
             meta = reading.meta
             device.model = meta.get("model", device.model)
             device.site = meta.get("site", device.site)
@@ -327,7 +357,7 @@ class PowerDetector:
         rate: float | None = None
         if drain.bucket is not None and hour > drain.bucket and drain.levels:
             median = sorted(drain.levels)[len(drain.levels) // 2]
-            previous = drain.points[-1][1] if drain.points else None
+            previous = drain.last_level
             point_hour = drain.bucket * config.bucket_s / 3600.0
             if previous is not None and median - previous >= config.swap_jump_pct:
                 drain.reset()  # a new battery: its rate starts afresh
@@ -368,7 +398,10 @@ class PowerDetector:
             device.novel = (novelty, bucket)
         elif bucket - device.novel[1] <= config.trend_points:
             novelty = device.novel[0]  # the excursion's novelty, while it is recent
-        device.recent.append(point)
+        recent = device.recent
+        if len(recent) >= device.history:
+            del recent[0]
+        recent.append(point)
         shape: str | None = None
         if own.n >= config.warmup_points:
             if z >= config.step_z:  # a rise: less draw is not a failing part
@@ -526,10 +559,10 @@ class PowerDetector:
         for device_id, row in state["devices"].items():
             (bucket, acc_sum, acc_n, own, short, pending, flag, recent, drain, novelty, novel,
              source, model, site, zone) = row  # fmt: skip
-            d = _Device()
+            d = _Device(self.config.trend_points)
             d.bucket, d.acc_sum, d.acc_n = bucket, float(acc_sum), int(acc_n)
             d.own, d.short, d.pending, d.flag = stats(own), stats(short), int(pending), flag
-            d.recent.extend(float(x) for x in recent)
+            d.recent.extend(float(x) for x in recent[-d.history :])
             d.drain = _drain_from_state(drain)
             d.novelty = NoveltyScorer.from_state(novelty, NOVELTY)
             d.novel = (float(novel[0]), int(novel[1]))
@@ -540,7 +573,8 @@ class PowerDetector:
 def _drain_state(drain: _Drain | None) -> list[Any] | None:
     if drain is None:
         return None
-    return [drain.bucket, list(drain.levels), [list(p) for p in drain.points], drain.error,
+    points = [[t, v] for t, v in zip(drain.times, drain.values, strict=True)]
+    return [drain.bucket, list(drain.levels), points, drain.error,
             drain.origin, drain.window]  # fmt: skip
 
 
@@ -550,7 +584,9 @@ def _drain_from_state(row: list[Any] | None) -> _Drain | None:
     drain = _Drain(float(row[5]))
     drain.bucket = None if row[0] is None else int(row[0])
     drain.levels = [float(v) for v in row[1]]
-    drain.points.extend((float(t), float(v)) for t, v in row[2])
+    for t, v in row[2]:
+        drain.times.append(float(t))
+        drain.values.append(float(v))
     drain.error = float(row[3])
     drain.origin = None if row[4] is None else float(row[4])
     drain.resum()
