@@ -218,7 +218,6 @@ class StateStore:
         for topic, payload, received_at, protocol, content_type in cursor:
             yield RawMessage(topic, bytes(payload), received_at, protocol, content_type)
 
-
     # -- LwM2M registrations (protocols.lwm2m.registry) -------------------------------------
 
     def save_registration(self, registration_id: str, endpoint: str, data: bytes) -> None:
