@@ -6,11 +6,27 @@ detector from the settings. A new detector adds one line here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, TypeVar
 
 from config.settings import Settings
 from detectors.base import Detector
 from service.errors import ConfigError
+
+T = TypeVar("T", covariant=True)
+
+
+class _FromMapping(Protocol[T]):
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> T: ...
+
+
+def _config(config_class: type[_FromMapping[T]], name: str, settings: Settings) -> T:
+    """The ``[detectors.<name>]`` table as the detector's config; a bad one stops start-up."""
+    try:
+        return config_class.from_mapping(getattr(settings.detectors, name))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"detectors.{name}", str(exc)) from exc
 
 
 def _rules(settings: Settings) -> Detector:
@@ -22,31 +38,19 @@ def _rules(settings: Settings) -> Detector:
 def _connectivity(settings: Settings) -> Detector:
     from detectors.connectivity import ConnectivityConfig, ConnectivityDetector
 
-    try:
-        config = ConnectivityConfig.from_mapping(settings.detectors.connectivity)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError("detectors.connectivity", str(exc)) from exc
-    return ConnectivityDetector(config)
+    return ConnectivityDetector(_config(ConnectivityConfig, "connectivity", settings))
 
 
 def _gateway(settings: Settings) -> Detector:
     from detectors.gateway import GatewayConfig, GatewayDetector
 
-    try:
-        config = GatewayConfig.from_mapping(settings.detectors.gateway)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError("detectors.gateway", str(exc)) from exc
-    return GatewayDetector(config)
+    return GatewayDetector(_config(GatewayConfig, "gateway", settings))
 
 
 def _drift(settings: Settings) -> Detector:
     from detectors.drift import DriftConfig, DriftDetector
 
-    try:
-        config = DriftConfig.from_mapping(settings.detectors.drift)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError("detectors.drift", str(exc)) from exc
-    return DriftDetector(config)
+    return DriftDetector(_config(DriftConfig, "drift", settings))
 
 
 def _firmware(settings: Settings) -> Detector:
@@ -68,41 +72,25 @@ def _firmware(settings: Settings) -> Detector:
 def _environment(settings: Settings) -> Detector:
     from detectors.environment import EnvironmentConfig, EnvironmentDetector
 
-    try:
-        config = EnvironmentConfig.from_mapping(settings.detectors.environment)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError("detectors.environment", str(exc)) from exc
-    return EnvironmentDetector(config)
+    return EnvironmentDetector(_config(EnvironmentConfig, "environment", settings))
 
 
 def _battery(settings: Settings) -> Detector:
     from detectors.battery import BatteryConfig, BatteryDetector
 
-    try:
-        config = BatteryConfig.from_mapping(settings.detectors.battery)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError("detectors.battery", str(exc)) from exc
-    return BatteryDetector(config)
+    return BatteryDetector(_config(BatteryConfig, "battery", settings))
 
 
 def _power(settings: Settings) -> Detector:
     from detectors.power import PowerConfig, PowerDetector
 
-    try:
-        config = PowerConfig.from_mapping(settings.detectors.power)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError("detectors.power", str(exc)) from exc
-    return PowerDetector(config)
+    return PowerDetector(_config(PowerConfig, "power", settings))
 
 
 def _anomaly(settings: Settings) -> Detector:
     from detectors.anomaly import AnomalyConfig, AnomalyDetector
 
-    try:
-        config = AnomalyConfig.from_mapping(settings.detectors.anomaly)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError("detectors.anomaly", str(exc)) from exc
-    return AnomalyDetector(config)
+    return AnomalyDetector(_config(AnomalyConfig, "anomaly", settings))
 
 
 DETECTORS: dict[str, Callable[[Settings], Detector]] = {

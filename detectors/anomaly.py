@@ -41,6 +41,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from detectors.base import reject_unknown
 from service.model import Reading, Severity, Signal, iso_utc
 
 
@@ -176,9 +177,7 @@ class AnomalyConfig:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> AnomalyConfig:
         known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown anomaly settings: {', '.join(sorted(unknown))}")
+        reject_unknown(data, known, "anomaly")
         values = dict(data)
         if "metrics" in values:
             values["metrics"] = tuple(str(m) for m in values["metrics"])

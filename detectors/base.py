@@ -17,7 +17,7 @@ one alert per ``(kind, subject)`` and tolerates repeats.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from service.model import Reading, Signal
@@ -36,3 +36,16 @@ class Detector(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state(self, state: dict[str, Any]) -> None: ...
+
+
+def reject_unknown(data: Mapping[str, Any], known: Iterable[str], what: str) -> None:
+    """Refuse settings a detector does not have, naming them.
+
+    >>> reject_unknown({"step_z": 6, "stepz": 6}, {"step_z"}, "power")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown power settings: stepz
+    """
+    unknown = set(data) - set(known)
+    if unknown:
+        raise ValueError(f"unknown {what} settings: {', '.join(sorted(unknown))}")

@@ -94,6 +94,7 @@ from dataclasses import dataclass, field, fields
 from itertools import pairwise
 from typing import Any
 
+from detectors.base import reject_unknown
 from service.model import MessageKind, Reading, Severity, Signal, SubjectType, iso_utc
 
 KIND = "battery_depletion"
@@ -181,6 +182,29 @@ class Chemistry:
             voltage_sigma_v=float(data.get("voltage_sigma_v", 0.02)),
             temp_coef_v_per_c=float(data.get("temp_coef_v_per_c", 0.002)),
         )
+
+
+def chemistry_name(
+    model: str | None,
+    meta: Mapping[str, str],
+    by_model: Mapping[str, str],
+    known: Mapping[str, Chemistry],
+    default: str,
+) -> str:
+    """A device's battery chemistry: configured for its model, else named by its
+    ``battery_chemistry`` metadata (when known), else the default.
+
+    >>> chemistry_name("TH-9", {}, {"TH-9": "li_socl2"}, CHEMISTRIES, "li_ion")
+    'li_socl2'
+    >>> chemistry_name(None, {"battery_chemistry": "nimh"}, {}, CHEMISTRIES, "li_ion")
+    'li_ion'
+    """
+    if model is not None and model in by_model:
+        return by_model[model]
+    named = meta.get("battery_chemistry")
+    if named is not None and named in known:
+        return named
+    return default
 
 
 CHEMISTRIES: dict[str, Chemistry] = {
@@ -281,9 +305,7 @@ class BatteryConfig:
         (14.0, {'TH-9': 'li_socl2'}, ('mains',))
         """
         known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown battery settings: {', '.join(sorted(unknown))}")
+        reject_unknown(data, known, "battery")
         values: dict[str, Any] = dict(data)
         if "model_chemistry" in values:
             values["model_chemistry"] = {
@@ -436,13 +458,8 @@ class BatteryDetector:
 
     def _chemistry_of(self, meta: Mapping[str, str]) -> str:
         config = self.config
-        model = meta.get("model")
-        if model is not None and model in config.model_chemistry:
-            return config.model_chemistry[model]
-        named = meta.get("battery_chemistry")
-        if named is not None and named in config.chemistries:
-            return named
-        return config.default_chemistry
+        return chemistry_name(meta.get("model"), meta, config.model_chemistry,
+                              config.chemistries, config.default_chemistry)  # fmt: skip
 
     def process(self, batch: Sequence[Reading]) -> list[Signal]:
         signals: list[Signal] = []

@@ -51,6 +51,7 @@ from typing import Any
 
 from scipy import stats
 
+from detectors.base import reject_unknown
 from service.model import MessageKind, Reading, Severity, Signal, SubjectType, iso_utc
 
 # what a status message says when the device (or its broker's last will) announces it is gone
@@ -89,9 +90,7 @@ class ConnectivityConfig:
     def from_mapping(cls, data: Mapping[str, Any]) -> ConnectivityConfig:
         """Build from plain data (a TOML table); unknown keys are an error."""
         known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown connectivity settings: {', '.join(sorted(unknown))}")
+        reject_unknown(data, known, "connectivity")
         return cls(**dict(data))
 
 

@@ -90,6 +90,7 @@ from typing import Any
 
 import numpy as np
 
+from detectors.base import reject_unknown
 from service.model import MessageKind, Reading, Severity, Signal, SubjectType, iso_utc
 
 _DAY = 86_400.0
@@ -223,9 +224,7 @@ class DriftConfig:
         {'pressure_kpa': (800.0, 1200.0)}
         """
         known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown drift settings: {', '.join(sorted(unknown))}")
+        reject_unknown(data, known, "drift")
         values: dict[str, Any] = dict(data)
         for name in ("metrics", "group_by", "reference_devices", "environment_metrics"):
             if name in values:

@@ -36,6 +36,7 @@ from typing import Any
 
 from scipy import stats
 
+from detectors.base import reject_unknown
 from service.model import MessageKind, Reading, Severity, Signal, SubjectType, iso_utc
 
 _BANDS: dict[str, tuple[tuple[str, float, float], ...]] = {
@@ -66,9 +67,7 @@ class EnvironmentConfig:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> EnvironmentConfig:
         known = {f.name for f in fields(cls)} - {"bands"}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown environment settings: {', '.join(sorted(unknown))}")
+        reject_unknown(data, known, "environment")
         return cls(**dict(data))
 
 

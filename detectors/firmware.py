@@ -42,6 +42,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from detectors.base import reject_unknown
 from service.model import MessageKind, Reading, Severity, Signal, iso_utc
 
 _PART = re.compile(r"\d+|[a-zA-Z]+")
@@ -188,9 +189,7 @@ class FirmwareConfig:
     ) -> FirmwareConfig:
         known = {"campaigns", "maintenance_windows", "stuck_after_s", "history", "report_limit",
                  "advisories_file", "advisories"}  # fmt: skip
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown firmware settings: {', '.join(sorted(unknown))}")
+        reject_unknown(data, known, "firmware")
         inline = tuple(Advisory.from_mapping(a) for a in data.get("advisories", ()))
         return cls(
             advisories=tuple(advisories) + inline,

@@ -37,6 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from detectors.base import reject_unknown
 from service.model import MessageKind, Reading, Severity, Signal, SubjectType, iso_utc
 
 GATEWAY_METRICS = ("cpu_pct", "mem_pct", "queue_depth", "uplink_latency_ms", "packet_loss_pct")
@@ -64,9 +65,7 @@ class GatewayConfig:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> GatewayConfig:
         known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown gateway settings: {', '.join(sorted(unknown))}")
+        reject_unknown(data, known, "gateway")
         return cls(**dict(data))
 
     def capacity(self, gateway: str) -> int:

@@ -57,7 +57,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from detectors.anomaly import NoveltyScorer, ScorerConfig
-from detectors.battery import CHEMISTRIES, Chemistry
+from detectors.base import reject_unknown
+from detectors.battery import CHEMISTRIES, Chemistry, chemistry_name
 from service.model import Reading, Severity, Signal, iso_utc
 
 # a device's hourly points are few: the novelty grid is set after two days of them
@@ -99,9 +100,7 @@ class PowerConfig:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> PowerConfig:
         known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown power settings: {', '.join(sorted(unknown))}")
+        reject_unknown(data, known, "power")
         values = dict(data)
         if "model_chemistry" in values:
             values["model_chemistry"] = {
@@ -325,13 +324,10 @@ class PowerDetector:
             device.acc_n += 1
         return signals
 
-    def _chemistry(self, device: _Device, meta: Mapping[str, Any]) -> Chemistry:
+    def _chemistry(self, device: _Device, meta: Mapping[str, str]) -> Chemistry:
         config = self.config
-        name = config.model_chemistry.get(device.model or "")
-        if name is None:
-            named = meta.get("battery_chemistry")
-            name = named if isinstance(named, str) and named in CHEMISTRIES else None
-        return CHEMISTRIES[name or config.default_chemistry]
+        return CHEMISTRIES[chemistry_name(device.model, meta, config.model_chemistry,
+                                          CHEMISTRIES, config.default_chemistry)]  # fmt: skip
 
     def _drain_point(self, device: _Device, reading: Reading) -> float | None:
         """The device's current discharge rate (% per day), once an hour; else None."""
