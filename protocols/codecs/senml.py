@@ -70,6 +70,22 @@ def _number(value: Any, label: str) -> float:
     return float(value)
 
 
+def text_labels(pack: Any) -> Any:
+    """A SenML CBOR pack with its integer labels as the text labels of SenML JSON.
+
+    >>> text_labels([{-2: "urn:dev:1:", 0: "temp", 2: 21.5}])
+    [{'bn': 'urn:dev:1:', 'n': 'temp', 'v': 21.5}]
+    """
+    if not isinstance(pack, list):
+        return pack  # the resolver says what is wrong with it
+    return [
+        {_CBOR_LABELS.get(k, str(k)): v for k, v in entry.items()}
+        if isinstance(entry, dict)
+        else entry
+        for entry in pack
+    ]
+
+
 def resolve_pack(pack: Any, context: DecodeContext) -> list[Record]:
     """Resolve a SenML pack (a list of record maps with text labels) into records."""
     if not isinstance(pack, list):
@@ -145,12 +161,4 @@ class SenmlCborCodec:
     needs_receive_time = True
 
     def decode(self, payload: bytes, context: DecodeContext) -> list[Record]:
-        pack = load_cbor(payload)
-        if isinstance(pack, list):
-            pack = [
-                {_CBOR_LABELS.get(k, str(k)): v for k, v in entry.items()}
-                if isinstance(entry, dict)
-                else entry
-                for entry in pack
-            ]
-        return resolve_pack(pack, context)
+        return resolve_pack(text_labels(load_cbor(payload)), context)

@@ -37,6 +37,7 @@ from typing import Any
 import orjson
 
 from protocols.codecs.cbor import load_cbor
+from protocols.codecs.senml import text_labels
 from protocols.lwm2m import tlv
 from protocols.lwm2m.objects import ResourcePath, ResourceType, ResourceValue, Value, resource_type
 from service.errors import DecodeError
@@ -54,11 +55,6 @@ MEDIA_TYPES: Mapping[int, str] = {
 }
 """The content formats FleetWatch decodes, with their media types."""
 
-# RFC 8428 section 6, plus LwM2M's object link label
-_SENML_CBOR_LABELS: Mapping[Any, str] = {
-    -1: "bver", -2: "bn", -3: "bt", -4: "bu", -5: "bv", -6: "bs", 0: "n", 1: "u", 2: "v",
-    3: "vs", 4: "vb", 5: "s", 6: "t", 7: "ut", 8: "vd", "vlo": "vlo",
-}  # fmt: skip
 _RELATIVE_LIMIT = 2**28
 _MAX_ID = 0xFFFF
 
@@ -241,15 +237,7 @@ def decode(
             raise DecodeError("malformed_json", str(exc)) from exc
         return _senml(pack, received_at, max_records)
     if content_format == SENML_CBOR:
-        pack = load_cbor(payload)
-        if isinstance(pack, list):
-            pack = [
-                {_SENML_CBOR_LABELS.get(k, str(k)): v for k, v in entry.items()}
-                if isinstance(entry, dict)
-                else entry
-                for entry in pack
-            ]
-        return _senml(pack, received_at, max_records)
+        return _senml(text_labels(load_cbor(payload)), received_at, max_records)
     if content_format == LWM2M_JSON:
         try:
             document = orjson.loads(payload)
