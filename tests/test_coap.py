@@ -30,6 +30,7 @@ from service.model import RawMessage, Reading
 from service.pipeline import Intake, Pipeline
 from service.sinks import MemorySink
 from tests.daemon_helpers import daemon_settings, running_daemon
+from tests.detector_helpers import Recorder
 
 NOW = 1_767_225_600
 RECEIVED = NOW + 1.0
@@ -63,28 +64,6 @@ PAYLOADS: dict[int, bytes] = {
     112: cbor2.dumps(SENML_CBOR),
     65100: PROTOBUF,
 }
-
-
-class Recorder:
-    """A detector that keeps the readings it is given."""
-
-    name = "recorder"
-
-    def __init__(self) -> None:
-        self.seen: list[Reading] = []
-
-    def process(self, batch: Sequence[Reading]) -> list[Any]:
-        self.seen.extend(batch)
-        return []
-
-    def tick(self, now: float) -> list[Any]:
-        return []
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        pass
 
 
 @dataclass

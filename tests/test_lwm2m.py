@@ -38,6 +38,7 @@ from service.pipeline import Intake, Pipeline
 from service.sinks import MemorySink
 from service.state import StateStore
 from tests.daemon_helpers import daemon_settings, running_daemon
+from tests.detector_helpers import Recorder
 from tests.lwm2m_client import Lwm2mClient, senml_cbor, senml_records
 
 NOW = 1_767_225_600.0
@@ -65,35 +66,6 @@ class Clock:
     def advance(self, seconds: float) -> float:
         self.now += seconds
         return self.now
-
-
-class Recorder:
-    """A detector that keeps the readings it is given."""
-
-    name = "recorder"
-
-    def __init__(self) -> None:
-        self.seen: list[Reading] = []
-
-    def process(self, batch: Sequence[Reading]) -> list[Any]:
-        self.seen.extend(batch)
-        return []
-
-    def tick(self, now: float) -> list[Any]:
-        return []
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        pass
-
-    def telemetry(self, device: str | None = None) -> list[Reading]:
-        return [r for r in self.seen if r.kind is MessageKind.TELEMETRY
-                and (device is None or r.device_id == device)]  # fmt: skip
-
-    def of_kind(self, kind: MessageKind) -> list[Reading]:
-        return [r for r in self.seen if r.kind is kind]
 
 
 @dataclass

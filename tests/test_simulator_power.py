@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from bench.power import to_reading
 from detectors.battery import CHEMISTRIES
 from detectors.power import PowerDetector
 from service.model import Reading, Signal
@@ -146,13 +147,10 @@ def test_the_power_detector_sees_a_radio_bug_through_the_battery_voltage() -> No
     signals: list[Signal] = []
     batch: list[Reading] = []
     for m in s.messages(START + 9 * DAY):
-        if not m.topic.endswith("/telemetry"):
+        reading = to_reading(m.topic, m.payload)
+        if reading is None:
             continue
-        r = orjson.loads(m.payload)
-        metrics = {k: float(v) for k, v in r.items()
-                   if k not in ("ts", "seq", "lat", "lon") and not isinstance(v, str)}  # fmt: skip
-        meta = {k: v for k, v in r.items() if isinstance(v, str)}
-        batch.append(Reading(m.topic.split("/")[2], r["ts"], r["ts"], metrics, meta))
+        batch.append(reading)
         if len(batch) >= 500:
             signals += detector.process(batch)
             batch = []
