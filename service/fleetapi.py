@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -32,8 +31,6 @@ from aiohttp import web
 
 from service.fleetview import FILTERS, STATUSES, FleetView
 from service.model import AlertRecord, DeadLetter, Severity
-
-log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_LIMIT = 100_000
@@ -104,7 +101,7 @@ class FleetEvents:
 
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(
-        body=orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY),
+        body=orjson.dumps(data),
         status=status,
         content_type="application/json",
     )

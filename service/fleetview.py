@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.alerts import AlertManager
-from service.model import AlertRecord, MessageKind, Reading, Severity, iso_utc
+from service.model import AlertRecord, MessageKind, Reading, iso_utc
 from service.registry import DeviceInfo, DeviceRegistry
 
 STATUSES = ("critical", "offline", "warning", "info", "ok")
@@ -479,10 +479,3 @@ class FleetView:
         findings.sort(key=lambda f: f["p_value"])
         return {"zones_tested": len(tested), "fleet_rate": bad / total if total else 0.0,
                 "hotspots": findings}  # fmt: skip
-
-
-def severity_filter(value: str) -> str:
-    """Validate a severity name for filtering (``info``, ``warning``, ``critical``)."""
-    if value not in {s.label for s in Severity}:
-        raise ValueError(f"unknown severity {value!r}")
-    return value

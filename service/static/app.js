@@ -97,15 +97,14 @@ function drawSoon() {  // live updates come in bursts: draw once per burst
   if (redraw === null) redraw = setTimeout(() => { redraw = null; draw(); }, 150);
 }
 
+function inLevel(d, level) {  // whether a device lies under a place of the drill-down
+  return (!level.region || d.region === level.region) && (!level.site || d.site === level.site)
+    && (!level.zone || d.zone === level.zone);
+}
+
 function visibleDevices() {
-  const { region, site, zone } = state.level;
   const out = [];
-  for (const d of state.devices.values()) {
-    if (region && d.region !== region) continue;
-    if (site && d.site !== site) continue;
-    if (zone && d.zone !== zone) continue;
-    out.push(d);
-  }
+  for (const d of state.devices.values()) if (inLevel(d, state.level)) out.push(d);
   return out;
 }
 
@@ -222,9 +221,7 @@ function escapeHTML(text) {
 function countIn(level) {  // [devices not ok, all devices] under a place, from live statuses
   let trouble = 0, all = 0;
   for (const d of state.devices.values()) {
-    if (level.region && d.region !== level.region) continue;
-    if (level.site && d.site !== level.site) continue;
-    if (level.zone && d.zone !== level.zone) continue;
+    if (!inLevel(d, level)) continue;
     all += 1;
     if (d.status !== "ok") trouble += 1;
   }
