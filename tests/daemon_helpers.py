@@ -7,6 +7,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
+
 from config.settings import Settings, settings_from_mapping
 from service.daemon import Daemon
 
@@ -45,6 +47,16 @@ def daemon_settings(host: str, port: int, prefix: str, **overrides: Any) -> Sett
         else:
             data[section] = values
     return settings_from_mapping(data)
+
+
+async def scrape(port: int) -> str:
+    """The daemon's ``/metrics`` exposition (asserting it answers 200)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/metrics") as response,
+    ):
+        assert response.status == 200
+        return await response.text()
 
 
 @contextlib.asynccontextmanager

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import aiohttp
 import orjson
 import pytest
 
-from tests.daemon_helpers import daemon_settings, running_daemon
+from tests.daemon_helpers import daemon_settings, running_daemon, scrape
 
 pytestmark = pytest.mark.broker
 
@@ -17,15 +16,6 @@ def telemetry(ts: int, seq: int, battery_v: float) -> bytes:
     return orjson.dumps(
         {"ts": ts, "seq": seq, "battery_v": battery_v, "model": "TH-200", "zone": "z1"}
     )
-
-
-async def scrape(port: int) -> str:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"http://127.0.0.1:{port}/metrics") as response,
-    ):
-        assert response.status == 200
-        return await response.text()
 
 
 def metric_value(text: str, name: str, **labels: str) -> float | None:

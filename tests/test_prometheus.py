@@ -16,12 +16,11 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 import yaml
 
-from tests.daemon_helpers import daemon_settings, running_daemon
+from tests.daemon_helpers import daemon_settings, running_daemon, scrape
 from tests.monitoring_helpers import (
     PROMETHEUS,
     PROMTOOL,
@@ -52,15 +51,6 @@ def promtool(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProc
 
 def telemetry(ts: int, seq: int, battery_v: float, **meta: str) -> bytes:
     return orjson.dumps({"ts": ts, "seq": seq, "battery_v": battery_v, **meta})
-
-
-async def scrape(port: int) -> bytes:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"http://127.0.0.1:{port}/metrics") as response,
-    ):
-        assert response.status == 200
-        return await response.read()
 
 
 async def feed(mqtt_client: Any, prefix: str) -> None:
@@ -104,7 +94,7 @@ async def test_daemon_exposition_passes_promtool_check_metrics(
     async with running_daemon(settings) as daemon:
         await feed(mqtt_client, topic_prefix)
         daemon.publish_reports(f"{topic_prefix}/fleetwatch/reports")
-        exposition = await scrape(daemon.http_port)  # type: ignore[arg-type]
+        exposition = (await scrape(daemon.http_port)).encode()  # type: ignore[arg-type]
     for name in (
         b"fleetwatch_readings_total",
         b"fleetwatch_decode_errors_total",
