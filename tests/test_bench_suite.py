@@ -85,3 +85,32 @@ def test_table_has_one_row_per_figure_with_medians_and_ratios(suite: ModuleType)
     assert cells[2][1:5] == ["1.50", "ms", "1", ""]
     assert cells[3][1] == "n/a" and cells[3][5] == "skipped: too big"
     assert "cores" in suite.machine() and "Python 3." in suite.machine()
+
+
+@pytest.fixture(scope="module")
+def profile_live() -> ModuleType:
+    sys.path.insert(0, str(ROOT / "bench"))
+    spec = importlib.util.spec_from_file_location(
+        "bench_profile_live", ROOT / "bench" / "profile_live.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_profile_live"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_profile_shares_charge_builtins_to_their_callers(profile_live: ModuleType) -> None:
+    process = ("/x/detectors/drift.py", 10, "process")
+    split = ("/x/service/normalize.py", 20, "_split")
+    get = ("~", 0, "<method 'get' of 'dict' objects>")
+    stats = {
+        process: (1, 1, 3.0, 5.0, {}),
+        split: (1, 1, 1.0, 2.0, {}),
+        # dict.get: 2 s in all, 1.5 s of it called from drift, 0.5 s from the normalizer
+        get: (9, 9, 2.0, 2.0, {process: (6, 6, 1.5, 1.5), split: (3, 3, 0.5, 0.5)}),
+    }
+    shares = {share.component: share.seconds for share in profile_live.shares(stats)}
+    assert shares == {"detector: drift": 4.5, "decode + normalize": 1.5}
+    fractions = [share.fraction for share in profile_live.shares(stats)]
+    assert fractions == [0.75, 0.25]
