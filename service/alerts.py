@@ -107,6 +107,8 @@ class AlertManager:
 
     def _reset(self) -> None:
         self._open: dict[tuple[str, str], _Open] = {}
+        # open alerts' keys by the first level of their subject (a device, for device alerts)
+        self._open_by_head: dict[str, dict[tuple[str, str], None]] = {}
         self._pending: dict[tuple[str, str], _Pending] = {}
         self.recent: deque[AlertRecord] = deque(maxlen=self.recent_capacity)
         self.flaps_suppressed = 0
@@ -117,6 +119,34 @@ class AlertManager:
 
     def active(self) -> Iterator[AlertRecord]:
         return (entry.record for entry in self._open.values())
+
+    def about(self, head: str) -> list[AlertRecord]:
+        """Open alerts whose subject is ``head`` or lies under it (``head/...``), oldest first.
+
+        >>> from service.model import Signal
+        >>> manager = AlertManager()
+        >>> _ = manager.apply([Signal("battery_low", "d1", True, 10.0),
+        ...                    Signal("sensor_drift", "d1/temperature_c", True, 10.0),
+        ...                    Signal("battery_low", "d10", True, 10.0)])
+        >>> sorted(alert.subject for alert in manager.about("d1"))
+        ['d1', 'd1/temperature_c']
+        """
+        keys = self._open_by_head.get(head)
+        if not keys:
+            return []
+        return [self._open[key].record for key in keys]
+
+    def _index(self, key: tuple[str, str]) -> None:
+        head = key[1].split("/", 1)[0]
+        self._open_by_head.setdefault(head, {})[key] = None
+
+    def _unindex(self, key: tuple[str, str]) -> None:
+        head = key[1].split("/", 1)[0]
+        keys = self._open_by_head.get(head)
+        if keys is not None:
+            keys.pop(key, None)
+            if not keys:
+                del self._open_by_head[head]
 
     def get(self, kind: str, subject: str) -> AlertRecord | None:
         entry = self._open.get((kind, subject))
@@ -144,12 +174,15 @@ class AlertManager:
             evidence=dict(signal.evidence),
             action=signal.action,
         )
-        self._open[(signal.kind, signal.subject)] = _Open(record)
+        key = (signal.kind, signal.subject)
+        self._open[key] = _Open(record)
+        self._index(key)
         self.fired_total += 1
         return AlertChange(Transition.OPENED, record)
 
     def _resolve(self, key: tuple[str, str], at: float, signal: Signal | None) -> AlertChange:
         entry = self._open.pop(key)
+        self._unindex(key)
         evidence: Any = entry.record.evidence
         summary = entry.record.summary
         if signal is not None:
@@ -268,6 +301,7 @@ class AlertManager:
                 clearing_since=row.get("clearing_since"),
                 clear_signal=None if clear is None else signal_from_state(clear),
             )
+            self._index(record.key)
         for row in state.get("pending", []):
             signal = signal_from_state(row["signal"])
             self._pending[(signal.kind, signal.subject)] = _Pending(signal, float(row["since"]))

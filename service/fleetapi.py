@@ -71,7 +71,7 @@ class FleetEvents:
         device = view.device_of(item)
         status = None
         if device is not None:
-            status = view.status_of(view.device_alerts().get(device, ()))
+            status = view.status_of(view.alerts_of(device))
         event = {"type": "alert", "alert": item.to_json_dict(), "device": device,
                  "status": status}  # fmt: skip
         for queue in list(self._subscribers):

@@ -179,6 +179,12 @@ class FleetView:
         head = subject.split("/", 1)[0]
         return head if head != subject and head in self.registry else None
 
+    def alerts_of(self, device_id: str) -> list[AlertRecord]:
+        """Open alerts about one device (found through the alert manager's index)."""
+        return [
+            alert for alert in self.alerts.about(device_id) if self.device_of(alert) == device_id
+        ]
+
     def device_alerts(self) -> dict[str, list[AlertRecord]]:
         """Open alerts by the device they are about."""
         out: dict[str, list[AlertRecord]] = {}
@@ -280,7 +286,7 @@ class FleetView:
         info = self.registry.get(device_id)
         if info is None:
             return None
-        alerts = self.device_alerts().get(device_id, [])
+        alerts = self.alerts_of(device_id)
         row = self.row(info, alerts)
         latest = self.latest.get(device_id) if self.latest is not None else None
         views: dict[str, Any] = {}

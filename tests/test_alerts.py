@@ -104,3 +104,19 @@ def test_alert_json_has_the_documented_fields() -> None:
     }  # fmt: skip
     assert body["state"] == "firing" and body["severity"] == "warning"
     assert body["started_at"] == "2023-11-14T22:13:20Z" and body["resolved_at"] is None
+
+
+def test_alerts_about_a_device_follow_open_resolve_and_restore() -> None:
+    am = AlertManager()
+    am.apply([sig(True, 1.0), sig(True, 1.0, subject="d1/temperature_c"),
+              sig(True, 1.0, subject="d10")])  # fmt: skip
+    assert [a.subject for a in am.about("d1")] == ["d1", "d1/temperature_c"]
+    am.apply([sig(False, 2.0)])
+    assert [a.subject for a in am.about("d1")] == ["d1/temperature_c"]
+    restored = AlertManager()
+    restored.load_state(am.state_dict())
+    assert [a.subject for a in restored.about("d1")] == ["d1/temperature_c"]
+    assert [a.subject for a in restored.about("d10")] == ["d10"]
+    restored.apply([sig(False, 3.0, subject="d1/temperature_c")])
+    assert restored.about("d1") == []
+    assert restored.about("nothing") == []
