@@ -36,6 +36,7 @@ from protocols.lwm2m.server import Lwm2mServer
 from protocols.mqtt import MqttClient
 from service.advisories import AdvisoryWatcher
 from service.alertmanager import AlertmanagerSink
+from service.collector import tuned_collector
 from service.fleetapi import FleetApi, FleetEvents
 from service.fleetview import FleetView, LatestValues, SiteInfo
 from service.http import HttpServer, server_ssl_context
@@ -424,6 +425,7 @@ class Daemon:
             else None
         )
         async with contextlib.AsyncExitStack() as stack:
+            stack.enter_context(tuned_collector())
             if self.store is not None:
                 stack.callback(self.store.close)
             if http is not None:

@@ -29,6 +29,7 @@ from config.settings import Settings
 from detectors import build_detectors
 from detectors.base import Detector
 from service.alerts import Transition
+from service.collector import tuned_collector
 from service.metrics import FleetMetrics
 from service.model import AlertRecord, AlertState, RawMessage
 from service.pipeline import BatchOutcome, Pipeline
@@ -75,9 +76,31 @@ def replay(
         sinks=[memory, *sinks],
         metrics=FleetMetrics(registry or CollectorRegistry()),
     )
+    summary = ReplaySummary()
+    with tuned_collector():
+        _run(pipeline, messages, settings, batch_size, summary)
+    summary.devices = len(pipeline.registry)
+    summary.active = sorted(pipeline.alerts.active(), key=lambda a: (a.kind, a.subject))
+    summary.reports = pipeline.reports(summary.last_ts if summary.last_ts is not None else 0.0)
+    summary.alerts_opened = pipeline.alerts.fired_total
+    summary.alerts_resolved = pipeline.alerts.resolved_total
+    for letter in memory.deadletters:
+        summary.rejected_by_reason[letter.reason] = (
+            summary.rejected_by_reason.get(letter.reason, 0) + 1
+        )
+    return summary
+
+
+def _run(
+    pipeline: Pipeline,
+    messages: Iterable[RawMessage],
+    settings: Settings,
+    batch_size: int | None,
+    summary: ReplaySummary,
+) -> None:
+    """Feed ``messages`` through ``pipeline`` in batches, ticking on recorded time."""
     size = batch_size or settings.pipeline.max_batch
     interval = settings.pipeline.tick_interval_s
-    summary = ReplaySummary()
     started = time.perf_counter()
     next_tick: float | None = None
     batch: list[RawMessage] = []
@@ -114,16 +137,6 @@ def replay(
     summary.readings = total.accepted
     summary.rejected = total.rejected
     summary.duplicates = total.duplicates
-    summary.devices = len(pipeline.registry)
-    summary.active = sorted(pipeline.alerts.active(), key=lambda a: (a.kind, a.subject))
-    summary.reports = pipeline.reports(summary.last_ts if summary.last_ts is not None else 0.0)
-    summary.alerts_opened = pipeline.alerts.fired_total
-    summary.alerts_resolved = pipeline.alerts.resolved_total
-    for letter in memory.deadletters:
-        summary.rejected_by_reason[letter.reason] = (
-            summary.rejected_by_reason.get(letter.reason, 0) + 1
-        )
-    return summary
 
 
 def describe_change(record: AlertRecord, transition: Transition | None = None) -> str:
