@@ -6,7 +6,8 @@ FleetWatch keeps everything it has learned in memory and saves it here:
   alerts, undelivered alert changes, each detector), saved every
   ``state.checkpoint_interval_s`` and at shutdown, all in one transaction;
 - **journal**: every message processed since the last checkpoint, written before the
-  message is acknowledged to the broker. A checkpoint empties it in the same transaction.
+  message is acknowledged to the broker, one row per micro-batch (its messages packed as
+  CBOR). A checkpoint empties it in the same transaction.
 - **LwM2M registrations**: written on every Register, Update and De-register (not with
   the checkpoints), so a client's registration survives any restart.
 
@@ -43,13 +44,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import cbor2
 import orjson
 
 from service.errors import StateError, check_state_version
 from service.model import AlertRecord, DeadLetter, RawMessage, alert_from_state, alert_to_state
 
-SCHEMA_VERSION = 1
-"""Layout of the state file. Raise it (and add a migration) when tables change."""
+SCHEMA_VERSION = 2
+"""Layout of the state file. Raise it (and add a migration) when tables change.
+
+Schema 2 journals one row per micro-batch (``journal_batch``); schema 1 journaled one row per
+message (``journal``), which is still read, oldest first, from files written before."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -65,6 +70,11 @@ CREATE TABLE IF NOT EXISTS journal (
     received_at REAL NOT NULL,
     protocol TEXT NOT NULL,
     content_type TEXT
+);
+CREATE TABLE IF NOT EXISTS journal_batch (
+    id INTEGER PRIMARY KEY,
+    messages INTEGER NOT NULL,
+    data BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS lwm2m_registration (
     id TEXT PRIMARY KEY,
@@ -106,7 +116,10 @@ class StateStore:
             raise StateError(f"state file {self.path} cannot be opened: {exc}") from exc
         self._db = db
         self._check_schema()
-        (self.journal_length,) = db.execute("SELECT COUNT(*) FROM journal").fetchone()
+        (self.journal_length,) = db.execute(
+            "SELECT (SELECT COUNT(*) FROM journal) "
+            "+ (SELECT COALESCE(SUM(messages), 0) FROM journal_batch)"
+        ).fetchone()
         return self
 
     def close(self) -> None:
@@ -145,6 +158,11 @@ class StateStore:
                 f"this version reads up to schema {SCHEMA_VERSION}. Upgrade FleetWatch, or "
                 "move the file away to start from empty state."
             )
+        if found < SCHEMA_VERSION:
+            # the schema's new tables exist already (CREATE IF NOT EXISTS); old rows stay readable
+            self.db.execute(
+                "UPDATE store_meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),)
+            )
 
     # -- checkpoints --------------------------------------------------------------------
 
@@ -165,6 +183,7 @@ class StateStore:
                 "INSERT INTO checkpoint (component, saved_at, data) VALUES (?, ?, ?)", rows
             )
             db.execute("DELETE FROM journal")
+            db.execute("DELETE FROM journal_batch")
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -197,12 +216,13 @@ class StateStore:
         if not messages:
             return
         db = self.db
+        packed = cbor2.dumps(
+            [(m.topic, m.payload, m.received_at, m.protocol, m.content_type) for m in messages]
+        )
         db.execute("BEGIN")
         try:
-            db.executemany(
-                "INSERT INTO journal (topic, payload, received_at, protocol, content_type) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [(m.topic, m.payload, m.received_at, m.protocol, m.content_type) for m in messages],
+            db.execute(
+                "INSERT INTO journal_batch (messages, data) VALUES (?, ?)", (len(messages), packed)
             )
             db.execute("COMMIT")
         except BaseException:
@@ -217,6 +237,20 @@ class StateStore:
         )
         for topic, payload, received_at, protocol, content_type in cursor:
             yield RawMessage(topic, bytes(payload), received_at, protocol, content_type)
+        batches = self.db.execute("SELECT id, data FROM journal_batch ORDER BY id")
+        for batch_id, data in batches:
+            try:
+                rows = cbor2.loads(data)
+                messages = [
+                    RawMessage(str(topic), bytes(payload), float(received_at), str(protocol),
+                               None if content_type is None else str(content_type))
+                    for topic, payload, received_at, protocol, content_type in rows
+                ]  # fmt: skip
+            except (cbor2.CBORDecodeError, TypeError, ValueError) as exc:
+                raise StateError(
+                    f"journal batch {batch_id} in {self.path} is corrupt: {exc!r}"
+                ) from exc
+            yield from messages
 
     # -- LwM2M registrations (protocols.lwm2m.registry) -------------------------------------
 

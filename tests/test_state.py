@@ -153,3 +153,47 @@ def test_outbox_round_trip_keeps_alerts_and_dead_letters() -> None:
 def test_dead_letter_payload_survives_as_bytes() -> None:
     letter = DeadLetter("t", "malformed_json", "detail", b"\x00\xff{", NOW, "coap", "d9")
     assert outbox_items(outbox_state([letter])) == [letter]
+
+
+SCHEMA_1 = """
+CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE checkpoint (component TEXT PRIMARY KEY, saved_at REAL NOT NULL, data BLOB NOT NULL);
+CREATE TABLE journal (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,
+    payload BLOB NOT NULL, received_at REAL NOT NULL, protocol TEXT NOT NULL, content_type TEXT);
+INSERT INTO store_meta VALUES ('schema', '1');
+"""
+
+
+def test_a_schema_1_journal_is_replayed_before_what_is_journaled_after_the_upgrade(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    old = message("d1", 1, battery_v=3.7)
+    with sqlite3.connect(path) as db:
+        db.executescript(SCHEMA_1)
+        db.execute(
+            "INSERT INTO journal (topic, payload, received_at, protocol, content_type) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (old.topic, old.payload, old.received_at, old.protocol, old.content_type),
+        )
+    new = [message("d2", 2, battery_v=3.6), message("d3", 3, battery_v=3.5)]
+    with StateStore(path) as store:
+        assert store.journal_length == 1
+        store.append_journal(new)
+        assert store.journal_length == 3
+    with StateStore(path) as store:
+        assert list(store.journal()) == [old, *new]
+        store.save_checkpoint({"pipeline": {"version": 1, "data_time": 6.0}})
+        assert list(store.journal()) == [] and store.journal_length == 0
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM store_meta WHERE key = 'schema'").fetchone() == ("2",)
+
+
+def test_a_corrupt_journal_batch_is_refused_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with StateStore(path) as store:
+        store.append_journal([message("d1", 1, battery_v=3.7)])
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE journal_batch SET data = x'9f01'")
+    with StateStore(path) as store, pytest.raises(StateError, match=r"journal batch 1 .* corrupt"):
+        list(store.journal())
