@@ -82,6 +82,7 @@ left) tolerance and correlates drift rates with the environment the devices repo
 from __future__ import annotations
 
 import math
+from array import array
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -91,6 +92,7 @@ from typing import Any
 import numpy as np
 
 from detectors.base import reject_unknown
+from detectors.drift_state import Bucket, FloatRing
 from service.model import MessageKind, Reading, Severity, Signal, SubjectType, iso_utc
 
 _DAY = 86_400.0
@@ -356,8 +358,8 @@ def mann_whitney_greater(a: Sequence[float], b: Sequence[float]) -> tuple[float,
 
 # -- per-sensor state -------------------------------------------------------------------------
 
-# Plain attributes saved as they are (floats, ints, strings, None, bools, lists of numbers).
-_PLAIN = (
+# The saved layout of one sensor: these keys, in this order (see :meth:`_Sensor.to_state`).
+_STATE_KEYS = (
     "device", "metric", "group", "site", "zone", "mode", "peer_streak", "alone_streak",
     "warm", "baseline", "scale", "dscale", "prev_d", "ewma", "cpos", "cneg", "buckets",
     "noise_ratio", "noise_age", "noise_hits", "stuck_value", "stuck_run", "stuck_lo", "stuck_hi",
@@ -365,44 +367,31 @@ _PLAIN = (
     "rate_se", "rate_sig", "rate_stale", "predicted_at", "out_since", "drift_shape", "fault_shape",
     "profile", "profile_n", "level", "last_value", "last_ref", "last_r", "last_peers", "last_ts",
     "verifying", "verify_run", "verify_n", "verify_ref", "step_jump", "bucket_index", "since",
+    "last5", "diffs", "step_win", "spikes", "rates", "history",
 )  # fmt: skip
-_DEQUES = ("last5", "diffs", "step_win", "spikes", "rates", "history")
+# Plain fields of a sensor's :class:`_Track` (saved under the same names).
+_TRACK_PLAIN = (
+    "scale", "dscale", "prev_d", "ewma", "cpos", "cneg", "buckets", "noise_ratio", "noise_age",
+    "noise_hits", "rate_slot", "rate_sum", "rate_n", "rate_per_day", "rate_se", "rate_sig",
+    "rate_stale", "predicted_at", "out_since", "step_jump",
+)  # fmt: skip
+# Plain fields of a :class:`_Sensor` (saved under the same names).
+_SENSOR_PLAIN = (
+    "device", "metric", "site", "zone", "mode", "peer_streak", "alone_streak", "baseline",
+    "stuck_value", "stuck_run", "stuck_lo", "stuck_hi", "range_bad", "range_ok_run",
+    "drift_shape", "fault_shape", "level", "last_value", "last_ref", "last_r", "last_peers",
+    "last_ts", "bucket_index", "since",
+)  # fmt: skip
 
 
-class _Sensor:
-    """What is learned about one metric of one device (bounded: fixed-size windows)."""
+class _Track:
+    """What a sensor learns from its baseline on: drift, noise, spikes and rate (allocated
+    when the warm-up ends; a sensor still warming up reads the defaults of
+    :attr:`DriftDetector._cold`)."""
 
-    __slots__ = (*_PLAIN, *_DEQUES)
+    __slots__ = (*_TRACK_PLAIN, "last5", "diffs", "step_win", "spikes", "rate_t", "rate_m")
 
-    def __init__(self, device: str, metric: str, config: DriftConfig) -> None:
-        self.device = device
-        self.metric = metric
-        self.group = ""
-        self.site: str | None = None
-        self.zone: str | None = None
-        self.mode: str | None = None  # "peer", "alone", or None until decided
-        self.peer_streak = 0
-        self.alone_streak = 0
-        self.profile = [0.0] * 24
-        self.profile_n = [0] * 24
-        self.level: float | None = None
-        self.history: deque[list[Any]] = deque(maxlen=config.calibration_history)
-        self.verifying = False
-        self.verify_run = 0
-        self.verify_n = 0
-        self.verify_ref = 0.0
-        self.last_value = math.nan
-        self.last_ref: float | None = None
-        self.last_r: float | None = None
-        self.last_peers = 0
-        self.last_ts = 0.0
-        self.bucket_index = 0
-        self.reset_detection(config)
-
-    def reset_detection(self, config: DriftConfig) -> None:
-        """Forget the baseline and everything learned from it (not the profile or history)."""
-        self.warm: list[list[float]] = []  # (value - reference, scale of the reference)
-        self.baseline: float | None = None
+    def __init__(self, config: DriftConfig) -> None:
         self.scale = 0.0
         self.dscale = 0.0
         self.prev_d: float | None = None
@@ -410,20 +399,15 @@ class _Sensor:
         self.cpos = 0.0
         self.cneg = 0.0
         self.buckets = 0
-        self.last5: deque[float] = deque(maxlen=5)
-        self.diffs: deque[float] = deque(maxlen=config.recent_buckets)
-        self.step_win: deque[float] = deque(maxlen=config.step_window)
-        self.spikes: deque[int] = deque(maxlen=4 * config.spike_count)
-        self.rates: deque[list[float]] = deque(maxlen=config.rate_window)
+        self.last5: list[float] = []  # the last 5 drifts, oldest first
+        self.diffs = FloatRing(config.recent_buckets)
+        self.step_win = FloatRing(config.step_window)
+        self.spikes: list[int] = []  # bucket indices, at most 4 * spike_count, oldest first
+        self.rate_t = FloatRing(config.rate_window)  # drift sample times (days)
+        self.rate_m = FloatRing(config.rate_window)  # drift sample means
         self.noise_ratio = 1.0
         self.noise_age = 0
         self.noise_hits = 0  # consecutive noise checks over the ratio
-        self.stuck_value: float | None = None
-        self.stuck_run = 0
-        self.stuck_lo = 0.0
-        self.stuck_hi = 0.0
-        self.range_bad = False
-        self.range_ok_run = 0
         self.rate_slot = -1
         self.rate_sum = 0.0
         self.rate_n = 0
@@ -433,10 +417,76 @@ class _Sensor:
         self.rate_stale = False
         self.predicted_at: float | None = None
         self.out_since: float | None = None
+        self.step_jump = 0.0
+
+
+class _Calibration:
+    """A sensor's calibration history and verification (allocated at its first calibration)."""
+
+    __slots__ = ("history", "verify_n", "verify_ref", "verify_run", "verifying")
+
+    def __init__(self, config: DriftConfig) -> None:
+        self.history: deque[list[Any]] = deque(maxlen=config.calibration_history)
+        self.verifying = False
+        self.verify_run = 0
+        self.verify_n = 0
+        self.verify_ref = 0.0
+
+
+class _Sensor:
+    """What is learned about one metric of one device (bounded: fixed-size windows).
+
+    The warm-up samples, the drift track and the calibration record are allocated only
+    once a sensor reaches the stage that needs them.
+    """
+
+    __slots__ = (
+        *_SENSOR_PLAIN, "grp", "warm", "prof", "track", "cal", "pend", "pend_pos",
+    )  # fmt: skip
+
+    def __init__(self, device: str, metric: str) -> None:
+        self.device = device
+        self.metric = metric
+        self.grp: _Group | None = None
+        self.site: str | None = None
+        self.zone: str | None = None
+        self.mode: str | None = None  # "peer", "alone", or None until decided
+        self.peer_streak = 0
+        self.alone_streak = 0
+        # where its 24 hour-of-day offsets (and their counts) start in the detector's profile
+        # columns; -1 until its first bucket
+        self.prof = -1
+        self.level: float | None = None
+        self.cal: _Calibration | None = None
+        self.last_value = math.nan
+        self.last_ref: float | None = None
+        self.last_r: float | None = None
+        self.last_peers = 0
+        self.last_ts = 0.0
+        self.bucket_index = 0
+        # the bucket of its group with the highest index it has an entry in, and where
+        self.pend: Bucket | None = None
+        self.pend_pos = 0
+        self.reset_detection()
+
+    def reset_detection(self) -> None:
+        """Forget the baseline and everything learned from it (not the profile or history)."""
+        self.warm: array[float] | None = None  # (value - reference, scale of it) pairs
+        self.baseline: float | None = None
+        self.track: _Track | None = None
+        self.stuck_value: float | None = None
+        self.stuck_run = 0
+        self.stuck_lo = 0.0
+        self.stuck_hi = 0.0
+        self.range_bad = False
+        self.range_ok_run = 0
         self.drift_shape: str | None = None
         self.fault_shape: str | None = None
-        self.step_jump = 0.0
         self.since: float | None = None
+
+    @property
+    def group(self) -> str:
+        return self.grp.name if self.grp is not None else ""
 
     @property
     def flagged(self) -> bool:
@@ -446,49 +496,107 @@ class _Sensor:
     def shape(self) -> str | None:
         return self.fault_shape or self.drift_shape
 
-    def to_state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {name: getattr(self, name) for name in _PLAIN}
-        for name in _DEQUES:
-            state[name] = list(getattr(self, name))
-        return state
+    def to_state(
+        self, cold: _Track, profile: array[float], profile_n: array[int]
+    ) -> dict[str, Any]:
+        values: dict[str, Any] = {name: getattr(self, name) for name in _SENSOR_PLAIN}
+        values["group"] = self.group
+        warm = self.warm
+        values["warm"] = (
+            [] if warm is None else [[warm[i], warm[i + 1]] for i in range(0, len(warm), 2)]
+        )
+        at = self.prof
+        values["profile"] = [0.0] * 24 if at < 0 else profile[at : at + 24].tolist()
+        values["profile_n"] = [0] * 24 if at < 0 else profile_n[at : at + 24].tolist()
+        track = self.track if self.track is not None else cold
+        for name in _TRACK_PLAIN:
+            values[name] = getattr(track, name)
+        values["last5"] = list(track.last5)
+        values["diffs"] = track.diffs.ordered()
+        values["step_win"] = track.step_win.ordered()
+        values["spikes"] = list(track.spikes)
+        values["rates"] = [
+            [t, m] for t, m in zip(track.rate_t.ordered(), track.rate_m.ordered(), strict=True)
+        ]
+        cal = self.cal
+        values["verifying"] = cal.verifying if cal is not None else False
+        values["verify_run"] = cal.verify_run if cal is not None else 0
+        values["verify_n"] = cal.verify_n if cal is not None else 0
+        values["verify_ref"] = cal.verify_ref if cal is not None else 0.0
+        values["history"] = [] if cal is None else list(cal.history)
+        return {name: values[name] for name in _STATE_KEYS}
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any], config: DriftConfig) -> _Sensor:
-        sensor = cls(str(state["device"]), str(state["metric"]), config)
-        for name in _PLAIN:
+    def from_state(cls, state: Mapping[str, Any], config: DriftConfig, cold: _Track) -> _Sensor:
+        sensor = cls(str(state["device"]), str(state["metric"]))
+        for name in _SENSOR_PLAIN[2:]:
             if name in state:
-                value = state[name]
-                setattr(sensor, name, list(value) if isinstance(value, list) else value)
-        for name in _DEQUES:
-            current: deque[Any] = getattr(sensor, name)
-            items = [list(x) if isinstance(x, list) else x for x in state.get(name, [])]
-            setattr(sensor, name, deque(items, maxlen=current.maxlen))
+                setattr(sensor, name, state[name])
+        warm = state.get("warm") or []
+        if warm:
+            sensor.warm = array("d", [float(x) for pair in warm for x in pair[:2]])
+        track = _Track(config)
+        learned = sensor.baseline is not None
+        for name in _TRACK_PLAIN:
+            if name in state:
+                setattr(track, name, state[name])
+                learned = learned or state[name] != getattr(cold, name)
+        track.last5 = [float(x) for x in state.get("last5", [])][-5:]
+        track.diffs = FloatRing(config.recent_buckets, state.get("diffs", []))
+        track.step_win = FloatRing(config.step_window, state.get("step_win", []))
+        spikes = [int(x) for x in state.get("spikes", [])]
+        track.spikes = spikes[max(0, len(spikes) - 4 * config.spike_count) :]
+        rates = [list(x) for x in state.get("rates", [])]
+        track.rate_t = FloatRing(config.rate_window, [p[0] for p in rates])
+        track.rate_m = FloatRing(config.rate_window, [p[1] for p in rates])
+        learned = learned or bool(track.last5 or rates or spikes or len(track.diffs))
+        sensor.track = track if learned or len(track.step_win) else None
+        history = state.get("history") or []
+        verifying = bool(state.get("verifying", False))
+        if history or verifying or state.get("verify_n") or state.get("verify_run"):
+            cal = sensor.cal = _Calibration(config)
+            cal.history.extend(list(x) if isinstance(x, list) else x for x in history)
+            cal.verifying = verifying
+            cal.verify_run = int(state.get("verify_run", 0))
+            cal.verify_n = int(state.get("verify_n", 0))
+            cal.verify_ref = state.get("verify_ref", 0.0)
         return sensor
 
 
 class _Group:
     """One peer group of one metric: its open buckets and how far its data has come."""
 
-    __slots__ = ("buckets", "closed", "members", "metric", "name", "watermark")
+    __slots__ = ("buckets", "closed", "first_end", "key", "members", "metric", "name", "watermark")
 
     def __init__(self, metric: str, name: str) -> None:
         self.metric = metric
         self.name = name
-        self.buckets: dict[int, dict[str, tuple[float, float]]] = {}
+        self.buckets: dict[int, Bucket] = {}
+        self.first_end = math.inf  # the end of the oldest open bucket
         self.watermark = -math.inf
         self.closed = -(2**62)  # the last closed bucket index
-        self.members: set[str] = set()
+        self.members: list[_Sensor] = []
+        # group_by values (without a None) that name this group; None: not known yet
+        self.key: tuple[Any, ...] | None = None
 
 
 class _Device:
-    __slots__ = ("env", "published", "site", "zone")
+    __slots__ = ("env", "published", "sensors", "site", "zone")
 
     def __init__(self) -> None:
         self.site: str | None = None
         self.zone: str | None = None
-        # kind -> [shape, severity, metric, out_of_tolerance]
-        self.published: dict[str, list[Any]] = {}
-        self.env: dict[str, float] = {}
+        # kind -> [shape, severity, metric, out_of_tolerance]; allocated at the first signal
+        self.published: dict[str, list[Any]] | None = None
+        # one EWMA per environment metric (None: not seen), allocated at the first value
+        self.env: list[float | None] | None = None
+        self.sensors: tuple[_Sensor, ...] = ()  # in the order they were first seen
+
+    def sensor(self, metric: str) -> _Sensor | None:
+        for sensor in self.sensors:
+            if sensor.metric == metric:
+                return sensor
+        return None
 
 
 class DriftDetector:
@@ -518,12 +626,24 @@ class DriftDetector:
             )
             for metric in self._watched
         }
+        self._group_by = tuple(config.group_by)
+        # what each reading is searched for: (metric, its environment position or -1, watched)
+        env_positions = {m: i for i, m in enumerate(config.environment_metrics)}
+        self._plan = tuple(
+            (m, env_positions.get(m, -1), m in self._watched)
+            for m in dict.fromkeys((*self._watched, *config.environment_metrics))
+        )
         self._reset()
 
     def _reset(self) -> None:
         self._groups: dict[tuple[str, str], _Group] = {}
-        self._sensors: dict[tuple[str, str], _Sensor] = {}
+        self._sensors: list[_Sensor] = []  # every sensor, in the order first seen
+        # the sensors' hour-of-day profiles, 24 values (and counts) each (see _Sensor.prof)
+        self._profile = array("d")
+        self._profile_n = array("i")
         self._devices: dict[str, _Device] = {}
+        # the drift track of a sensor still warming up: only read, never written
+        self._cold = _Track(self.config)
         self.late_dropped = 0
         self.now = -math.inf
 
@@ -536,119 +656,164 @@ class DriftDetector:
             return absolute, True
         return self.config.rel_tolerance, False
 
-    def _group_name(self, reading: Reading) -> str:
-        parts = []
-        for key in self.config.group_by:
-            value = reading.meta.get(key)
-            if value is None:
-                return f"~{reading.device_id}"  # no context: a group of its own
-            parts.append(value)
-        return "/".join(parts)
+    @staticmethod
+    def _group_name(key: tuple[Any, ...], device_id: str) -> str:
+        """The peer group of a reading whose ``group_by`` values are ``key``."""
+        if None in key:
+            return f"~{device_id}"  # no context: a group of its own
+        return "/".join(key)
 
     def process(self, batch: Sequence[Reading]) -> list[Signal]:
         signals: list[Signal] = []
         config = self.config
         bucket_s = config.bucket_s
         lateness = config.lateness_s
-        env_metrics = config.environment_metrics
+        max_open = config.max_open_buckets
+        env_size = len(config.environment_metrics)
         env_alpha = config.environment_alpha
+        plan = self._plan
+        group_by = self._group_by
+        devices = self._devices
+        isfinite = math.isfinite
+        calibration = MessageKind.CALIBRATION
         for reading in batch:
             kind = reading.kind
-            if kind == MessageKind.CALIBRATION or reading.meta.get("event") == "calibration":
+            meta = reading.meta
+            if kind == calibration or meta.get("event") == "calibration":
                 signals.extend(self._calibrate(reading))
                 continue
             if kind not in _DATA_KINDS:
                 continue
             metrics = reading.metrics
             device_id = reading.device_id
-            device = self._devices.get(device_id)
+            device = devices.get(device_id)
             if device is None:
-                device = self._devices[device_id] = _Device()
-            device.site = reading.meta.get("site", device.site)
-            device.zone = reading.meta.get("zone", device.zone)
-            env = device.env
-            for metric in env_metrics:
-                value = metrics.get(metric)
-                if value is not None and math.isfinite(value):
-                    previous = env.get(metric)
-                    env[metric] = (
-                        value if previous is None else previous + env_alpha * (value - previous)
-                    )
+                device = devices[device_id] = _Device()
+            site = device.site = meta.get("site", device.site)
+            zone = device.zone = meta.get("zone", device.zone)
             ts = reading.ts
             if ts > self.now:
                 self.now = ts
-            group_name: str | None = None
-            for metric in self._watched:
+            key: tuple[Any, ...] | None = None
+            for metric, env_position, watched in plan:
                 value = metrics.get(metric)
-                if value is None or not math.isfinite(value):
+                if value is None or not isfinite(value):
                     continue
-                if group_name is None:
-                    group_name = self._group_name(reading)
-                key = (device_id, metric)
-                sensor = self._sensors.get(key)
+                if env_position >= 0:
+                    env = device.env
+                    if env is None:
+                        env = device.env = [None] * env_size
+                    previous = env[env_position]
+                    env[env_position] = (
+                        value if previous is None else previous + env_alpha * (value - previous)
+                    )
+                if not watched:
+                    continue
+                if key is None:
+                    key = tuple(map(meta.get, group_by))
+                sensor = None
+                for known in device.sensors:
+                    if known.metric == metric:
+                        sensor = known
+                        break
                 if sensor is None:
-                    sensor = self._sensors[key] = _Sensor(device_id, metric, config)
-                if sensor.group != group_name:
-                    self._move(sensor, metric, group_name)
-                sensor.site, sensor.zone = device.site, device.zone
-                group = self._groups[(metric, group_name)]
+                    sensor = _Sensor(device_id, metric)
+                    device.sensors += (sensor,)
+                    self._sensors.append(sensor)
+                group = sensor.grp
+                if group is None or group.key != key:
+                    name = self._group_name(key, device_id)
+                    if group is None or group.name != name:
+                        group = self._move(sensor, metric, name)
+                    if None not in key:  # the name follows from the key alone
+                        group.key = key
+                sensor.site = site
+                sensor.zone = zone
                 index = int(ts // bucket_s)
                 if index <= group.closed or (index + 1) * bucket_s <= group.watermark - lateness:
                     self.late_dropped += 1
                     continue
-                slot = group.buckets.get(index)
-                if slot is None:
-                    slot = group.buckets[index] = {}
-                previous_entry = slot.get(device_id)
-                if previous_entry is None or ts >= previous_entry[0]:
-                    slot[device_id] = (ts, value)
+                buckets = group.buckets
+                bucket = buckets.get(index)
+                if bucket is None:
+                    bucket = buckets[index] = Bucket(index)
+                    end = (index + 1) * bucket_s
+                    if end < group.first_end:
+                        group.first_end = end
+                pend = sensor.pend
+                if pend is bucket:
+                    position = sensor.pend_pos
+                    if ts >= bucket.ts[position]:
+                        bucket.ts[position] = ts
+                        bucket.values[position] = value
+                elif pend is None or pend.index < index:
+                    # past its newest entry in the group: not in this bucket yet
+                    sensor.pend = bucket
+                    sensor.pend_pos = len(bucket.sensors)
+                    bucket.sensors.append(sensor)
+                    bucket.ts.append(ts)
+                    bucket.values.append(value)
+                else:
+                    bucket.put(sensor, ts, value)
                 if ts > group.watermark:
                     group.watermark = ts
-                    self._close_until(group, ts - lateness, signals)
-                elif len(group.buckets) > config.max_open_buckets:
+                    if group.first_end <= ts - lateness or len(buckets) > max_open:
+                        self._close_until(group, ts - lateness, signals)
+                elif len(buckets) > max_open:
                     self._close_until(group, -math.inf, signals)
         return signals
 
-    def _move(self, sensor: _Sensor, metric: str, group_name: str) -> None:
+    def _move(self, sensor: _Sensor, metric: str, group_name: str) -> _Group:
         """A sensor joins a (new) peer group: its offset to new peers must be learned anew."""
-        old = self._groups.get((metric, sensor.group))
-        if old is not None:
-            old.members.discard(sensor.device)
+        old = sensor.grp
+        if old is not None and sensor in old.members:
+            old.members.remove(sensor)
         group = self._groups.get((metric, group_name))
         if group is None:
             group = self._groups[(metric, group_name)] = _Group(metric, group_name)
-        group.members.add(sensor.device)
-        if sensor.group:
-            sensor.reset_detection(self.config)
+        group.members.append(sensor)
+        if old is not None and old.name:
+            sensor.reset_detection()
             sensor.mode = None
             sensor.peer_streak = sensor.alone_streak = 0
-        sensor.group = group_name
+        sensor.grp = group
+        sensor.pend = None
+        if old is not None:  # it may still have entries in the new group's open buckets
+            for index in sorted(group.buckets):
+                position = group.buckets[index].position(sensor)
+                if position >= 0:
+                    sensor.pend = group.buckets[index]
+                    sensor.pend_pos = position
+        return group
 
     def device_view(self, device_id: str) -> dict[str, Any] | None:
         """Each watched metric's drift state: peer or alone, rate, shape (plain data)."""
+        device = self._devices.get(device_id)
+        if device is None or not device.sensors:
+            return None
         metrics = {}
-        for (device, metric), sensor in self._sensors.items():
-            if device != device_id:
-                continue
-            metrics[metric] = {
+        for sensor in device.sensors:
+            track = sensor.track if sensor.track is not None else self._cold
+            metrics[sensor.metric] = {
                 "mode": sensor.mode,
-                "drift_per_day": sensor.rate_per_day,
+                "drift_per_day": track.rate_per_day,
                 "drift_shape": sensor.drift_shape,
                 "fault_shape": sensor.fault_shape,
                 "out_of_tolerance_since": None
-                if not sensor.out_since
-                else iso_utc(float(sensor.out_since)),
+                if not track.out_since
+                else iso_utc(float(track.out_since)),
                 "reference": sensor.last_ref,
                 "peers": sensor.last_peers,
             }
-        return {"metrics": metrics} if metrics else None
+        return {"metrics": metrics}
 
     def tick(self, now: float) -> list[Signal]:
         """Close the buckets that ``now`` has passed by ``idle_close_s`` (quiet groups)."""
         signals: list[Signal] = []
         limit = now - self.config.idle_close_s
+        max_open = self.config.max_open_buckets
         for group in list(self._groups.values()):
-            if group.buckets:
+            if group.buckets and (group.first_end <= limit or len(group.buckets) > max_open):
                 self._close_until(group, limit, signals)
         return signals
 
@@ -660,38 +825,34 @@ class DriftDetector:
         while buckets:
             index = min(buckets)
             if (index + 1) * bucket_s > limit and len(buckets) <= self.config.max_open_buckets:
-                return
-            entries = buckets.pop(index)
+                break
+            bucket = buckets.pop(index)
             group.closed = index
-            self._close_bucket(group, index, entries, out)
+            self._close_bucket(group, bucket, out)
+            bucket.release()
+        group.first_end = (min(buckets) + 1) * bucket_s if buckets else math.inf
 
     # -- one closed bucket ---------------------------------------------------------------------
 
-    def _close_bucket(
-        self,
-        group: _Group,
-        index: int,
-        entries: dict[str, tuple[float, float]],
-        out: list[Signal],
-    ) -> None:
+    def _close_bucket(self, group: _Group, bucket: Bucket, out: list[Signal]) -> None:
         config = self.config
+        index = bucket.index
         metric = group.metric
         low, high = config.ranges.get(metric, (-math.inf, math.inf))
-        sensors = self._sensors
         references = self._references
-        members = [(sensors[(d, metric)], d, v) for d, (_, v) in entries.items()]
+        members = [(s, s.device, v) for s, v in zip(bucket.sensors, bucket.values, strict=True)]
         t_end = (index + 1) * config.bucket_s
         # peers that report less often than a bucket: their latest value, while recent,
         # still counts in the consensus (they are judged only in buckets they report in)
         carried = []
-        if len(entries) < len(group.members):
+        if len(members) < len(group.members):
             horizon = t_end - config.carry_s
-            for device_id in group.members:
-                if device_id in entries:
+            present = set(bucket.sensors)
+            for peer in group.members:
+                if peer in present:
                     continue
-                peer = sensors.get((device_id, metric))
-                if peer is not None and peer.last_value is not None and peer.last_ts >= horizon:
-                    carried.append((peer, device_id, peer.last_value))
+                if peer.last_value is not None and peer.last_ts >= horizon:
+                    carried.append((peer, peer.device, peer.last_value))
         voters = members + carried if carried else members
         usable = sorted((v, d) for _, d, v in voters if low <= v <= high)
         flagged = {
@@ -773,31 +934,39 @@ class DriftDetector:
         switch = config.mode_switch_buckets
         if s.mode != "peer" and s.peer_streak >= switch:
             if s.mode is not None:
-                s.reset_detection(config)
+                s.reset_detection()
             s.mode = "peer"
         elif s.mode != "alone" and s.alone_streak >= switch:
             if s.mode is not None:
-                s.reset_detection(config)
+                s.reset_detection()
             s.mode = "alone"
         hour = int((t - 0.5 * config.bucket_s) % _DAY // 3_600)
         # own expectation: a local level (EWMA over ``alone_level_buckets``) plus the
         # hour-of-day shape around it
+        profile = self._profile
+        profile_n = self._profile_n
+        at = s.prof
+        if at < 0:
+            at = s.prof = self._new_profile()
+        at += hour
         level = s.level
         profile_ref = None
         if level is None:
             s.level = level = value
-        elif s.profile_n[hour] >= config.profile_min_count:
-            profile_ref = level + s.profile[hour]
-        if s.fault_shape is None or s.fault_shape == "noisy":
-            n = s.profile_n[hour] + 1
-            s.profile_n[hour] = min(n, 1_000_000)
+        elif profile_n[at] >= config.profile_min_count:
+            profile_ref = level + profile[at]
+        fault_shape = s.fault_shape
+        if fault_shape is None or fault_shape == "noisy":
+            n = profile_n[at] + 1
+            profile_n[at] = min(n, 1_000_000)
             alpha = max(1.0 / n, config.profile_alpha)
-            s.profile[hour] += alpha * (value - level - s.profile[hour])
-            s.level = level + (value - s.profile[hour] - level) / config.alone_level_buckets
-        if s.mode == "peer" and consensus is not None:
+            profile[at] += alpha * (value - level - profile[at])
+            s.level = level + (value - profile[at] - level) / config.alone_level_buckets
+        mode = s.mode
+        if mode == "peer" and consensus is not None:
             reference: float | None = consensus
             effective = tolerance
-        elif s.mode == "alone" and consensus is None and profile_ref is not None:
+        elif mode == "alone" and consensus is None and profile_ref is not None:
             reference = profile_ref
             effective = tolerance * config.alone_factor
         else:
@@ -824,189 +993,215 @@ class DriftDetector:
             s.stuck_value = value
             s.stuck_run = 1
             s.stuck_lo = s.stuck_hi = reference
+        tr = s.track
         stuck_now = False
-        if s.stuck_run >= config.stuck_buckets * (1 if s.mode == "peer" else 3):
+        if s.stuck_run >= config.stuck_buckets * (1 if mode == "peer" else 3):
             moved = (s.stuck_hi - s.stuck_lo) / den
-            stuck_now = moved >= max(0.5 * effective, 4.0 * s.scale)
-        if s.verifying and s.mode == "peer":
-            self._verify(s, t, (raw - s.verify_ref) / den, tolerance)
-        elif s.verifying:
-            s.history.append([t, "no_peers_to_verify"])
-            s.verifying = False
+            stuck_now = moved >= max(0.5 * effective, 4.0 * (tr.scale if tr is not None else 0.0))
+        cal = s.cal
+        if cal is not None and cal.verifying:
+            if mode == "peer":
+                self._verify(cal, t, (raw - cal.verify_ref) / den, tolerance)
+            else:
+                cal.history.append([t, "no_peers_to_verify"])
+                cal.verifying = False
         # warm-up: learn the normal offset and noise
-        if s.baseline is None:
-            s.warm.append([raw, den])
-            if len(s.warm) >= config.warmup_buckets:
-                s.baseline = baseline = _median([w[0] for w in s.warm])
-                warm = [(w[0] - baseline) / w[1] for w in s.warm]
+        baseline = s.baseline
+        if baseline is None:
+            warm = s.warm
+            if warm is None:
+                warm = s.warm = array("d")
+            warm.append(raw)
+            warm.append(den)
+            if len(warm) >= 2 * config.warmup_buckets:
+                s.baseline = baseline = _median(warm[0::2])
+                offsets = [(w - baseline) / d for w, d in zip(warm[0::2], warm[1::2], strict=True)]
                 floor_scale = 0.05 * effective
-                s.scale = max(_MAD * _mad(warm, 0.0), floor_scale)
-                diffs = [b - a for a, b in pairwise(warm)]
-                s.dscale = max(_MAD * _mad(diffs) / _SQRT2 if diffs else 0.0, floor_scale)
-                s.warm = []
+                if tr is None:
+                    tr = s.track = _Track(config)
+                tr.scale = max(_MAD * _mad(offsets, 0.0), floor_scale)
+                diffs = [b - a for a, b in pairwise(offsets)]
+                tr.dscale = max(_MAD * _mad(diffs) / _SQRT2 if diffs else 0.0, floor_scale)
+                s.warm = None
             self._judge_faults(s, effective, stuck_now)
             return
-        s.buckets += 1
-        d = (raw - s.baseline) / den
-        last5 = s.last5
+        if tr is None:
+            tr = s.track = _Track(config)
+        tr.buckets += 1
+        d = (raw - baseline) / den
+        last5 = tr.last5
         last5.append(d)
+        if len(last5) > 5:
+            del last5[0]
         if len(last5) == 5:
             dm = sorted(last5)[2]
-            limit = max(config.spike_z * s.scale, 0.5 * effective)
+            limit = max(config.spike_z * tr.scale, 0.5 * effective)
             if abs(last5[2] - dm) > limit:
-                s.spikes.append(index - 2)  # the middle bucket stands out
+                spikes = tr.spikes
+                if len(spikes) >= 4 * config.spike_count:
+                    del spikes[0]
+                spikes.append(index - 2)  # the middle bucket stands out
         else:
             dm = d
-        if s.prev_d is not None:
-            s.diffs.append(d - s.prev_d)
-        s.prev_d = d
-        s.noise_age += 1
-        if s.noise_age >= 12 and len(s.diffs) >= config.recent_buckets // 2:
-            s.noise_age = 0
-            s.noise_ratio = _MAD * _mad(s.diffs) / _SQRT2 / s.dscale
-            s.noise_hits = s.noise_hits + 1 if s.noise_ratio >= config.noisy_ratio else 0
-        s.ewma += config.ewma_alpha * (dm - s.ewma)
-        scale = s.scale
+        if tr.prev_d is not None:
+            tr.diffs.append(d - tr.prev_d)
+        tr.prev_d = d
+        tr.noise_age += 1
+        if tr.noise_age >= 12 and len(tr.diffs) >= config.recent_buckets // 2:
+            tr.noise_age = 0
+            tr.noise_ratio = _MAD * _mad(tr.diffs.values()) / _SQRT2 / tr.dscale
+            tr.noise_hits = tr.noise_hits + 1 if tr.noise_ratio >= config.noisy_ratio else 0
+        tr.ewma += config.ewma_alpha * (dm - tr.ewma)
+        scale = tr.scale
         z = dm / scale
         k = 0.25 * effective / scale
         if k < 0.5:
             k = 0.5
         cap = 5.0 * config.cusum_h
-        cpos = s.cpos + z - k
-        s.cpos = 0.0 if cpos < 0.0 else (cap if cpos > cap else cpos)
-        cneg = s.cneg - z - k
-        s.cneg = 0.0 if cneg < 0.0 else (cap if cneg > cap else cneg)
-        s.step_win.append(dm)
-        threshold = self._threshold(s, effective)
-        self._track_rate(s, t, dm, threshold)
-        self._judge_drift(s, t, threshold)
+        cpos = tr.cpos + z - k
+        tr.cpos = 0.0 if cpos < 0.0 else (cap if cpos > cap else cpos)
+        cneg = tr.cneg - z - k
+        tr.cneg = 0.0 if cneg < 0.0 else (cap if cneg > cap else cneg)
+        tr.step_win.append(dm)
+        limit = self._ewma_z * scale
+        threshold = effective if effective > limit else limit
+        self._track_rate(s, tr, t, dm, threshold)
+        self._judge_drift(s, tr, t, threshold)
         self._judge_faults(s, effective, stuck_now)
 
-    def _verify(self, s: _Sensor, t: float, r: float, tolerance: float) -> None:
-        s.verify_n += 1
-        if abs(r) <= tolerance:
-            s.verify_run += 1
-        else:
-            s.verify_run = 0
-        if s.verify_run >= self.config.verify_buckets:
-            s.history.append([t, "verified"])
-            s.verifying = False
-        elif s.verify_n >= self.config.verify_max_buckets:
-            s.history.append([t, "verification_failed"])
-            s.verifying = False
+    def _new_profile(self, values: Sequence[float] = (), counts: Sequence[int] = ()) -> int:
+        """Room for one sensor's hour-of-day profile (zeros unless given): where it starts."""
+        at = len(self._profile_n)
+        self._profile.extend(values if len(values) == 24 else [0.0] * 24)
+        self._profile_n.extend(counts if len(counts) == 24 else [0] * 24)
+        return at
 
-    def _track_rate(self, s: _Sensor, t: float, dm: float, threshold: float) -> None:
+    def _verify(self, cal: _Calibration, t: float, r: float, tolerance: float) -> None:
+        cal.verify_n += 1
+        if abs(r) <= tolerance:
+            cal.verify_run += 1
+        else:
+            cal.verify_run = 0
+        if cal.verify_run >= self.config.verify_buckets:
+            cal.history.append([t, "verified"])
+            cal.verifying = False
+        elif cal.verify_n >= self.config.verify_max_buckets:
+            cal.history.append([t, "verification_failed"])
+            cal.verifying = False
+
+    def _track_rate(self, s: _Sensor, tr: _Track, t: float, dm: float, threshold: float) -> None:
         """Collect ``rate_sample_s`` means of the drift; fit the slope when it matters (the
         drift is past a quarter of the threshold), else leave it for :meth:`_refresh_rate`."""
         config = self.config
         slot = int(t // config.rate_sample_s)
-        if slot != s.rate_slot:
-            if s.rate_n:
-                mid = (s.rate_slot + 0.5) * config.rate_sample_s
-                s.rates.append([mid / _DAY, s.rate_sum / s.rate_n])
-                s.rate_sum = 0.0
-                s.rate_n = 0
-                s.rate_stale = True
-                if abs(s.ewma) >= 0.25 * threshold or s.flagged:
-                    self._refresh_rate(s)
-            s.rate_slot = slot
-        s.rate_sum += dm
-        s.rate_n += 1
-        self._predict(s, t, threshold)
+        if slot != tr.rate_slot:
+            if tr.rate_n:
+                mid = (tr.rate_slot + 0.5) * config.rate_sample_s
+                tr.rate_t.append(mid / _DAY)
+                tr.rate_m.append(tr.rate_sum / tr.rate_n)
+                tr.rate_sum = 0.0
+                tr.rate_n = 0
+                tr.rate_stale = True
+                if abs(tr.ewma) >= 0.25 * threshold or s.flagged:
+                    self._refresh_rate(tr)
+            tr.rate_slot = slot
+        tr.rate_sum += dm
+        tr.rate_n += 1
+        self._predict(tr, t, threshold)
 
-    def _refresh_rate(self, s: _Sensor) -> None:
+    def _refresh_rate(self, tr: _Track) -> None:
         """Fit the Theil-Sen slope of the drift samples, if new samples came in."""
-        if not s.rate_stale:
+        if not tr.rate_stale:
             return
-        s.rate_stale = False
+        tr.rate_stale = False
         config = self.config
-        if len(s.rates) < config.rate_min_samples:
+        if len(tr.rate_t) < config.rate_min_samples:
             return
-        slope, _, se = theil_sen([p[0] for p in s.rates], [p[1] for p in s.rates])
-        s.rate_per_day = slope
-        s.rate_se = se if math.isfinite(se) else None
-        s.rate_sig = slope != 0 and abs(slope) >= config.rate_min_t * se
+        slope, _, se = theil_sen(tr.rate_t.ordered(), tr.rate_m.ordered())
+        tr.rate_per_day = slope
+        tr.rate_se = se if math.isfinite(se) else None
+        tr.rate_sig = slope != 0 and abs(slope) >= config.rate_min_t * se
 
-    def _predict(self, s: _Sensor, t: float, threshold: float) -> None:
+    def _predict(self, tr: _Track, t: float, threshold: float) -> None:
         """When the drift leaves (or left) tolerance, from its smoothed size and its rate: only
         for a drift already ``predict_min_fraction`` of the way, moving further out."""
-        current = s.ewma
+        current = tr.ewma
         if abs(current) >= threshold:
-            if s.out_since is None:
-                s.out_since = t
-            s.predicted_at = s.out_since
+            if tr.out_since is None:
+                tr.out_since = t
+            tr.predicted_at = tr.out_since
             return
-        s.out_since = None
-        rate = s.rate_per_day
+        tr.out_since = None
+        rate = tr.rate_per_day
         if (
-            s.rate_sig
+            tr.rate_sig
             and rate is not None
             and rate != 0
             and (rate > 0) == (current > 0)
             and abs(current) >= self.config.predict_min_fraction * threshold
         ):
             days = (math.copysign(threshold, rate) - current) / rate
-            s.predicted_at = t + days * _DAY if days > 0 else None
+            tr.predicted_at = t + days * _DAY if days > 0 else None
         else:
-            s.predicted_at = None
+            tr.predicted_at = None
 
-    def _threshold(self, s: _Sensor, effective: float) -> float:
-        limit = self._ewma_z * s.scale
+    def _threshold(self, tr: _Track, effective: float) -> float:
+        limit = self._ewma_z * tr.scale
         return effective if effective > limit else limit
 
-    def _judge_drift(self, s: _Sensor, t: float, threshold: float) -> None:
+    def _judge_drift(self, s: _Sensor, tr: _Track, t: float, threshold: float) -> None:
         config = self.config
-        e = s.ewma
+        e = tr.ewma
         size = abs(e)
         if s.drift_shape is not None:
             if size < config.clear_fraction * threshold:
                 if s.drift_shape == "ageing":
                     # ageing does not heal itself: clear only once the trend is gone too
-                    self._refresh_rate(s)
-                    rate = s.rate_per_day
-                    if s.rate_sig and rate is not None and (rate > 0) == (e > 0):
+                    self._refresh_rate(tr)
+                    rate = tr.rate_per_day
+                    if tr.rate_sig and rate is not None and (rate > 0) == (e > 0):
                         return
                 s.drift_shape = None
             elif s.drift_shape == "ageing":
-                jump = self._best_jump(s)
+                jump = self._best_jump(tr)
                 if abs(jump) >= threshold and abs(jump) >= 0.5 * size:
                     s.drift_shape = "step"
-                    s.step_jump = jump
+                    tr.step_jump = jump
             return
         if s.device in self._references:
             return  # trusted: judged for faults only
-        confirmed = s.cpos >= config.cusum_h if e > 0 else s.cneg >= config.cusum_h
+        confirmed = tr.cpos >= config.cusum_h if e > 0 else tr.cneg >= config.cusum_h
         if not confirmed:
             return
         fire = size >= threshold
         if not fire and size >= config.early_fraction * threshold:
-            self._refresh_rate(s)
-            self._predict(s, t, threshold)
-            rate = s.rate_per_day
+            self._refresh_rate(tr)
+            self._predict(tr, t, threshold)
+            rate = tr.rate_per_day
             fire = (
-                s.rate_sig
+                tr.rate_sig
                 and rate is not None
                 and (rate > 0) == (e > 0)
-                and s.predicted_at is not None
-                and s.predicted_at - t <= config.horizon_s
+                and tr.predicted_at is not None
+                and tr.predicted_at - t <= config.horizon_s
             )
         if not fire:
             return
-        jump = self._best_jump(s)
+        jump = self._best_jump(tr)
         if abs(jump) >= 0.5 * threshold and abs(jump) >= 0.5 * size:
             s.drift_shape = "step"
-            s.step_jump = jump
+            tr.step_jump = jump
         else:
             s.drift_shape = "ageing"
 
     @staticmethod
-    def _best_jump(s: _Sensor) -> float:
+    def _best_jump(tr: _Track) -> float:
         """The largest difference of means across one split of the recent drift history
         (segments of at least 6 buckets): large for a step, small for slow ageing."""
-        values = list(s.step_win)
-        n = len(values)
+        n = len(tr.step_win)
         if n < 12:
             return 0.0
+        values = tr.step_win.ordered()
         prefix = [0.0]
         for v in values:
             prefix.append(prefix[-1] + v)
@@ -1020,20 +1215,24 @@ class DriftDetector:
 
     def _judge_faults(self, s: _Sensor, effective: float, stuck_now: bool) -> None:
         config = self.config
-        while s.spikes and s.spikes[0] <= s.bucket_index - config.spike_window_buckets:
-            s.spikes.popleft()
+        tr = s.track if s.track is not None else self._cold
+        spikes = tr.spikes
+        if spikes:
+            oldest = s.bucket_index - config.spike_window_buckets
+            while spikes and spikes[0] <= oldest:
+                del spikes[0]
         current = s.fault_shape
         if s.range_bad:
             shape: str | None = "out_of_range"
         elif stuck_now or (current == "stuck" and s.stuck_run >= config.stuck_buckets):
             shape = "stuck"
-        elif s.noise_hits >= 2 or (
-            current == "noisy" and s.noise_ratio >= 0.67 * config.noisy_ratio
+        elif tr.noise_hits >= 2 or (
+            current == "noisy" and tr.noise_ratio >= 0.67 * config.noisy_ratio
         ):
             shape = "noisy"
-        elif (current == "spikes" and s.spikes) or (
-            len(s.spikes) >= config.spike_count
-            and sum(1 for b in s.spikes if b > s.bucket_index - config.recent_buckets)
+        elif (current == "spikes" and spikes) or (
+            len(spikes) >= config.spike_count
+            and sum(1 for b in spikes if b > s.bucket_index - config.recent_buckets)
             < max(2, config.spike_count)
         ):
             shape = "spikes"  # isolated outliers; many in a row is noise, judged above
@@ -1052,20 +1251,26 @@ class DriftDetector:
         if not metrics:
             metrics = list(self._watched)
         touched = False
+        device = self._devices.get(reading.device_id)
         for metric in metrics:
-            sensor = self._sensors.get((reading.device_id, metric))
+            sensor = device.sensor(metric) if device is not None else None
             if sensor is None:
                 continue
             touched = True
-            sensor.history.append([reading.ts, "calibrated"])
-            sensor.verify_ref = sensor.baseline if sensor.baseline is not None else 0.0
-            sensor.reset_detection(self.config)
+            cal = sensor.cal
+            if cal is None:
+                cal = sensor.cal = _Calibration(self.config)
+            cal.history.append([reading.ts, "calibrated"])
+            cal.verify_ref = sensor.baseline if sensor.baseline is not None else 0.0
+            sensor.reset_detection()
             if sensor.mode == "alone":  # its own profile carries the old error
-                sensor.profile = [0.0] * 24
-                sensor.profile_n = [0] * 24
+                at = sensor.prof
+                if at >= 0:
+                    self._profile[at : at + 24] = array("d", [0.0]) * 24
+                    self._profile_n[at : at + 24] = array("i", [0]) * 24
                 sensor.level = None
-            sensor.verifying = True
-            sensor.verify_run = sensor.verify_n = 0
+            cal.verifying = True
+            cal.verify_run = cal.verify_n = 0
         if not touched:
             return []
         signals: list[Signal] = []
@@ -1081,7 +1286,7 @@ class DriftDetector:
         worst: dict[str, tuple[int, int, _Sensor]] = {}
         flagged: dict[str, list[list[str]]] = {}
         for metric in self._watched:
-            s = self._sensors.get((device_id, metric))
+            s = device.sensor(metric)
             if s is None or s.shape is None:
                 continue
             shape = s.shape
@@ -1094,9 +1299,9 @@ class DriftDetector:
         published = device.published
         for kind in (DRIFT_KIND, FAULT_KIND):
             chosen = worst.get(kind)
-            before = published.get(kind)
+            before = published.get(kind) if published is not None else None
             if chosen is None:
-                if before is not None:
+                if before is not None and published is not None:
                     del published[kind]
                     out.append(self._cleared(device_id, device, kind, before, t, reason))
                 continue
@@ -1104,13 +1309,20 @@ class DriftDetector:
             shape = s.shape or ""
             # out of tolerance (ageing only), with a margin once reported, so it does not flap
             margin = 0.8 if before is not None and before[3] else 1.0
-            out_of_tolerance = shape == "ageing" and abs(s.ewma) >= margin * self._threshold(
-                s, self._effective(s)
+            tr = self._track(s)
+            out_of_tolerance = shape == "ageing" and abs(tr.ewma) >= margin * self._threshold(
+                tr, self._effective(s)
             )
             now = [shape, int(_SEVERITY[shape]), s.metric, out_of_tolerance]
             if now != before:
+                if published is None:
+                    published = device.published = {}
                 published[kind] = now
                 out.append(self._firing(device_id, device, kind, s, t, flagged[kind]))
+
+    def _track(self, s: _Sensor) -> _Track:
+        """The drift track of ``s`` (the defaults while it warms up)."""
+        return s.track if s.track is not None else self._cold
 
     def _effective(self, s: _Sensor) -> float:
         tolerance, _ = self._tolerance(s.metric)
@@ -1119,9 +1331,10 @@ class DriftDetector:
     def _evidence(self, s: _Sensor) -> dict[str, Any]:
         _, absolute = self._tolerance(s.metric)
         effective = self._effective(s)
+        tr = self._track(s)
         r = s.last_r
-        threshold = self._threshold(s, effective) if s.baseline is not None else effective
-        rate = s.rate_per_day
+        threshold = self._threshold(tr, effective) if s.baseline is not None else effective
+        rate = tr.rate_per_day
         return {
             "metric": s.metric,
             "shape": s.shape,
@@ -1137,42 +1350,43 @@ class DriftDetector:
                 if absolute or s.baseline is None or s.last_ref is None
                 else 100.0 * s.baseline / max(abs(s.last_ref), self._params[s.metric][2])
             ),
-            "drift": s.ewma,
-            "drift_pct": None if absolute else 100.0 * s.ewma,
+            "drift": tr.ewma,
+            "drift_pct": None if absolute else 100.0 * tr.ewma,
             "tolerance": effective,
             "absolute": absolute,
-            "out_of_tolerance": s.baseline is not None and abs(s.ewma) >= threshold,
+            "out_of_tolerance": s.baseline is not None and abs(tr.ewma) >= threshold,
             "rate_per_day": rate,
             "rate_pct_per_day": None if rate is None or absolute else 100.0 * rate,
-            "rate_significant": s.rate_sig,
-            "predicted_out_of_tolerance_at": s.predicted_at,
+            "rate_significant": tr.rate_sig,
+            "predicted_out_of_tolerance_at": tr.predicted_at,
             "predicted_out_of_tolerance_iso": (
-                iso_utc(s.predicted_at) if s.predicted_at is not None else None
+                iso_utc(tr.predicted_at) if tr.predicted_at is not None else None
             ),
             "peers_used": s.last_peers,
             "group": s.group,
             "confidence": round(self._confidence(s, threshold), 3),
-            "noise_ratio": s.noise_ratio,
+            "noise_ratio": tr.noise_ratio,
             "stuck_buckets": s.stuck_run,
-            "spikes": len(s.spikes),
-            "step": s.step_jump if s.shape == "step" else None,
+            "spikes": len(tr.spikes),
+            "step": tr.step_jump if s.shape == "step" else None,
             "last_calibration": self._last_calibration(s),
         }
 
     def _confidence(self, s: _Sensor, threshold: float) -> float:
         config = self.config
+        tr = self._track(s)
         shape = s.shape
         if shape == "out_of_range":
             base = 1.0
         elif shape == "stuck":
             base = min(1.0, s.stuck_run / (2.0 * config.stuck_buckets))
         elif shape == "noisy":
-            base = min(1.0, s.noise_ratio / (2.0 * config.noisy_ratio))
+            base = min(1.0, tr.noise_ratio / (2.0 * config.noisy_ratio))
         elif shape == "spikes":
-            base = min(1.0, len(s.spikes) / (2.0 * config.spike_count))
+            base = min(1.0, len(tr.spikes) / (2.0 * config.spike_count))
         else:
-            cusum = max(s.cpos, s.cneg) / config.cusum_h
-            base = min(1.0, abs(s.ewma) / threshold) * min(1.0, 0.5 + 0.5 * cusum)
+            cusum = max(tr.cpos, tr.cneg) / config.cusum_h
+            base = min(1.0, abs(tr.ewma) / threshold) * min(1.0, 0.5 + 0.5 * cusum)
         support = (
             0.6
             if s.mode != "peer"
@@ -1182,7 +1396,9 @@ class DriftDetector:
 
     @staticmethod
     def _last_calibration(s: _Sensor) -> float | None:
-        for ts, event in reversed(s.history):
+        if s.cal is None:
+            return None
+        for ts, event in reversed(s.cal.history):
             if event == "calibrated":
                 return float(ts)
         return None
@@ -1198,11 +1414,12 @@ class DriftDetector:
     ) -> Signal:
         evidence = self._evidence(s)
         evidence["metrics"] = metrics
+        tr = self._track(s)
         shape = s.shape or ""
         metric = s.metric
-        drift_pct = f"{100.0 * s.ewma:+.2f} %"
+        drift_pct = f"{100.0 * tr.ewma:+.2f} %"
         if evidence["absolute"]:
-            drift_pct = f"{s.ewma:+.4g}"
+            drift_pct = f"{tr.ewma:+.4g}"
         against = "its peers" if s.mode == "peer" else "its own daily profile"
         when = evidence["predicted_out_of_tolerance_iso"]
         if shape == "ageing":
@@ -1223,10 +1440,10 @@ class DriftDetector:
             summary = f"{device_id}: {metric} stuck at {s.last_value:.6g} for {s.stuck_run} buckets while {against} changed"
             action = f"Replace the {metric} sensor of {device_id} (or check its wiring and firmware): it repeats one value."
         elif shape == "noisy":
-            summary = f"{device_id}: {metric} noise {s.noise_ratio:.1f}x its normal level"
+            summary = f"{device_id}: {metric} noise {tr.noise_ratio:.1f}x its normal level"
             action = f"Replace the {metric} sensor of {device_id}: its readings have become noisy."
         elif shape == "spikes":
-            summary = f"{device_id}: {metric} shows {len(s.spikes)} large spikes"
+            summary = f"{device_id}: {metric} shows {len(tr.spikes)} large spikes"
             action = f"Check the connections and shielding of the {metric} sensor of {device_id}; replace it if the spikes continue."
         else:
             low, high = self.config.ranges.get(metric, (-math.inf, math.inf))
@@ -1271,17 +1488,19 @@ class DriftDetector:
 
     def sensor_status(self, device_id: str, metric: str) -> dict[str, Any] | None:
         """What is known about one sensor (evidence fields plus calibration history)."""
-        s = self._sensors.get((device_id, metric))
+        device = self._devices.get(device_id)
+        s = device.sensor(metric) if device is not None else None
         if s is None:
             return None
         if s.baseline is not None:
-            self._refresh_rate(s)
-            self._predict(s, s.last_ts, self._threshold(s, self._effective(s)))
+            tr = self._track(s)
+            self._refresh_rate(tr)
+            self._predict(tr, s.last_ts, self._threshold(tr, self._effective(s)))
         status = self._evidence(s)
         status["device"] = device_id
         status["warmed_up"] = s.baseline is not None
-        status["calibration_history"] = [list(h) for h in s.history]
-        status["verifying"] = s.verifying
+        status["calibration_history"] = [] if s.cal is None else [list(h) for h in s.cal.history]
+        status["verifying"] = s.cal is not None and s.cal.verifying
         return status
 
     def report(self, now: float) -> dict[str, Any]:
@@ -1299,33 +1518,34 @@ class DriftDetector:
         entries: list[dict[str, Any]] = []
         healthy = 0
         warming = 0
-        for s in self._sensors.values():
+        for s in self._sensors:
             if s.baseline is None:
                 warming += 1
                 continue
+            tr = self._track(s)
             effective = self._effective(s)
-            threshold = self._threshold(s, effective)
-            self._refresh_rate(s)
-            self._predict(s, s.last_ts, threshold)
+            threshold = self._threshold(tr, effective)
+            self._refresh_rate(tr)
+            self._predict(tr, s.last_ts, threshold)
             if s.fault_shape is not None or s.drift_shape == "step":
                 status = "fault"
-            elif abs(s.ewma) >= threshold:
+            elif abs(tr.ewma) >= threshold:
                 status = "out_of_tolerance"
-            elif s.predicted_at is not None:
+            elif tr.predicted_at is not None:
                 status = "drifting"
             else:
                 healthy += 1
                 continue
             if status == "drifting":
-                due = s.predicted_at if s.predicted_at is not None else s.last_ts
+                due = tr.predicted_at if tr.predicted_at is not None else s.last_ts
             elif status == "fault":
                 due = s.since if s.since is not None else s.last_ts
             else:
-                due = s.out_since if s.out_since is not None else s.last_ts
+                due = tr.out_since if tr.out_since is not None else s.last_ts
             shape = s.shape
             severity = _SEVERITY[shape] if shape is not None else Severity.INFO
             _, absolute = self._tolerance(s.metric)
-            rate = s.rate_per_day
+            rate = tr.rate_per_day
             entries.append(
                 {
                     "device": s.device,
@@ -1336,8 +1556,8 @@ class DriftDetector:
                     "status": status,
                     "shape": shape,
                     "severity": severity.label,
-                    "drift": s.ewma,
-                    "drift_pct": None if absolute else 100.0 * s.ewma,
+                    "drift": tr.ewma,
+                    "drift_pct": None if absolute else 100.0 * tr.ewma,
                     "rate_per_day": rate,
                     "rate_pct_per_day": None if rate is None or absolute else 100.0 * rate,
                     "predicted_out_of_tolerance_at": due,
@@ -1373,17 +1593,19 @@ class DriftDetector:
         """Drift rate (absolute, per day) per environmental band against the rest of the fleet."""
         config = self.config
         rows: list[tuple[float, str, dict[str, float]]] = []
-        for s in self._sensors.values():
+        env_metrics = config.environment_metrics
+        for s in self._sensors:
             if s.baseline is None:
                 continue
-            self._refresh_rate(s)
-            if s.rate_per_day is None:
+            tr = self._track(s)
+            self._refresh_rate(tr)
+            if tr.rate_per_day is None:
                 continue
             device = self._devices.get(s.device)
             if device is None:
                 continue
             zone = f"{s.site or '?'}/{s.zone or '?'}"
-            rows.append((abs(s.rate_per_day), zone, device.env))
+            rows.append((abs(tr.rate_per_day), zone, self._env(device, env_metrics)))
         all_rates = [r for r, _, _ in rows]
         report: dict[str, Any] = {
             "statistic": "ratio of median |drift rate| in the band to the rest of the fleet; "
@@ -1449,9 +1671,18 @@ class DriftDetector:
                         )
         return report
 
+    @staticmethod
+    def _env(device: _Device, env_metrics: Sequence[str]) -> dict[str, float]:
+        """The environment EWMAs of ``device`` by metric (those seen)."""
+        env = device.env
+        if env is None:
+            return {}
+        return {m: v for m, v in zip(env_metrics, env, strict=True) if v is not None}
+
     # -- checkpoints ---------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
+        env_metrics = self.config.environment_metrics
         return {
             "version": self.STATE_VERSION,
             "now": self.now if math.isfinite(self.now) else None,
@@ -1462,21 +1693,26 @@ class DriftDetector:
                     "name": g.name,
                     "watermark": g.watermark if math.isfinite(g.watermark) else None,
                     "closed": g.closed,
-                    "members": sorted(g.members),
+                    "members": sorted(s.device for s in g.members),
                     "buckets": {
-                        str(index): {d: [ts, v] for d, (ts, v) in entries.items()}
-                        for index, entries in g.buckets.items()
+                        str(index): {
+                            s.device: [ts, v]
+                            for s, ts, v in zip(b.sensors, b.ts, b.values, strict=True)
+                        }
+                        for index, b in g.buckets.items()
                     },
                 }
                 for g in self._groups.values()
             ],
-            "sensors": [s.to_state() for s in self._sensors.values()],
+            "sensors": [
+                s.to_state(self._cold, self._profile, self._profile_n) for s in self._sensors
+            ],
             "devices": {
                 device_id: {
                     "site": d.site,
                     "zone": d.zone,
-                    "published": d.published,
-                    "env": d.env,
+                    "published": d.published if d.published is not None else {},
+                    "env": self._env(d, env_metrics),
                 }
                 for device_id, d in self._devices.items()
             },
@@ -1487,32 +1723,67 @@ class DriftDetector:
         if version != self.STATE_VERSION:
             raise ValueError(f"drift state format {version} is not {self.STATE_VERSION}")
         self._reset()
+        config = self.config
         now = state.get("now")
         self.now = -math.inf if now is None else float(now)
         self.late_dropped = int(state.get("late_dropped", 0))
-        for row in state.get("groups", []):
+        rows = state.get("groups", [])
+        for row in rows:
             group = _Group(str(row["metric"]), str(row["name"]))
             watermark = row.get("watermark")
             group.watermark = -math.inf if watermark is None else float(watermark)
             group.closed = int(row["closed"])
-            group.members = {str(m) for m in row.get("members", [])}
-            group.buckets = {
-                int(index): {str(d): (float(ts), float(v)) for d, (ts, v) in entries.items()}
-                for index, entries in row.get("buckets", {}).items()
-            }
             self._groups[(group.metric, group.name)] = group
-        for row in state.get("sensors", []):
-            sensor = _Sensor.from_state(row, self.config)
-            if sensor.metric in self._watched:
-                self._sensors[(sensor.device, sensor.metric)] = sensor
-                if (sensor.metric, sensor.group) not in self._groups:
-                    self._groups[(sensor.metric, sensor.group)] = _Group(
-                        sensor.metric, sensor.group
-                    )
+        env_metrics = config.environment_metrics
         for device_id, row in state.get("devices", {}).items():
             device = _Device()
             device.site = row.get("site")
             device.zone = row.get("zone")
-            device.published = {str(k): list(v) for k, v in row.get("published", {}).items()}
-            device.env = {str(k): float(v) for k, v in row.get("env", {}).items()}
+            published = {str(k): list(v) for k, v in row.get("published", {}).items()}
+            device.published = published or None
+            env = {str(k): float(v) for k, v in row.get("env", {}).items()}
+            if env:
+                device.env = [env.get(m) for m in env_metrics]
             self._devices[str(device_id)] = device
+        by_key: dict[tuple[str, str], _Sensor] = {}
+        for row in state.get("sensors", []):
+            sensor = _Sensor.from_state(row, config, self._cold)
+            key = (sensor.device, sensor.metric)
+            if sensor.metric not in self._watched or key in by_key:
+                continue
+            by_key[key] = sensor
+            values = [float(x) for x in row.get("profile", ())]
+            counts = [int(x) for x in row.get("profile_n", ())]
+            if any(values) or any(counts):
+                sensor.prof = self._new_profile(values, counts)
+            group_key = (sensor.metric, str(row.get("group", "")))
+            own = self._groups.get(group_key)
+            if own is None:
+                own = self._groups[group_key] = _Group(*group_key)
+            sensor.grp = own
+            holder = self._devices.get(sensor.device)
+            if holder is None:  # a state without the device: keep the sensor all the same
+                holder = self._devices[sensor.device] = _Device()
+            holder.sensors += (sensor,)
+            self._sensors.append(sensor)
+        bucket_s = config.bucket_s
+        for row in rows:
+            group = self._groups[(str(row["metric"]), str(row["name"]))]
+            for device_id in row.get("members", []):
+                member = by_key.get((str(device_id), group.metric))
+                if member is not None:
+                    group.members.append(member)
+            for index_text, entries in row.get("buckets", {}).items():
+                bucket = group.buckets[int(index_text)] = Bucket(int(index_text))
+                for device_id, (ts, v) in entries.items():
+                    entry = by_key.get((str(device_id), group.metric))
+                    if entry is not None:
+                        bucket.add(entry, float(ts), float(v))
+            for index in sorted(group.buckets):  # the newest entry of each member, for ingest
+                bucket = group.buckets[index]
+                for position, entry in enumerate(bucket.sensors):
+                    if entry.grp is group:
+                        entry.pend = bucket
+                        entry.pend_pos = position
+            if group.buckets:
+                group.first_end = (min(group.buckets) + 1) * bucket_s

@@ -458,3 +458,85 @@ def test_ignores_other_kinds_and_out_of_order_after_close() -> None:
     detector.process([Reading("d1", 10.0, 10.0, {"temperature_c": 20.0}, meta, late=True)])
     assert detector.late_dropped == 1
     assert detector.tick(10_000.0) == []
+
+
+# -- compact state ------------------------------------------------------------------------------
+
+
+def _warmed_detector() -> tuple[DriftDetector, Sim]:
+    """A small detector past its warm-up, with a calibration and a late reading on the way."""
+    sim = Sim({"B": (5, {0: step(0.05, 1.5)}), "L": (1, {})}, seed=5)
+    config = DriftConfig(
+        metrics=("temperature_c",), warmup_buckets=48, mode_switch_buckets=4,
+        step_window=24, recent_buckets=24, rate_sample_s=3_600, calibration_history=2,
+    )  # fmt: skip
+    detector = DriftDetector(config)
+    meta = {"site": "s1", "zone": "B"}
+    calibration = Reading("B-1", T0 + DAY, T0 + DAY, {}, meta, kind=MessageKind.CALIBRATION)
+    late = Reading("B-2", T0 + DAY - 200.0, T0 + DAY, {"temperature_c": 22.0}, meta)
+    sim.run(detector, 0, 2.0, events={288: [calibration, late]})
+    return detector, sim
+
+
+def test_state_of_the_previous_layout_loads_and_is_written_back_the_same() -> None:
+    # the version-1 layout: windows as plain lists of floats and of [time, mean] pairs, a
+    # full 24-hour profile, the calibration history; a sensor warming up while verifying
+    detector, _ = _warmed_detector()
+    saved = json.loads(json.dumps(detector.state_dict(), allow_nan=False))
+    assert saved["version"] == 1
+    sensor = next(s for s in saved["sensors"] if s["device"] == "B-1")
+    assert isinstance(sensor["diffs"], list) and isinstance(sensor["rates"][0], list)
+    assert len(sensor["profile"]) == 24 and all(isinstance(n, int) for n in sensor["profile_n"])
+    assert [event for _, event in sensor["history"]][:1] == ["calibrated"]
+    previous = dict(sensor, warm=[[0.1, 20.0]] * 3, baseline=None, verifying=True)
+    state = dict(saved, sensors=[previous if s is sensor else s for s in saved["sensors"]])
+    loaded = DriftDetector(detector.config)
+    loaded.load_state(json.loads(json.dumps(state)))
+    again = json.loads(json.dumps(loaded.state_dict(), allow_nan=False))
+    assert again == json.loads(json.dumps(state))
+    status = loaded.sensor_status("B-1", "temperature_c")
+    assert status is not None and status["verifying"] is True and not status["warmed_up"]
+
+
+def test_round_trip_keeps_windows_in_order_and_continues_identically() -> None:
+    first, sim = _warmed_detector()
+    saved = json.loads(json.dumps(first.state_dict(), allow_nan=False))
+    second = DriftDetector(first.config)
+    second.load_state(saved)
+    assert json.loads(json.dumps(second.state_dict(), allow_nan=False)) == saved
+    for device in ("B-0", "B-1", "L-0"):
+        assert second.device_view(device) == first.device_view(device)
+        assert second.sensor_status(device, "temperature_c") == first.sensor_status(
+            device, "temperature_c"
+        )
+    replay = Sim({"B": (5, {0: step(0.05, 1.5)}), "L": (1, {})}, seed=5)
+    replay.rng = random.Random(8)
+    sim.rng = random.Random(8)
+    a = sim.run(first, 2.0, 3.0)
+    b = replay.run(second, 2.0, 3.0)
+    assert [(s.kind, s.subject, s.firing, s.at, s.evidence) for s in a] == [
+        (s.kind, s.subject, s.firing, s.at, s.evidence) for s in b
+    ]
+    now = T0 + 3 * DAY
+    assert first.report(now) == second.report(now)
+
+
+def test_out_of_order_readings_keep_the_latest_value_of_each_bucket() -> None:
+    config = DriftConfig(metrics=("temperature_c",), bucket_s=60, lateness_s=120, min_peers=2)
+    detector = DriftDetector(config)
+    meta = {"site": "s", "zone": "z"}
+
+    def reading(device: str, ts: float, value: float) -> Reading:
+        return Reading(device, ts, ts, {"temperature_c": value}, meta)
+
+    # d1 reports in bucket 1, then bucket 2, then again in bucket 1 (older, then newer ts)
+    detector.process([reading("d1", 70.0, 20.0), reading("d2", 71.0, 21.0)])
+    detector.process([reading("d1", 130.0, 22.0), reading("d1", 65.0, 99.0)])
+    detector.process([reading("d1", 80.0, 23.0), reading("d3", 75.0, 24.0)])
+    buckets = detector.state_dict()["groups"][0]["buckets"]
+    assert buckets["1"] == {"d1": [80.0, 23.0], "d2": [71.0, 21.0], "d3": [75.0, 24.0]}
+    assert buckets["2"] == {"d1": [130.0, 22.0]}
+    detector.tick(10_000.0)
+    view = detector.device_view("d1")
+    assert view is not None and view["metrics"]["temperature_c"]["reference"] is None
+    assert detector.late_dropped == 0

@@ -1,0 +1,108 @@
+"""Compact containers for the drift detector's per-sensor state.
+
+Floats are kept unboxed in ``array('d')`` buffers: a window of ``n`` readings costs ``8 n``
+bytes instead of a deque of float objects.
+
+>>> ring = FloatRing(3)
+>>> for v in (1.0, 2.0, 3.0, 4.0):
+...     ring.append(v)
+>>> len(ring), ring.ordered()
+(3, [2.0, 3.0, 4.0])
+>>> sorted(ring.values())
+[2.0, 3.0, 4.0]
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterable
+from typing import Any
+
+
+class FloatRing:
+    """The last ``capacity`` floats appended, oldest first (a bounded deque of floats)."""
+
+    __slots__ = ("buf", "capacity", "head")
+
+    def __init__(self, capacity: int, items: Iterable[float] = ()) -> None:
+        self.capacity = capacity
+        self.buf = array("d")
+        self.head = 0  # once full: the index of the oldest value
+        for item in items:
+            self.append(float(item))
+
+    def append(self, value: float) -> None:
+        buf = self.buf
+        if len(buf) < self.capacity:
+            buf.append(value)
+        else:
+            head = self.head
+            buf[head] = value
+            head += 1
+            self.head = 0 if head == self.capacity else head
+
+    def __len__(self) -> int:
+        return len(self.buf)
+
+    def values(self) -> array[float]:
+        """The values in no particular order (for order-free statistics such as a median)."""
+        return self.buf
+
+    def ordered(self) -> list[float]:
+        """The values, oldest first."""
+        buf, head = self.buf, self.head
+        if head == 0:
+            return buf.tolist()
+        return buf[head:].tolist() + buf[:head].tolist()
+
+
+class Bucket:
+    """One open time bucket of a peer group: each sensor's latest ``(ts, value)`` in it, in
+    the order the sensors first reported in the bucket.
+
+    >>> b = Bucket(7)
+    >>> b.put("s1", 10.0, 1.5); b.put("s2", 11.0, 2.5); b.put("s1", 12.0, 1.75)
+    >>> list(zip(b.sensors, b.ts, b.values))
+    [('s1', 12.0, 1.75), ('s2', 11.0, 2.5)]
+    """
+
+    __slots__ = ("index", "sensors", "ts", "values")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.sensors: list[Any] = []
+        self.ts = array("d")
+        self.values = array("d")
+
+    def add(self, sensor: Any, ts: float, value: float) -> None:
+        """Append an entry for a sensor known not to be in the bucket yet."""
+        self.sensors.append(sensor)
+        self.ts.append(ts)
+        self.values.append(value)
+
+    def set(self, position: int, ts: float, value: float) -> None:
+        """Keep the newer of the entry at ``position`` and ``(ts, value)``."""
+        if ts >= self.ts[position]:
+            self.ts[position] = ts
+            self.values[position] = value
+
+    def put(self, sensor: Any, ts: float, value: float) -> None:
+        """Add or update the entry of ``sensor`` (found by identity)."""
+        for position, known in enumerate(self.sensors):
+            if known is sensor:
+                self.set(position, ts, value)
+                return
+        self.add(sensor, ts, value)
+
+    def position(self, sensor: Any) -> int:
+        """Where ``sensor`` is in the bucket, ``-1`` if it is not."""
+        for position, known in enumerate(self.sensors):
+            if known is sensor:
+                return position
+        return -1
+
+    def release(self) -> None:
+        """Drop the entries of a closed bucket (sensors may still refer to its index)."""
+        empty = array("d")
+        self.sensors = []
+        self.ts = self.values = empty
