@@ -37,7 +37,8 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -132,6 +133,102 @@ _SKIP, _META, _METRIC, _IGNORE = range(4)
 MAX_NAME_CACHE = 10_000
 _MIN_MS = 1e11  # numbers above this are milliseconds (year 5138 in seconds)
 _MIN_US = 1e14
+_MAX_EXACT_SEQ = 2**53  # a whole number that a float holds exactly
+
+
+class DedupeWindow:
+    """The keys ``(device, seq, ts)`` of the newest ``capacity`` readings, oldest first.
+
+    Each device's keys sit in one flat list, ``[device, head, newest ts, ts, seq, ts,
+    seq ...]``, where ``head`` is the index of the device's oldest key still in the window;
+    a queue of those lists, one entry per key, gives the order across devices. A key whose
+    ``ts`` is newer than every key of its device is new without a search.
+
+    >>> window = DedupeWindow(capacity=2)
+    >>> window.add("d1", 1, 10.0), window.add("d1", 1, 10.0), window.add("d2", None, 10.0)
+    (True, False, True)
+    >>> window.add("d1", 2, 11.0), list(window)
+    (True, [('d2', None, 10.0), ('d1', 2, 11.0)])
+    >>> window.add("d1", 1, 10.0), list(window)  # (d1, 1, 10.0) has left the window
+    (True, [('d1', 2, 11.0), ('d1', 1, 10.0)])
+    """
+
+    __slots__ = ("_devices", "_order", "capacity")
+
+    _FIRST = 3  # index of a device's first key in its list
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._devices: dict[str, list[Any]] = {}
+        self._order: deque[list[Any]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __iter__(self) -> Iterator[tuple[str, Any, float]]:
+        """The keys, oldest first."""
+        cursors: dict[int, int] = {}
+        for entries in self._order:
+            index = cursors.get(id(entries), entries[1])
+            cursors[id(entries)] = index + 2
+            yield (entries[0], entries[index + 1], entries[index])
+
+    def _find(self, entries: list[Any], seq: int | None, ts: float) -> bool:
+        index = entries[1]
+        find = entries.index
+        while True:
+            try:
+                index = find(ts, index)
+            except ValueError:
+                return False
+            if index & 1 and entries[index + 1] == seq:
+                return True
+            index += 1
+
+    def _push(self, device_id: str, seq: int | None, ts: float) -> None:
+        entries = self._devices.get(device_id)
+        if entries is None:
+            entries = self._devices[device_id] = [device_id, self._FIRST, ts, ts, seq]
+        else:
+            entries.append(ts)
+            entries.append(seq)
+            if ts > entries[2]:
+                entries[2] = ts
+        self._order.append(entries)
+
+    def _drop_oldest(self) -> None:
+        oldest = self._order.popleft()
+        head = oldest[1] + 2
+        if head >= len(oldest):
+            del self._devices[oldest[0]]
+            return
+        if head > 64 and head * 2 > len(oldest):
+            del oldest[self._FIRST : head]
+            head = self._FIRST
+        oldest[1] = head
+
+    def add(self, device_id: str, seq: int | None, ts: float) -> bool:
+        """Remember a key; False when it is in the window already."""
+        entries = self._devices.get(device_id)
+        if entries is not None and not ts > entries[2] and self._find(entries, seq, ts):
+            return False
+        if self.capacity:
+            self._push(device_id, seq, ts)
+            if len(self._order) > self.capacity:
+                self._drop_oldest()
+        return True
+
+    def load(self, keys: Iterable[tuple[str, Any, float]]) -> None:
+        """Replace the window with ``keys`` (oldest first), then keep the newest
+        ``capacity`` of them (all of them when the capacity is 0)."""
+        self._devices = {}
+        self._order = deque()
+        for device_id, seq, ts in keys:
+            entries = self._devices.get(device_id)
+            if entries is None or not self._find(entries, seq, ts):
+                self._push(device_id, seq, ts)
+        while self.capacity and len(self._order) > self.capacity:
+            self._drop_oldest()
 
 
 @dataclass(slots=True)
@@ -207,8 +304,7 @@ class Normalizer:
         canonical = {name for name, _, _ in aliases.values()}
         self._metric_names = frozenset(canonical) | frozenset(aliases)
         self._classes: dict[str, tuple[int, str, float, float, bool]] = {}
-        self._seen: dict[tuple[str, Any, float], None] = {}
-        self._seen_capacity = self.settings.dedupe_capacity
+        self._seen = DedupeWindow(self.settings.dedupe_capacity)
 
     # -- checkpoints ----------------------------------------------------------------
 
@@ -220,9 +316,7 @@ class Normalizer:
 
     def load_state(self, state: dict[str, Any]) -> None:
         check_state_version("normalizer", state, self.STATE_VERSION)
-        self._seen = {(str(d), seq, float(ts)): None for d, seq, ts in state.get("seen", [])}
-        while self._seen_capacity and len(self._seen) > self._seen_capacity:
-            del self._seen[next(iter(self._seen))]
+        self._seen.load((str(d), seq, float(ts)) for d, seq, ts in state.get("seen", []))
 
     # -- fields ---------------------------------------------------------------------
 
@@ -263,7 +357,13 @@ class Normalizer:
             kind, name, scale, offset, strict = classes.get(key) or classify(key)
             if kind == _METRIC:
                 value_type = type(value)
-                if value_type is float or value_type is int:
+                if value_type is float:
+                    converted = value * scale + offset
+                    if converted - converted != 0.0:
+                        raise DecodeError("non_finite_number", f"{key!r} is not finite")
+                    metrics[name] = converted
+                    continue
+                if value_type is int:
                     number = value
                 elif value_type is str:
                     try:
@@ -324,7 +424,12 @@ class Normalizer:
         if result is None:
             result = NormalizeResult()
         settings = self.settings
+        oldest_valid_ts = settings.oldest_valid_ts
+        newest_valid_ts = received_at + settings.max_future_skew_s
         registry = self.registry
+        remember = self._seen.add
+        split = self._split
+        append = result.readings.append
         reading_kind = kind
         for record in records:
             try:
@@ -348,16 +453,18 @@ class Normalizer:
                         ts = float(raw_ts)
                     else:
                         ts = parse_timestamp(raw_ts)
-                    if ts < settings.oldest_valid_ts:
+                    if ts < oldest_valid_ts:
                         raise DecodeError(
                             "invalid_timestamp", f"ts {ts:.0f} is before the oldest valid time"
                         )
-                    if ts > received_at + settings.max_future_skew_s:
+                    if ts > newest_valid_ts:
                         ts = received_at
                         result.corrected_future += 1
                 seq_value = record.get("seq")
                 seq: int | None = None
-                if seq_value is not None:
+                if type(seq_value) is int and -_MAX_EXACT_SEQ < seq_value < _MAX_EXACT_SEQ:
+                    seq = seq_value
+                elif seq_value is not None:
                     if isinstance(seq_value, bool) or not isinstance(seq_value, (int, float)):
                         raise DecodeError("invalid_seq", "seq must be a number")
                     if not math.isfinite(seq_value) or seq_value != int(seq_value):
@@ -367,11 +474,11 @@ class Normalizer:
                 meta: dict[str, str] = {}
                 nested = record.get("metrics")
                 if isinstance(nested, dict):
-                    self._split(nested, metrics, meta, result)
+                    split(nested, metrics, meta, result)
                 nested_meta = record.get("meta")
                 if isinstance(nested_meta, dict):
-                    self._split(nested_meta, metrics, meta, result)
-                self._split(record, metrics, meta, result)
+                    split(nested_meta, metrics, meta, result)
+                split(record, metrics, meta, result)
             except DecodeError as exc:
                 exc.device_id = device_id
                 result.rejected.append(exc)
@@ -380,17 +487,9 @@ class Normalizer:
             meta.update(levels)
             if "protocol" not in meta:
                 meta["protocol"] = protocol
-            key = (
-                (device_id, seq, ts) if raw_ts is not None or seq is None else (device_id, seq, 0.0)
-            )
-            seen = self._seen
-            if key in seen:
+            if not remember(device_id, seq, ts if raw_ts is not None or seq is None else 0.0):
                 result.duplicates += 1
                 continue
-            if self._seen_capacity:
-                seen[key] = None
-                if len(seen) > self._seen_capacity:
-                    del seen[next(iter(seen))]
             previous = registry.get(device_id)
             late = previous is not None and ts < previous.last_ts
             if late:
@@ -403,7 +502,7 @@ class Normalizer:
                 transient = {k: meta.pop(k) for k in TRANSIENT_META & meta.keys()}
                 info = registry.observe(device_id, received_at, ts, meta)
                 reading_meta = MappingProxyType({**info.meta, **transient})
-            result.readings.append(
+            append(
                 Reading(device_id, ts, received_at, metrics, reading_meta, seq, reading_kind, late)
             )
         return result

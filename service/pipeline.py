@@ -174,6 +174,8 @@ class Pipeline:
         content_type_for = self.content_types.content_type
         contexts = self._contexts
         for_content_type = self.codecs.for_content_type
+        # per content type in this batch: (codec, whether it needs the receive time)
+        codecs: dict[str | None, tuple[Any, bool]] = {}
         max_payload = self._max_payload
         allow = None if self.allow.open else self.allow
         result = NormalizeResult()
@@ -203,7 +205,15 @@ class Pipeline:
                         "device or site is not in ingest.allowed_devices / allowed_sites",
                         device_id=found.device_id,
                     )
-                codec = for_content_type(message.content_type or content_type_for(message.topic))
+                content_type = message.content_type or content_type_for(message.topic)
+                known = codecs.get(content_type)
+                if known is None:
+                    codec = for_content_type(content_type)
+                    known = codecs[content_type] = (
+                        codec,
+                        getattr(codec, "needs_receive_time", False),
+                    )
+                codec, needs_receive_time = known
                 if codec is None:
                     raise DecodeError(
                         "unsupported_content_type",
@@ -211,7 +221,7 @@ class Pipeline:
                         device_id=found.device_id,
                     )
                 context = contexts[found.kind]
-                if getattr(codec, "needs_receive_time", False):
+                if needs_receive_time:
                     context = replace(context, received_at=message.received_at)
                 records = codec.decode(message.payload, context)
                 normalize(

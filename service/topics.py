@@ -101,6 +101,8 @@ class TopicRouter:
             raise ConfigError(setting, "at least one template is needed")
         self._cache: dict[str, TopicMatch] = {}
         self._cache_size = cache_size
+        # level values -> one mapping shared by every match with those levels
+        self._levels: dict[tuple[str, ...], Mapping[str, str]] = {}
 
     def match(self, topic: str) -> TopicMatch:
         """Return what ``topic`` says, or raise :class:`DecodeError` (``unknown_topic``).
@@ -116,6 +118,17 @@ class TopicRouter:
             self._cache.clear()
         self._cache[topic] = found
         return found
+
+    def _shared_levels(self, found: dict[str, str]) -> Mapping[str, str]:
+        """One mapping (never changed) for every match with the same levels, so that
+        devices on one site share it and its strings."""
+        key = (*found, *found.values())
+        shared = self._levels.get(key)
+        if shared is None:
+            if len(self._levels) >= self._cache_size:
+                self._levels.clear()
+            shared = self._levels[key] = found
+        return shared
 
     def _match(self, topic: str) -> TopicMatch:
         if len(topic) > MAX_TOPIC_LENGTH:
@@ -135,7 +148,7 @@ class TopicRouter:
                     topic=topic,
                     device_id=device_id,
                 )
-            return TopicMatch(device_id=device_id, kind=kind, levels=found)
+            return TopicMatch(device_id=device_id, kind=kind, levels=self._shared_levels(found))
         raise DecodeError("unknown_topic", "no topic template matches", topic=topic)
 
 

@@ -182,3 +182,44 @@ def test_event_fields_stay_with_their_message_and_do_not_stick_to_the_device() -
     ).readings[0]  # fmt: skip
     assert later.meta["model"] == "TH-200"
     assert "event" not in later.meta and "to_version" not in later.meta
+
+
+def test_dedupe_window_remembers_older_keys_not_only_the_newest(norm: Normalizer) -> None:
+    for i in range(5):
+        run(norm, [{"ts": NOW + i, "seq": i, "temp": 1}])
+    resent = run(norm, [{"ts": NOW + 1, "seq": 1, "temp": 1}, {"ts": NOW + 1, "seq": 9}])
+    assert resent.duplicates == 1 and len(resent.readings) == 1
+    assert run(norm, [{"seq": 3}]).duplicates == 0  # seq alone: keyed with ts 0.0
+    assert run(norm, [{"seq": 3}]).duplicates == 1
+
+
+def test_dedupe_window_evicts_oldest_first_across_devices() -> None:
+    norm = Normalizer(DeviceRegistry(), IngestSettings(dedupe_capacity=3))
+    run(norm, [{"ts": NOW, "temp": 1}], device="a")
+    run(norm, [{"ts": NOW, "temp": 1}], device="b")
+    run(norm, [{"ts": NOW + 1, "temp": 1}], device="a")
+    run(norm, [{"ts": NOW + 1, "temp": 1}], device="b")  # pushes (a, NOW) out
+    assert [key[0] for key in norm.state_dict()["seen"]] == ["b", "a", "b"]
+    assert run(norm, [{"ts": NOW, "temp": 1}], device="b").duplicates == 1
+    assert run(norm, [{"ts": NOW, "temp": 1}], device="a").duplicates == 0
+
+
+def test_dedupe_state_round_trips_and_reads_the_saved_layout() -> None:
+    saved = {"version": 1, "seen": [["d1", 7, NOW], ["d2", None, NOW], ["d1", 7, NOW]]}
+    norm = Normalizer(DeviceRegistry(), IngestSettings(dedupe_capacity=10))
+    norm.load_state(saved)
+    assert norm.state_dict() == {"version": 1, "seen": [["d1", 7, NOW], ["d2", None, NOW]]}
+    assert run(norm, [{"ts": NOW, "seq": 7, "temp": 1}]).duplicates == 1
+    small = Normalizer(DeviceRegistry(), IngestSettings(dedupe_capacity=1))
+    small.load_state(saved)
+    assert small.state_dict()["seen"] == [["d2", None, NOW]]
+
+
+def test_devices_with_equal_metadata_share_one_mapping(norm: Normalizer) -> None:
+    a = run(norm, [{"ts": NOW, "model": "M", "gw": "g1"}], device="a").readings[0]
+    b = run(norm, [{"ts": NOW, "model": "M", "gw": "g1"}], device="b").readings[0]
+    c = run(norm, [{"ts": NOW, "gw": "g1", "model": "M"}], device="c").readings[0]
+    assert a.meta is b.meta and dict(a.meta) == dict(c.meta)
+    assert list(c.meta) == ["gateway", "model", "site", "protocol"]  # its own order
+    moved = run(norm, [{"ts": NOW + 1, "gw": "g2"}], device="a").readings[0]
+    assert moved.meta["gateway"] == "g2" and b.meta["gateway"] == "g1"

@@ -234,3 +234,16 @@ async def test_offered_messages_are_acknowledged_in_bulk_after_processing() -> N
     runner.cancel()
     assert acked == [list(range(100, 105)), list(range(105, 110))]
     assert len(recorder.seen) == 10 and events == ["full", "room"]
+
+
+def test_content_types_are_resolved_per_message_within_one_batch() -> None:
+    recorder = Recorder()
+    pipeline, sink, _ = build(recorder)
+    png = RawMessage("fleet/plant-a/d2/telemetry", b"\x00", NOW, content_type="image/png")
+    json_text = RawMessage(
+        "fleet/plant-a/d3/telemetry", b'{"battery_v": 3.5}', NOW, content_type="text/json"
+    )
+    outcome = pipeline.process_messages([png, GOOD, png, json_text, GOOD])
+    assert (outcome.accepted, outcome.rejected, outcome.duplicates) == (2, 2, 1)
+    assert [r.device_id for r in recorder.seen] == ["d1", "d3"]
+    assert [d.reason for d in sink.deadletters] == ["unsupported_content_type"] * 2

@@ -104,3 +104,10 @@ def test_codec_choice_by_content_type() -> None:
     assert codecs.for_content_type("application/json; charset=utf-8") is codecs.by_name["json"]
     assert codecs.for_content_type(None) is codecs.default
     assert codecs.for_content_type("image/png") is None
+
+
+def test_matches_with_the_same_levels_share_them() -> None:
+    router = TopicRouter(["fleet/{site}/{device_id}/{kind}"])
+    a, b = router.match("fleet/s1/d1/telemetry"), router.match("fleet/s1/d2/status")
+    assert a.levels is b.levels and dict(a.levels) == {"site": "s1"}
+    assert dict(router.match("fleet/s2/d1/telemetry").levels) == {"site": "s2"}
