@@ -28,9 +28,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from live_throughput import drain_fleetwatch, publish
+from live_throughput import drain_fleetwatch, fleetwatch_settings, publish
 
 from service.broker import EmbeddedBroker
+from service.daemon import Daemon
 
 # (component, path fragments); the first component whose fragment is in a function's file wins
 COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -114,18 +115,31 @@ def top_functions(stats: pstats.Stats, count: int) -> list[tuple[str, float, int
 
 
 async def profiled_drain(count: int, devices: int) -> tuple[pstats.Stats, float]:
+    """Queue ``count`` messages, then profile the daemon from connecting until it has
+    processed them all (start-up before connecting and the shutdown checkpoint are not
+    profiled)."""
     prefix = "prof"
     with tempfile.TemporaryDirectory(prefix="fleetwatch-profile-") as scratch:
         async with EmbeddedBroker(prefer="mosquitto") as broker:
             host, port = broker.host, broker.port
             await drain_fleetwatch(host, port, 0, prefix, 5, state_dir=Path(scratch))
             publish(host, port, count, devices, prefix)
+            daemon = Daemon(fleetwatch_settings(host, port, prefix, Path(scratch)))
             profiler = cProfile.Profile()
+            started = time.perf_counter()
             profiler.enable()
-            seconds = await drain_fleetwatch(
-                host, port, count, prefix, 900, state_dir=Path(scratch)
-            )
+            task = asyncio.create_task(daemon.run())
+            await daemon.ready.wait()
+            deadline = started + 900
+            while daemon.intake.processed < count and time.perf_counter() < deadline:
+                await asyncio.sleep(0.02)
             profiler.disable()
+            seconds = time.perf_counter() - started
+            processed = daemon.intake.processed
+            daemon.stop()
+            await task
+    if processed < count:
+        raise RuntimeError(f"the daemon processed {processed} of {count} within 900 s")
     return pstats.Stats(profiler), seconds
 
 

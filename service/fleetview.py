@@ -74,8 +74,9 @@ class LatestValues:
 
     def process(self, batch: Sequence[Reading]) -> list[Any]:
         latest = self._latest
+        telemetry = MessageKind.TELEMETRY
         for reading in batch:
-            if reading.late or reading.kind is not MessageKind.TELEMETRY or not reading.metrics:
+            if reading.late or reading.kind is not telemetry or not reading.metrics:
                 continue
             latest[reading.device_id] = (reading.ts, reading.metrics)
         return []
