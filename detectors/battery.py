@@ -100,6 +100,7 @@ from service.model import MessageKind, Reading, Severity, Signal, SubjectType, i
 KIND = "battery_depletion"
 _DAY = 86_400.0
 _WATCHED_KINDS = (MessageKind.TELEMETRY, MessageKind.BATCH)
+_NEG_INF = -math.inf  # one shared float for every device's "nothing yet"
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,9 +394,9 @@ class _Device:
         self.meta: Mapping[str, str] | None = None  # latest meta, not persisted
         self.charging = False
         self.severity = 0  # 0: no active alert, else the Severity value
-        self.swaps: list[float] = []
+        self.swaps: tuple[float, ...] = ()  # battery swap times, oldest first
         self.temp = math.nan  # smoothed temperature_c
-        self.last_ts = -math.inf  # latest reading used
+        self.last_ts = _NEG_INF  # latest reading used
         self.obs_level = math.nan  # latest bucket level
         self.obs_v = math.nan  # its voltage (corrected), nan for battery_pct
         self._reset_bucket()
@@ -409,7 +410,7 @@ class _Device:
         self.b_end = math.nan
         self.b_tsum = 0.0
         self.b_n = 0
-        self.b_top = -math.inf  # highest value (% or corrected V) in the bucket
+        self.b_top = _NEG_INF  # highest value (% or corrected V) in the bucket
         self.b_sum = 0.0  # sum and count of the values within the sag margin of the top
         self.b_cnt = 0
         self.b_pct = False  # the bucket holds battery_pct values (else volts)
@@ -490,8 +491,11 @@ class BatteryDetector:
                 device.model = meta.get("model")
             elif ts < device.last_ts:
                 continue
-            device.meta = meta
-            charging = meta.get("power_source") in charging_sources
+            if meta is device.meta:  # the same (immutable) metadata: the same power source
+                charging = device.charging
+            else:
+                device.meta = meta
+                charging = meta.get("power_source") in charging_sources
             if charging != device.charging:
                 device.charging = charging
                 if charging:  # on external power: restart the estimate, nothing is depleting
@@ -563,7 +567,7 @@ class BatteryDetector:
         end = device.b_end
         device.b_start = device.b_end = math.nan
         device.b_tsum, device.b_n = 0.0, 0
-        device.b_top, device.b_sum, device.b_cnt = -math.inf, 0.0, 0
+        device.b_top, device.b_sum, device.b_cnt = _NEG_INF, 0.0, 0
         device.obs_level, device.obs_v = level, volts
         # running median of three bucket levels, one bucket late: a lone dip (or spike) that
         # the envelope let through never reaches the regression
@@ -583,9 +587,10 @@ class BatteryDetector:
         scale = max(device.scale if device.scale == device.scale else 0.0, config.min_scale_pct)
         if residual > config.swap_jump_pct and residual > config.swap_k * scale:
             # a step up that outlived the median filter: a new battery
-            device.swaps.append(t * _DAY)
-            if len(device.swaps) > config.swap_history:
-                del device.swaps[: len(device.swaps) - config.swap_history]
+            swaps = (*device.swaps, t * _DAY)
+            if len(swaps) > config.swap_history:
+                swaps = swaps[len(swaps) - config.swap_history :]
+            device.swaps = swaps
             if device.severity:
                 signal = self._cleared(device_id, device, end, "swap")
             device.reset_estimate()
@@ -1011,7 +1016,7 @@ class BatteryDetector:
             d.charging = bool(data.get("charging", False))
             d.severity = int(data.get("severity", 0))
             swaps = [float(x) for x in data.get("swaps", [])]
-            d.swaps = swaps[max(len(swaps) - config.swap_history, 0) :]
+            d.swaps = tuple(swaps[max(len(swaps) - config.swap_history, 0) :])
             d.n = int(data.get("n", 0))
             d.b_n = int(data.get("b_n", 0))
             d.b_cnt = int(data.get("b_cnt", 0))

@@ -47,6 +47,7 @@ from array import array
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
+from heapq import heappop, heappush
 from typing import Any
 
 from scipy import stats
@@ -94,13 +95,23 @@ class ConnectivityConfig:
         return cls(**dict(data))
 
 
+# how wide one slot of the deadline wheel is (seconds of receive time)
+_SLOT_S = 30.0
+
+# a device's standing in its gateway's tally
+_UNCOUNTED, _ACTIVE, _SILENT = 0, 1, 2
+
+_NO_SIGNAL = array("d")  # shared by devices that have no signal points yet; never written
+
+
 class _Device:
     __slots__ = (
-        "acc_n", "acc_sum", "acc_t", "alerted", "gaps", "gateway", "intermittent", "interval", "intervals", "last_rx",
-        "offline", "severity", "signal", "signal_alert", "site", "switches", "tech", "zone",
+        "acc_n", "acc_sum", "acc_t", "alerted", "due", "gaps", "gateway", "intermittent", "interval", "intervals",
+        "last_rx", "meta", "offline", "order", "severity", "signal", "signal_alert", "site", "standing", "switches",
+        "tech", "zone",
     )  # fmt: skip
 
-    def __init__(self, now: float) -> None:
+    def __init__(self, now: float, order: int = 0) -> None:
         self.last_rx = now
         self.interval = 0.0
         self.intervals = 0
@@ -114,11 +125,15 @@ class _Device:
         self.tech: str | None = None
         self.switches = 0
         self.intermittent = False
-        self.signal = array("d")  # (t, value) pairs, oldest first, bounded
+        self.signal = _NO_SIGNAL  # (t, value) pairs, oldest first, bounded
         self.signal_alert = False
         self.acc_sum = 0.0
         self.acc_n = 0
         self.acc_t = 0.0
+        self.order = order  # position among the detector's devices (first heard first)
+        self.standing = _UNCOUNTED  # what it adds to its gateway's tally at the last tick
+        self.due = math.inf  # when its standing or offline state may next change
+        self.meta: Mapping[str, str] | None = None  # the metadata last followed (read-only)
 
 
 class ConnectivityDetector:
@@ -134,23 +149,45 @@ class ConnectivityDetector:
         self._gateway_down: dict[str, float] = {}
         self._gateway_recovered: dict[str, float] = {}
         self.now = 0.0
+        self._reset_deadlines()
+
+    def _reset_deadlines(self) -> None:
+        """Forget the silence bookkeeping; the next tick rebuilds it from the devices.
+
+        Between ticks each device with two or more intervals learned has a standing: heard
+        within ``active_window_s`` (active), and silent for ``gateway_factor`` intervals or
+        not; the standings of a gateway's devices add up to its tally ``[active, silent]``.
+        Each device waits on a wheel of ``_SLOT_S``-wide slots for ``due``: the first moment
+        (receive time) its standing or offline state can change. A tick visits the slots
+        that have come due, the devices being watched (silent long enough to be offline and
+        not yet at their worst alert), and the gateways whose tally changed or that are down.
+        """
+        self._tally: dict[str, list[int]] = {}  # gateway -> [active, silent]
+        self._wheel: dict[int, list[str]] = {}  # slot -> device ids (stale ones are skipped)
+        self._slots: list[int] = []  # heap of the wheel's slots
+        self._watch: set[str] = set()
+        self._dirty: set[str] = set()  # gateways whose tally changed since the last tick
+        self._clock = -math.inf  # the last tick's time
+        self._stale = True  # the bookkeeping must be rebuilt before it is used
 
     # -- learning -------------------------------------------------------------------
 
-    def _device(self, reading: Reading) -> _Device:
-        device = self._devices.get(reading.device_id)
-        if device is None:
-            device = _Device(reading.received_at)
-            self._devices[reading.device_id] = device
-        return device
-
     def _follow_meta(self, device_id: str, device: _Device, meta: Mapping[str, str]) -> None:
+        if meta is device.meta:
+            return  # the same (immutable) metadata as last time: nothing to follow
+        device.meta = meta
         gateway = meta.get("gateway")
         if gateway is not None and gateway != device.gateway:
             if device.gateway is not None:
                 self._gateways.get(device.gateway, set()).discard(device_id)
             self._gateways.setdefault(gateway, set()).add(device_id)
-            device.gateway = gateway
+            standing = device.standing
+            if standing != _UNCOUNTED and not self._stale:
+                self._set_standing(device, _UNCOUNTED)
+                device.gateway = gateway
+                self._set_standing(device, standing)
+            else:
+                device.gateway = gateway
         device.site = meta.get("site", device.site)
         device.zone = meta.get("zone", device.zone)
         for key in TECH_KEYS:
@@ -162,28 +199,32 @@ class ConnectivityDetector:
                 break
 
     def process(self, batch: Sequence[Reading]) -> list[Signal]:
-        config = self.config
+        burst = self.config.burst_s
+        devices = self._devices
         signals: list[Signal] = []
         for reading in batch:
             received = reading.received_at
             if received > self.now:
                 self.now = received
-            device = self._devices.get(reading.device_id)
+            device_id = reading.device_id
+            meta = reading.meta
             if (
                 reading.kind is MessageKind.STATUS
-                and (reading.meta.get("state") or reading.meta.get("status")) in OFFLINE_STATES
+                and (meta.get("state") or meta.get("status")) in OFFLINE_STATES
             ):
                 # a goodbye is not a sign of life: the silence clock keeps running
                 continue
+            device = devices.get(device_id)
             if device is None:
-                device = self._device(reading)
-                self._follow_meta(reading.device_id, device, reading.meta)
+                device = devices[device_id] = _Device(received, len(devices))
+                self._follow_meta(device_id, device, meta)
                 self._track_signal(reading, device, signals)
                 continue
-            self._follow_meta(reading.device_id, device, reading.meta)
+            if meta is not device.meta:
+                self._follow_meta(device_id, device, meta)
             silence = received - device.last_rx
-            if silence > config.burst_s:
-                self._arrival(reading.device_id, device, received, silence, signals)
+            if silence > burst:
+                self._arrival(device_id, device, received, silence, signals)
             self._track_signal(reading, device, signals)
         return signals
 
@@ -206,6 +247,23 @@ class ConnectivityDetector:
             device.interval = interval + weight * (clipped - interval)
         device.intervals += 1
         device.last_rx = received
+        if device.intervals >= 2 and not self._stale:
+            learned = device.interval
+            gap_limit = config.gateway_factor * learned
+            offline_limit = max(config.offline_factor * learned, config.min_offline_s)
+            window = config.active_window_s
+            if gap_limit >= 0.0 and offline_limit >= 0.0 and window >= 0.0:
+                # just heard: active, not silent, not offline until the nearest limit
+                if device.standing != _ACTIVE:
+                    self._set_standing(device, _ACTIVE)
+                nearest = min(gap_limit, offline_limit, window)
+                due = received + nearest - 1e-12 * (abs(received) + abs(nearest)) - 1e-9
+            else:
+                self._reassess(device_id, device, received)
+                due = self._next_due(device, received)
+            device.due = due
+            if due < math.inf:
+                self._push(device_id, int(due // _SLOT_S))
         if device.offline:
             device.offline = False
             if device.alerted:
@@ -216,7 +274,8 @@ class ConnectivityDetector:
                         summary=f"{device_id} is reporting again after {silence / 60:.0f} min",
                     )
                 )  # fmt: skip
-        self._judge_intermittent(device_id, device, received, out)
+        if device.gaps or device.intermittent or config.intermittent_gaps <= 0:
+            self._judge_intermittent(device_id, device, received, out)
 
     def _judge_intermittent(
         self, device_id: str, device: _Device, now: float, out: list[Signal]
@@ -264,6 +323,8 @@ class ConnectivityDetector:
             if received - device.acc_t < self.config.signal_spacing_s:
                 return
             flat = device.signal
+            if flat is _NO_SIGNAL:
+                flat = device.signal = array("d")
             flat.append(device.acc_t)
             flat.append(device.acc_sum / device.acc_n)
             device.acc_sum, device.acc_n = 0.0, 0
@@ -338,51 +399,146 @@ class ConnectivityDetector:
     def tick(self, now: float) -> list[Signal]:
         """Judge silence at ``now`` (receive-time clock): gateways first, then devices.
 
-        One pass over the devices gathers, per gateway, how many are active, how many are
-        silent and how many were heard since an outage began, and collects the devices
-        silent long enough to be offline; gateways are judged from the counts, then those
-        devices.
+        Only what may have changed since the last tick is visited: the devices whose
+        deadline has passed (their gateway tallies are brought up to date), the gateways
+        whose tally changed or that are down, and the devices silent long enough to be
+        offline. A tick earlier than the last one recounts every device.
         """
         if now < self.now:
             now = self.now  # never judge silence before the newest arrival
+        if self._stale or not now >= self._clock or not math.isfinite(now):
+            self._rebuild(now)
+        else:
+            self._advance(now)
+        self._clock = now
+        signals: list[Signal] = []
+        self._judge_gateways(now, signals)
+        self._judge_watched(now, signals)
+        return signals
+
+    def _set_standing(self, device: _Device, standing: int) -> None:
+        old = device.standing
+        if old == standing:
+            return
+        device.standing = standing
+        gateway = device.gateway
+        if gateway is None:
+            return
+        tally = self._tally.get(gateway)
+        if tally is None:
+            tally = self._tally[gateway] = [0, 0]
+        tally[0] += (standing != _UNCOUNTED) - (old != _UNCOUNTED)
+        tally[1] += (standing == _SILENT) - (old == _SILENT)
+        self._dirty.add(gateway)
+
+    def _reassess(self, device_id: str, device: _Device, now: float) -> None:
+        """Bring the device's standing up to ``now``; watch it once it may be offline."""
         config = self.config
-        offline_factor = config.offline_factor
-        gateway_factor = config.gateway_factor
-        min_offline = config.min_offline_s
-        active_window = config.active_window_s
-        down = self._gateway_down
-        counts: dict[str, list[float]] = {}  # gateway -> [active, silent, first silent, heard]
-        candidates: list[tuple[str, _Device, float]] = []
+        silence = now - device.last_rx
+        interval = device.interval
+        if silence > config.active_window_s:
+            self._set_standing(device, _UNCOUNTED)
+            offline = device.alerted
+        else:
+            silent = silence > config.gateway_factor * interval
+            self._set_standing(device, _SILENT if silent else _ACTIVE)
+            offline = silence > config.offline_factor * interval and silence > config.min_offline_s
+        if offline:
+            self._watch.add(device_id)
+
+    def _next_due(self, device: _Device, now: float) -> float:
+        """The first receive time after ``now`` at which the device's standing or offline
+        state can change (a hair early, so rounding never makes it late)."""
+        config = self.config
+        silence = now - device.last_rx
+        interval = device.interval
+        nearest = math.inf
+        for limit in (
+            config.gateway_factor * interval,
+            max(config.offline_factor * interval, config.min_offline_s),
+            config.active_window_s,
+        ):
+            if silence <= limit < nearest:
+                nearest = limit
+        if nearest == math.inf:
+            return math.inf
+        due = device.last_rx + nearest
+        return due - 1e-12 * (abs(device.last_rx) + abs(nearest)) - 1e-9
+
+    def _push(self, device_id: str, slot: int) -> None:
+        bucket = self._wheel.get(slot)
+        if bucket is None:
+            self._wheel[slot] = [device_id]
+            heappush(self._slots, slot)
+        else:
+            bucket.append(device_id)
+
+    def _advance(self, now: float) -> None:
+        """Visit the devices whose deadline is at or before ``now``."""
+        devices = self._devices
+        wheel, slots = self._wheel, self._slots
+        current = int(now // _SLOT_S)
+        later: dict[str, int] = {}  # devices still due in a slot that has come up
+        while slots and slots[0] <= current:
+            slot = heappop(slots)
+            for device_id in wheel.pop(slot):
+                device = devices[device_id]
+                due = device.due
+                if due == math.inf or int(due // _SLOT_S) != slot:
+                    continue  # superseded by a later deadline
+                if due > now:
+                    later[device_id] = slot
+                    continue
+                self._reassess(device_id, device, now)
+                due = device.due = self._next_due(device, now)
+                if due < math.inf:
+                    next_slot = int(due // _SLOT_S)
+                    if next_slot <= current:
+                        later[device_id] = next_slot
+                    else:
+                        self._push(device_id, next_slot)
+        for device_id, slot in later.items():
+            self._push(device_id, slot)
+
+    def _rebuild(self, now: float) -> None:
+        """Recount every device's standing at ``now`` and put it back on the wheel."""
+        self._reset_deadlines()
+        self._stale = False
         for device_id, device in self._devices.items():
+            device.standing = _UNCOUNTED
+            device.due = math.inf
             if device.intervals < 2:
                 continue
-            last = device.last_rx
-            silence = now - last
-            interval = device.interval
-            if silence > active_window:
-                if device.alerted:
-                    candidates.append((device_id, device, silence))
-                continue
-            gateway = device.gateway
-            if gateway is not None:
-                tally = counts.get(gateway)
-                if tally is None:
-                    tally = counts[gateway] = [0, 0, math.inf, 0]
-                tally[0] += 1
-                if silence > gateway_factor * interval:
-                    tally[1] += 1
-                    if last < tally[2]:
-                        tally[2] = last
-                since = down.get(gateway)
-                if since is not None and last > since:
-                    tally[3] += 1
-            if silence > offline_factor * interval and silence > min_offline:
-                candidates.append((device_id, device, silence))
-        signals: list[Signal] = []
-        self._judge_gateways(now, counts, signals)
+            self._reassess(device_id, device, now)
+            due = device.due = self._next_due(device, now)
+            if math.isfinite(due):
+                self._push(device_id, int(due // _SLOT_S))
+        self._dirty.update(self._tally)
+        if not math.isfinite(now):
+            self._stale = True  # no deadline can follow an infinite clock
+
+    def _judge_watched(self, now: float, signals: list[Signal]) -> None:
+        """Raise offline alerts for the watched devices, in the order they were first heard."""
+        config = self.config
+        offline_factor = config.offline_factor
+        min_offline = config.min_offline_s
+        active_window = config.active_window_s
         persistent = config.persistent_s
+        down = self._gateway_down
         recovered_at = self._gateway_recovered
-        for device_id, device, silence in candidates:
+        devices = self._devices
+        watch = self._watch
+        order = sorted(watch, key=lambda d: devices[d].order) if len(watch) > 1 else list(watch)
+        for device_id in order:
+            device = devices[device_id]
+            silence = now - device.last_rx
+            if silence > active_window:
+                offline = device.alerted
+            else:
+                offline = silence > offline_factor * device.interval and silence > min_offline
+            if not offline or device.intervals < 2:
+                watch.discard(device_id)
+                continue
             device.offline = True
             if device.gateway in down:
                 continue  # explained by the gateway outage
@@ -394,11 +550,14 @@ class ConnectivityDetector:
                 continue  # explained by the open intermittent-connectivity alert
             severity = Severity.CRITICAL if silence >= persistent else Severity.WARNING
             if device.alerted and severity <= device.severity:
+                if device.severity >= Severity.CRITICAL:
+                    watch.discard(device_id)  # at its worst: nothing more until it is heard
                 continue
             device.alerted = True
             device.severity = severity
             signals.append(self._offline_signal(device_id, device, now, silence, severity))
-        return signals
+            if severity >= Severity.CRITICAL:
+                watch.discard(device_id)
 
     def _offline_signal(
         self, device_id: str, device: _Device, now: float, silence: float, severity: Severity
@@ -424,20 +583,36 @@ class ConnectivityDetector:
             action=action,
         )  # fmt: skip
 
-    def _judge_gateways(
-        self, now: float, counts: Mapping[str, list[float]], out: list[Signal]
-    ) -> None:
+    def _judge_gateways(self, now: float, out: list[Signal]) -> None:
+        """Judge the gateways whose tally changed since the last tick, and those down.
+
+        A gateway with no active device is not judged; gateway signals of one tick come in
+        the order of each gateway's first-heard active device.
+        """
         config = self.config
-        for gateway, (active, silent, first_silent, heard) in counts.items():
-            since = self._gateway_down.get(gateway)
+        down = self._gateway_down
+        judged = self._dirty
+        judged.update(down)
+        self._dirty = set()
+        raised: list[tuple[int, Signal]] = []
+        for gateway in judged:
+            tally = self._tally.get(gateway)
+            if tally is None or tally[0] == 0:
+                continue
+            active, silent = tally
+            since = down.get(gateway)
             if since is None:
                 if (
                     active >= config.gateway_min_devices
                     and silent / active >= config.gateway_offline_fraction
                 ):
                     self._gateway_down[gateway] = now
+                    first_silent = min(
+                        (d.last_rx for d in self._members(gateway) if d.standing == _SILENT),
+                        default=math.inf,
+                    )
                     site = self._gateway_site(gateway)
-                    out.append(
+                    raised.append((self._first_member(gateway),
                         Signal(
                             kind="gateway_down", subject=gateway, firing=True, at=now,
                             severity=Severity.CRITICAL, subject_type=SubjectType.GATEWAY,
@@ -449,18 +624,36 @@ class ConnectivityDetector:
                                     "it are held back from alerting one by one."),
                             site=site,
                         )
-                    )  # fmt: skip
-            elif active and heard / active >= config.gateway_resolve_fraction:
+                    ))  # fmt: skip
+                continue
+            heard = sum(
+                1 for d in self._members(gateway) if d.standing != _UNCOUNTED and d.last_rx > since
+            )
+            if heard / active >= config.gateway_resolve_fraction:
                 del self._gateway_down[gateway]
                 self._gateway_recovered[gateway] = now
-                out.append(
+                self._dirty.add(gateway)  # judged again next tick, as a gateway that is up
+                raised.append((self._first_member(gateway),
                     Signal(
                         kind="gateway_down", subject=gateway, firing=False, at=now,
                         severity=Severity.CRITICAL, subject_type=SubjectType.GATEWAY,
                         summary=f"gateway {gateway} is carrying traffic again",
                         site=self._gateway_site(gateway),
                     )
-                )  # fmt: skip
+                ))  # fmt: skip
+        raised.sort(key=lambda pair: pair[0])
+        out.extend(signal for _, signal in raised)
+
+    def _members(self, gateway: str) -> list[_Device]:
+        devices = self._devices
+        return [devices[device_id] for device_id in self._gateways.get(gateway, ())]
+
+    def _first_member(self, gateway: str) -> int:
+        """The first-heard position among the gateway's active devices."""
+        return min(
+            (d.order for d in self._members(gateway) if d.standing != _UNCOUNTED),
+            default=len(self._devices),
+        )
 
     def _gateway_site(self, gateway: str) -> str | None:
         for device_id in self._gateways.get(gateway, ()):
@@ -555,6 +748,7 @@ class ConnectivityDetector:
             raise ValueError(f"connectivity state format {version} is not {self.STATE_VERSION}")
         self._devices = {}
         self._gateways = {}
+        self._reset_deadlines()
         self.now = float(state.get("now", 0.0))
         self._gateway_down = {str(k): float(v) for k, v in state.get("gateways_down", {}).items()}
         self._gateway_recovered = {
@@ -564,7 +758,7 @@ class ConnectivityDetector:
             (last_rx, interval, intervals, offline, alerted, severity, gaps, gateway, site,
              zone, tech, switches, intermittent, signal, signal_alert, acc_sum, acc_n,
              acc_t) = row  # fmt: skip
-            device = _Device(float(last_rx))
+            device = _Device(float(last_rx), len(self._devices))
             device.interval = float(interval)
             device.intervals = int(intervals)
             device.offline = bool(offline)
@@ -578,7 +772,7 @@ class ConnectivityDetector:
             device.gateway, device.site, device.zone, device.tech = gateway, site, zone, tech
             device.switches = int(switches)
             device.intermittent = bool(intermittent)
-            device.signal = array("d", (float(x) for x in signal))
+            device.signal = array("d", (float(x) for x in signal)) if signal else _NO_SIGNAL
             device.signal_alert = bool(signal_alert)
             device.acc_sum, device.acc_n, device.acc_t = float(acc_sum), int(acc_n), float(acc_t)
             self._devices[device_id] = device

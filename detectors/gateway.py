@@ -35,12 +35,16 @@ import math
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from heapq import heappop, heappush
 from typing import Any
 
 from detectors.base import reject_unknown
 from service.model import MessageKind, Reading, Severity, Signal, SubjectType, iso_utc
 
 GATEWAY_METRICS = ("cpu_pct", "mem_pct", "queue_depth", "uplink_latency_ms", "packet_loss_pct")
+
+# how wide one slot of the wheel of last-heard times is (seconds of receive time)
+_SLOT_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,12 +78,13 @@ class GatewayConfig:
 
 class _Gateway:
     __slots__ = (
-        "arrivals", "devices", "history", "last_tick", "overloaded", "rate", "severity", "site",
-        "status",
+        "active", "arrivals", "devices", "history", "last_tick", "overloaded", "rate", "severity",
+        "site", "status",
     )  # fmt: skip
 
     def __init__(self) -> None:
         self.devices: dict[str, tuple[float, str | None]] = {}  # device -> (last rx, zone)
+        self.active = 0  # devices heard at or after the detector's horizon
         self.arrivals = 0
         self.rate = 0.0
         self.last_tick: float | None = None
@@ -101,6 +106,20 @@ class GatewayDetector:
         self._gateways: dict[str, _Gateway] = {}
         self._device_gateway: dict[str, str] = {}
         self._imbalanced: set[str] = set()
+        self._reset_active()
+
+    def _reset_active(self) -> None:
+        """Forget the active-device bookkeeping; it is rebuilt when next needed.
+
+        Each gateway's ``active`` counts its devices last heard at or after ``_horizon``
+        (the latest ``now - active_window_s`` judged). Every counted device waits on a wheel
+        of ``_SLOT_S``-wide slots, by last-heard time, for the horizon to pass it, so moving
+        the horizon visits only the devices that fall out of the window.
+        """
+        self._horizon = -math.inf
+        self._wheel: dict[int, list[str]] = {}  # slot -> device ids (stale ones are skipped)
+        self._slots: list[int] = []  # heap of the wheel's slots
+        self._stale = True
 
     def _gateway(self, name: str) -> _Gateway:
         gateway = self._gateways.get(name)
@@ -111,43 +130,138 @@ class GatewayDetector:
     def process(self, batch: Sequence[Reading]) -> list[Signal]:
         gateways = self._gateways
         device_gateway = self._device_gateway
+        configured = self.config.device_gateways
+        counting = not self._stale
+        horizon = self._horizon
         for reading in batch:
             meta = reading.meta
             device_id = reading.device_id
-            if device_id in gateways or meta.get("role") == "gateway":
+            role = meta.get("role")
+            if role == "gateway" or device_id in gateways:
                 own = self._gateway(device_id)
                 own.site = meta.get("site", own.site)
                 for metric in GATEWAY_METRICS:
                     value = reading.metrics.get(metric)
                     if value is not None:
                         own.status[metric] = value
-                if reading.kind is MessageKind.STATUS or meta.get("role") == "gateway":
+                if reading.kind is MessageKind.STATUS or role == "gateway":
                     continue
-            name = meta.get("gateway") or self.config.device_gateways.get(device_id)
+            name = meta.get("gateway") or configured.get(device_id)
             if name is None:
                 continue
             previous = device_gateway.get(device_id)
             if previous != name:
                 if previous is not None:
-                    gateways[previous].devices.pop(device_id, None)
+                    gone = gateways[previous].devices.pop(device_id, None)
+                    if counting and gone is not None and gone[0] >= horizon:
+                        gateways[previous].active -= 1
                 device_gateway[device_id] = name
             gateway = gateways.get(name) or self._gateway(name)
-            gateway.devices[device_id] = (reading.received_at, meta.get("zone"))
+            devices = gateway.devices
+            received = reading.received_at
+            old = devices.get(device_id)
+            devices[device_id] = (received, meta.get("zone"))
+            if counting:
+                if old is not None and old[0] >= horizon:  # counted until now
+                    if received < old[0]:  # out of order: heard earlier than its last
+                        if received < horizon:
+                            gateway.active -= 1
+                        else:  # it must wait in a slot no later than its last-heard time
+                            self._push(device_id, int(received // _SLOT_S))
+                elif received >= horizon:  # counted from now on
+                    gateway.active += 1
+                    self._push(device_id, int(received // _SLOT_S))
             gateway.arrivals += 1
             if gateway.site is None:
                 gateway.site = meta.get("site")
         return []
 
+    def _push(self, device_id: str, slot: int) -> None:
+        bucket = self._wheel.get(slot)
+        if bucket is None:
+            self._wheel[slot] = [device_id]
+            heappush(self._slots, slot)
+        else:
+            bucket.append(device_id)
+
     # -- judging ----------------------------------------------------------------------
 
     def _active(self, gateway: _Gateway, now: float) -> int:
+        """Devices heard within ``active_window_s`` before ``now`` (a full count)."""
         horizon = now - self.config.active_window_s
         return sum(1 for last, _ in gateway.devices.values() if last >= horizon)
+
+    def _loads(self, now: float) -> dict[str, int]:
+        """Each gateway's active devices at ``now``.
+
+        The counts kept between ticks are moved forward to ``now``; a ``now`` earlier than
+        the last one judged is counted in full (the kept counts are left as they are).
+        """
+        horizon = now - self.config.active_window_s
+        if horizon != horizon:
+            return {name: self._active(g, now) for name, g in self._gateways.items()}
+        if self._stale:
+            self._rebuild(horizon)
+        elif horizon < self._horizon:
+            return {name: self._active(g, now) for name, g in self._gateways.items()}
+        else:
+            self._advance(horizon)
+        return {name: g.active for name, g in self._gateways.items()}
+
+    def _rebuild(self, horizon: float) -> None:
+        self._reset_active()
+        self._stale = False
+        self._horizon = horizon
+        for gateway in self._gateways.values():
+            active = 0
+            for device_id, (last, _) in gateway.devices.items():
+                if last >= horizon:
+                    active += 1
+                    if last < math.inf:
+                        self._push(device_id, int(last // _SLOT_S))
+            gateway.active = active
+
+    def _advance(self, horizon: float) -> None:
+        """Move the horizon forward, uncounting the devices it passes.
+
+        A counted device waits in the slot of the time it was counted from; when that slot
+        comes up and the device has been heard since, it moves to the slot of its last-heard
+        time, so a device heard often is handled once per window, not once per reading.
+        """
+        if horizon == -math.inf:
+            return
+        old = self._horizon
+        gateways, device_gateway = self._gateways, self._device_gateway
+        wheel, slots = self._wheel, self._slots
+        current = int(horizon // _SLOT_S) if horizon < math.inf else max(slots, default=0)
+        seen: set[str] = set()
+        kept: list[tuple[str, int]] = []
+        while slots and slots[0] <= current:
+            for device_id in wheel.pop(heappop(slots)):
+                if device_id in seen:
+                    continue
+                seen.add(device_id)
+                name = device_gateway.get(device_id)
+                entry = None if name is None else gateways[name].devices.get(device_id)
+                if entry is None or entry[0] < old:
+                    continue  # not counted
+                last = entry[0]
+                if last < horizon:
+                    gateways[name].active -= 1  # type: ignore[index]
+                    continue
+                slot = int(last // _SLOT_S) if last < math.inf else current
+                if slot <= current:
+                    kept.append((device_id, slot))
+                else:
+                    self._push(device_id, slot)
+        for device_id, slot in kept:
+            self._push(device_id, slot)
+        self._horizon = horizon
 
     def tick(self, now: float) -> list[Signal]:
         config = self.config
         signals: list[Signal] = []
-        loads: dict[str, int] = {}
+        loads = self._loads(now)
         by_site: dict[str, list[str]] = {}
         for name, gateway in self._gateways.items():
             if gateway.last_tick is not None and now > gateway.last_tick:
@@ -156,7 +270,6 @@ class GatewayDetector:
             if gateway.last_tick is None or now > gateway.last_tick:
                 gateway.arrivals = 0
                 gateway.last_tick = now
-            loads[name] = self._active(gateway, now)
             latency = gateway.status.get("uplink_latency_ms")
             if latency is not None:
                 if gateway.history.maxlen != config.load_history:
@@ -189,8 +302,14 @@ class GatewayDetector:
         config = self.config
         gateway = self._gateways[name]
         capacity = config.capacity(name)
-        strain = self._strain(gateway)
         over_capacity = load > capacity
+        if not (
+            over_capacity
+            or load > site_mean
+            or (gateway.overloaded and load <= config.resolve_margin * capacity)
+        ):
+            return []  # neither overloaded nor able to resolve, whatever its strain
+        strain = self._strain(gateway)
         strained = bool(strain) and load > site_mean
         if over_capacity or strained:
             severity = (
@@ -320,7 +439,7 @@ class GatewayDetector:
 
     def report(self, now: float) -> dict[str, Any]:
         sites: dict[str, dict[str, Any]] = {}
-        loads = {name: self._active(g, now) for name, g in self._gateways.items()}
+        loads = self._loads(now)
         for name, gateway in sorted(self._gateways.items()):
             site = sites.setdefault(gateway.site or "", {"gateways": {}})
             site["gateways"][name] = {
@@ -359,6 +478,7 @@ class GatewayDetector:
             raise ValueError(f"gateway state format {state.get('version')} is not 1")
         self._gateways = {}
         self._device_gateway = {}
+        self._reset_active()
         self._imbalanced = set(state.get("imbalanced", []))
         for name, row in state.get("gateways", {}).items():
             gateway = self._gateway(name)

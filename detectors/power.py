@@ -64,6 +64,8 @@ from service.model import Reading, Severity, Signal, iso_utc
 # a device's hourly points are few: the novelty grid is set after two days of them
 NOVELTY = ScorerConfig(warmup=48, rest=24)
 
+_NO_POINTS = array("d")  # shared by devices with no judged point yet; never written
+
 
 @dataclass(frozen=True, slots=True)
 class PowerConfig:
@@ -232,9 +234,11 @@ class _Device:
         "acc_n",
         "acc_sum",
         "bucket",
+        "chemistry",
         "drain",
         "flag",
         "history",
+        "meta",
         "model",
         "novel",
         "novelty",
@@ -255,15 +259,17 @@ class _Device:
         self.short = _Stats()
         self.pending = 0  # consecutive points beyond the step threshold
         self.flag: str | None = None  # the shape currently alerted
-        self.recent = array("d")  # the last ``history`` points: enough for the trend test
+        self.recent = _NO_POINTS  # the last ``history`` points: enough for the trend test
         self.history = history
         self.drain: _Drain | None = None  # for devices that report no power
-        self.novelty = NoveltyScorer(NOVELTY)
+        self.novelty: NoveltyScorer | None = None  # made with the first judged point
         self.novel: tuple[float, int] = (0.0, -(10**9))  # latest novelty score, its bucket
         self.source = "power_mw"
         self.model: str | None = None
         self.site: str | None = None
         self.zone: str | None = None
+        self.meta: Mapping[str, str] | None = None  # the metadata last followed (read-only)
+        self.chemistry: Chemistry | None = None  # its battery's, while the metadata stays
 
 
 def _alpha(half_life_points: float) -> float:
@@ -302,10 +308,12 @@ class PowerDetector:
             if device is None:
                 device = self._devices[reading.device_id] = _Device(self.config.trend_points)
             meta = reading.meta
-            device.model = meta.get("model", device.model)
-            device.site = meta.get("site", device.site)
-            device.zone = meta.get("zone", device.zone)
-            mode = meta.get("mode")
+            if meta is not device.meta:  # the same (immutable) metadata needs no second look
+                device.meta = meta
+                device.chemistry = None
+                device.model = meta.get("model", device.model)
+                device.site = meta.get("site", device.site)
+                device.zone = meta.get("zone", device.zone)
             if value is None:
                 value = self._drain_point(device, reading)
                 if value is None:
@@ -313,6 +321,7 @@ class PowerDetector:
             index = int(reading.ts // bucket_s)
             if device.bucket is not None and index > device.bucket and device.acc_n:
                 point = device.acc_sum / device.acc_n
+                mode = meta.get("mode")
                 signal = self._judge(reading.device_id, device, point, device.bucket, mode)
                 if signal is not None:
                     signals.append(signal)
@@ -341,7 +350,9 @@ class PowerDetector:
             return None
         level = metrics.get("battery_pct")
         if level is None:
-            chemistry = self._chemistry(device, meta)
+            chemistry = device.chemistry
+            if chemistry is None:
+                chemistry = device.chemistry = self._chemistry(device, meta)
             volts = metrics["battery_v"]
             temperature = metrics.get("temperature_c")
             if temperature is not None:
@@ -389,12 +400,17 @@ class PowerDetector:
             # their noise, which the fit's standard error gives
             scale = max(scale, device.drain.error)
         z = (point - own.mean) / scale if own.n >= config.warmup_points else 0.0
-        novelty = device.novelty.score(point)
+        scorer = device.novelty
+        if scorer is None:
+            scorer = device.novelty = NoveltyScorer(NOVELTY)
+        novelty = scorer.score(point)
         if novelty > 0.0:
             device.novel = (novelty, bucket)
         elif bucket - device.novel[1] <= config.trend_points:
             novelty = device.novel[0]  # the excursion's novelty, while it is recent
         recent = device.recent
+        if recent is _NO_POINTS:
+            recent = device.recent = array("d")
         if len(recent) >= device.history:
             del recent[0]
         recent.append(point)
@@ -526,7 +542,7 @@ class PowerDetector:
                     d.flag,
                     list(d.recent),
                     _drain_state(d.drain),
-                    d.novelty.state_dict(),
+                    (d.novelty or NoveltyScorer(NOVELTY)).state_dict(),
                     list(d.novel),
                     d.source,
                     d.model,
@@ -558,7 +574,8 @@ class PowerDetector:
             d = _Device(self.config.trend_points)
             d.bucket, d.acc_sum, d.acc_n = bucket, float(acc_sum), int(acc_n)
             d.own, d.short, d.pending, d.flag = stats(own), stats(short), int(pending), flag
-            d.recent.extend(float(x) for x in recent[-d.history :])
+            if recent:
+                d.recent = array("d", (float(x) for x in recent[-d.history :]))
             d.drain = _drain_from_state(drain)
             d.novelty = NoveltyScorer.from_state(novelty, NOVELTY)
             d.novel = (float(novel[0]), int(novel[1]))

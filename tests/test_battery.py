@@ -391,3 +391,20 @@ def test_a_change_in_usage_is_picked_up_within_days() -> None:
     fc = det.forecast("d1")
     assert fc is not None and fc.rate_pct_per_day == pytest.approx(3.0, rel=0.15)
     assert [s.severity for s in signals if s.firing] == [Severity.WARNING]
+
+
+def test_swap_history_survives_a_checkpoint_and_keeps_growing_bounded() -> None:
+    det = BatteryDetector(BatteryConfig(swap_history=3))
+    for k in range(2):
+        run(det, stream(linear(60.0 + 30 * k, 30.0), 1.0, start=float(k), every_s=1800.0, seed=k))
+    state = json.loads(json.dumps(det.state_dict()))
+    assert isinstance(state["devices"]["d1"]["swaps"], list)
+    restored = BatteryDetector(BatteryConfig(swap_history=3))
+    restored.load_state(state)
+    assert restored.state_dict() == state
+    for k in range(2, 5):
+        readings = list(stream(linear(60.0 + 30 * k, 30.0), 1.0, start=float(k), every_s=1800.0,
+                               seed=k))  # fmt: skip
+        assert run(det, iter(readings)) == run(restored, iter(readings))
+    fc = restored.forecast("d1")
+    assert fc is not None and len(fc.swaps) == 3 and fc.swaps == det.forecast("d1").swaps  # type: ignore[union-attr]

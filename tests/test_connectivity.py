@@ -3,6 +3,7 @@ fading signal, batched uploads, clock skew and outage patterns."""
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 
@@ -229,3 +230,53 @@ def test_an_offline_status_message_is_not_a_sign_of_life() -> None:
         return fired[0].at
 
     assert offline_at(goodbye=True) == offline_at(goodbye=False)
+
+
+def _recounted(detector: ConnectivityDetector) -> ConnectivityDetector:
+    """A detector restored from ``detector``'s checkpoint: its next tick counts every device."""
+    fresh = ConnectivityDetector(detector.config)
+    fresh.load_state(orjson.loads(orjson.dumps(detector.state_dict())))
+    return fresh
+
+
+def test_deadline_ticks_raise_what_a_full_recount_raises_at_the_same_tick() -> None:
+    rng = random.Random(5)
+    config = ConnectivityConfig(min_offline_s=0, persistent_s=900, active_window_s=3_000)
+    live = ConnectivityDetector(config)
+    gateways = ["gw1", "gw2", "gw3"]
+    devices = {f"d{i}": rng.choice(gateways) for i in range(24)}
+    outages = {
+        d: (rng.uniform(0, 8_000), rng.uniform(200, 4_000)) for d in rng.sample(sorted(devices), 10)
+    }
+    t, ticks, fired = T0, 0, 0
+    while t < T0 + 12_000:
+        t += rng.uniform(5, 40)
+        batch = []
+        for device, gateway in devices.items():
+            start, length = outages.get(device, (math.inf, 0.0))
+            down = start <= t - T0 < start + length or (
+                gateway == "gw2" and 5_000 <= t - T0 < 7_000
+            )
+            if not down and rng.random() < 0.4:
+                if rng.random() < 0.01:
+                    devices[device] = gateway = rng.choice(gateways)  # roams
+                batch.append(Reading(device, t, t, {}, meta(gateway)))
+        live.process(batch)
+        if rng.random() < 0.5:
+            now = t + rng.uniform(-60, 120)  # now and then earlier than the tick before
+            reference = _recounted(live)
+            expected = reference.tick(now)
+            assert live.tick(now) == expected
+            ticks += 1
+            fired += len(expected)
+    assert ticks > 100 and fired > 10
+
+
+def test_checkpoint_without_deadlines_resumes_alerting_on_time() -> None:
+    detector = ConnectivityDetector(ConnectivityConfig(min_offline_s=0))
+    for t in range(0, 600, 60):
+        detector.process([Reading("d1", T0 + t, T0 + t, {}, meta("gw1"))])
+    restored = _recounted(detector)
+    assert restored.tick(T0 + 540 + 60 * 2.5) == []
+    assert [s.kind for s in restored.tick(T0 + 540 + 60 * 3.5)] == ["device_offline"]
+    assert restored.device_view("d1")["offline"] is True  # type: ignore[index]

@@ -138,3 +138,19 @@ def test_drain_read_through_the_chemistry_curve_ignores_charging_and_swaps() -> 
     device = detector._devices["ls1"]
     assert device.source == "drain_per_day" and 0.3 < device.own.mean < 0.7  # % per day
     assert copy.state_dict() == detector.state_dict()
+
+
+def test_checkpoint_of_devices_not_yet_judged_round_trips() -> None:
+    det = PowerDetector()
+    det.process([Reading("d1", 10.0, 10.0, {"power_mw": 100.0}, META),
+                 Reading("d2", 20.0, 20.0, {"battery_pct": 90.0}, META)])  # fmt: skip
+    state = orjson.loads(orjson.dumps(det.state_dict()))
+    restored = PowerDetector()
+    restored.load_state(state)
+    assert orjson.loads(orjson.dumps(restored.state_dict())) == state
+    later = [
+        Reading("d1", HOUR * h, HOUR * h, {"power_mw": 100.0 + h % 3}, META) for h in range(1, 80)
+    ]
+    assert det.process(later) == restored.process(later)
+    assert det.device_view("d1") == restored.device_view("d1")
+    assert det.state_dict() == restored.state_dict()
