@@ -30,7 +30,9 @@ ones to maintain first.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import struct
+from array import array
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -71,119 +73,199 @@ class EnvironmentConfig:
         return cls(**dict(data))
 
 
-class _Device:
+_STRESS = ("temperature_c", "humidity_pct", "vibration_g")  # hot, humid, shaking
+_GAPS = 9  # the rhythm is the median of this many recent gaps
+_SUCCEEDED = frozenset(("succeeded", "success"))
+_FAILED = frozenset(("failed", "failure", "error"))
+
+
+class _Fleet:
+    """Every device's state as one fixed-size record in a single buffer, in order of first
+    sight (records never move).
+
+    A record holds: the smoothed environment (one value per metric), hours of stress (hot,
+    humid, shaking), the last arrival, the recent gaps (oldest first), the battery fit (first
+    ts, last ts, last volts, then n, St, Sv, Stt, Stv over days since the first ts), lost and
+    expected reports, the site and zone as codes into one shared table of names, a set flag
+    per environment metric, and the number of gaps. Update outcomes are kept only for the
+    devices that reported an update.
+    """
+
     __slots__ = (
-        "arrivals", "battery_first", "battery_last", "battery_sums", "env", "expected", "first_rx", "gaps",
-        "interval", "last_rx", "lost", "site", "stress", "updates", "zone",
+        "battery", "blank", "blank_bytes", "codes", "counts", "data", "env_set", "gap_count",
+        "gaps", "last_rx", "names", "places", "record", "rows", "stress", "updates", "width",
     )  # fmt: skip
 
-    def __init__(self, received: float) -> None:
-        self.site: str | None = None
-        self.zone: str | None = None
-        self.env: dict[str, float] = {}
-        self.stress = [0.0, 0.0, 0.0]  # hours hot, humid, shaking
-        self.first_rx = received
-        self.last_rx = received
-        self.interval = 0.0
-        self.arrivals = 1
-        self.gaps: list[float] = []
-        self.lost = 0
-        self.expected = 0
-        self.battery_first: tuple[float, float] | None = None
-        self.battery_last: tuple[float, float] | None = None
-        # least squares of volts against days since battery_first: n, St, Sv, Stt, Stv
-        self.battery_sums = [0.0, 0.0, 0.0, 0.0, 0.0]
-        self.updates = [0, 0]  # succeeded, failed
+    def __init__(self, width: int) -> None:
+        self.width = width  # environment metrics per device
+        # positions in an unpacked record
+        self.stress = width
+        self.last_rx = width + 3
+        self.gaps = width + 4
+        self.battery = self.gaps + _GAPS
+        self.counts = self.battery + 8
+        self.places = self.counts + 2
+        self.env_set = self.places + 2
+        self.gap_count = self.env_set + width
+        self.record = struct.Struct(f"<{self.counts}d2q2I{width + 1}B")
+        self.blank_bytes = bytes(self.record.size)
+        self.blank = self.record.unpack(self.blank_bytes)
+        self.data = array("B")  # grows by less than a bytearray does
+        self.rows: dict[str, int] = {}  # device id -> record number
+        self.names: list[str | None] = [None]  # site and zone names by code
+        self.codes: dict[str | None, int] = {None: 0}
+        self.updates: dict[int, list[int]] = {}  # record number -> [succeeded, failed]
 
-    def lost_share(self) -> tuple[int, int] | None:
+    def add(self, device_id: str) -> int:
+        """A record for a new device, all zeros (see :attr:`blank`)."""
+        row = len(self.rows)
+        self.rows[device_id] = row
+        self.data.frombytes(self.blank_bytes)
+        return row
+
+    def code(self, name: str | None) -> int:
+        """The code of a site or zone name; each distinct name is stored once."""
+        code = self.codes.get(name)
+        if code is None:
+            code = self.codes[name] = len(self.names)
+            self.names.append(name)
+        return code
+
+    def records(self) -> Iterator[tuple[Any, ...]]:
+        return self.record.iter_unpack(self.data)
+
+    def lost_share(self, record: tuple[Any, ...]) -> tuple[int, int] | None:
         """(lost, expected) reports, or ``None`` before the interval is known."""
-        if self.expected < 10:
+        lost, expected = record[self.counts : self.counts + 2]
+        if expected < 10:
             return None
-        return self.lost, self.expected
+        return lost, expected
 
-    def drain_per_day(self) -> float | None:
+    def failures(self, row: int) -> tuple[int, int] | None:
+        """(failed, attempted) updates, or ``None`` before any."""
+        tally = self.updates.get(row)
+        if tally is None:
+            return None
+        ok, failed = tally
+        return (failed, ok + failed) if ok + failed else None
+
+    def drain_per_day(self, record: tuple[Any, ...]) -> float | None:
         """Volts lost per day: the least-squares slope over every reading of this battery."""
-        if self.battery_first is None or self.battery_last is None:
+        first, last, _, n, st, sv, stt, stv = record[self.battery : self.battery + 8]
+        if n == 0 or last - first < 6 * 3600:
             return None
-        if self.battery_last[0] - self.battery_first[0] < 6 * 3600:
-            return None
-        n, st, sv, stt, stv = self.battery_sums
         denominator = n * stt - st * st
         if n < 3 or denominator <= 0:
             return None
-        return -(n * stv - st * sv) / denominator
+        result: float = -(n * stv - st * sv) / denominator
+        return result
 
 
 class EnvironmentDetector:
     """Outcomes by environmental band, per site and zone, with stated tests."""
 
     name = "environment"
-    STATE_VERSION = 1
+    STATE_VERSION = 2
 
     def __init__(self, config: EnvironmentConfig | None = None) -> None:
         self.config = config or EnvironmentConfig()
-        self._devices: dict[str, _Device] = {}
+        self._reset()
+
+    def _reset(self) -> None:
+        bands = tuple(self.config.bands)
+        # the band metrics, then any stress metric without bands (only ever set from state)
+        self._metrics = bands + tuple(m for m in _STRESS if m not in bands)
+        self._stress_columns = tuple(self._metrics.index(m) for m in _STRESS)
+        self._fleet = _Fleet(len(self._metrics))
         self._next_evaluation: float | None = None
         self._open: dict[str, dict[str, Any]] = {}  # zone subject -> finding
 
     def process(self, batch: Sequence[Reading]) -> list[Signal]:
         config = self.config
         alpha = config.smoothing
-        for reading in batch:
-            device = self._devices.get(reading.device_id)
-            received = reading.received_at
-            if device is None:
-                device = self._devices[reading.device_id] = _Device(received)
-            elif received - device.last_rx > 2.0 and not reading.late:
-                gap = received - device.last_rx
+        fleet = self._fleet
+        rows, names, data = fleet.rows, fleet.names, fleet.data
+        size, blank = fleet.record.size, fleet.blank
+        unpack, pack = fleet.record.unpack_from, fleet.record.pack_into
+        at_last, at_gaps, at_battery, at_count = (
+            fleet.last_rx, fleet.gaps, fleet.battery, fleet.gap_count
+        )  # fmt: skip
+        at_lost, at_site, at_set = fleet.counts, fleet.places, fleet.env_set
+        (hot_env, humid_env, shaking_env), at_stress = self._stress_columns, fleet.stress
+        hot_c, humid_pct, shaking_g = config.hot_c, config.humid_pct, config.shaking_g
+        band_columns = tuple(enumerate(config.bands))
+        firmware = MessageKind.FIRMWARE
+        for device_id, ts, received, metrics, meta, _, kind, late in batch:
+            row = rows.get(device_id)
+            if row is None:
+                row = fleet.add(device_id)
+                record = list(blank)
+                record[at_last] = received
+            else:
+                record = list(unpack(data, row * size))
+            if received - record[at_last] > 2.0 and not late:
+                gap = received - record[at_last]
                 # the rhythm is the median of recent gaps: lost reports do not stretch it
-                recent = device.gaps
-                recent.append(gap)
-                if len(recent) > 9:
-                    del recent[0]
-                device.interval = sorted(recent)[len(recent) // 2]
-                if len(recent) >= 5:
-                    missed = max(0, round(gap / device.interval) - 1)
-                    device.lost += missed
-                    device.expected += missed + 1
-                device.arrivals += 1
-                hours = min(gap, 2 * device.interval) / 3600
-                env = device.env
-                device.stress[0] += hours * (env.get("temperature_c", -math.inf) > config.hot_c)
-                device.stress[1] += hours * (env.get("humidity_pct", -math.inf) > config.humid_pct)
-                device.stress[2] += hours * (env.get("vibration_g", -math.inf) > config.shaking_g)
-                device.last_rx = received
-            meta = reading.meta
-            device.site = meta.get("site", device.site)
-            device.zone = meta.get("zone", device.zone)
-            metrics = reading.metrics
-            for metric in config.bands:
+                count = record[at_count]
+                if count < _GAPS:
+                    record[at_gaps + count] = gap
+                    count = record[at_count] = count + 1
+                else:
+                    del record[at_gaps]
+                    record.insert(at_gaps + _GAPS - 1, gap)
+                interval = sorted(record[at_gaps : at_gaps + count])[count // 2]
+                if count >= 5:
+                    missed = max(0, round(gap / interval) - 1)
+                    record[at_lost] += missed
+                    record[at_lost + 1] += missed + 1
+                hours = min(gap, 2 * interval) / 3600
+                # hours * (condition) as a sum: an infinite hour count adds NaN when not hot
+                finite = hours - hours == 0.0
+                hot = record[at_set + hot_env] and record[hot_env] > hot_c
+                if hot or not finite:
+                    record[at_stress] += hours * hot
+                hot = record[at_set + humid_env] and record[humid_env] > humid_pct
+                if hot or not finite:
+                    record[at_stress + 1] += hours * hot
+                hot = record[at_set + shaking_env] and record[shaking_env] > shaking_g
+                if hot or not finite:
+                    record[at_stress + 2] += hours * hot
+                record[at_last] = received
+            if meta:
+                current = names[record[at_site]]
+                site = meta.get("site", current)
+                if site is not current and site != current:
+                    record[at_site] = fleet.code(site)
+                current = names[record[at_site + 1]]
+                zone = meta.get("zone", current)
+                if zone is not current and zone != current:
+                    record[at_site + 1] = fleet.code(zone)
+            for column, metric in band_columns:
                 value = metrics.get(metric)
                 if value is not None:
-                    old = device.env.get(metric)
-                    device.env[metric] = value if old is None else old + alpha * (value - old)
+                    if record[at_set + column]:
+                        old = record[column]
+                        record[column] = old + alpha * (value - old)
+                    else:
+                        record[column] = value
+                        record[at_set + column] = 1
             volts = metrics.get("battery_v")
-            if volts is not None and not reading.late:
-                point = (reading.ts, volts)
-                if device.battery_first is None or (
-                    device.battery_last is not None and volts > device.battery_last[1] + 0.3
-                ):
-                    device.battery_first = point  # first reading, or a new battery
-                    device.battery_sums = [0.0, 0.0, 0.0, 0.0, 0.0]
-                device.battery_last = point
-                days = (reading.ts - device.battery_first[0]) / 86_400
-                sums = device.battery_sums
-                sums[0] += 1
-                sums[1] += days
-                sums[2] += volts
-                sums[3] += days * days
-                sums[4] += days * volts
-            if reading.kind is MessageKind.FIRMWARE:
+            if volts is not None and not late:
+                at = at_battery
+                first, _, last_volts, n, st, sv, stt, stv = record[at : at + 8]
+                if n == 0 or volts > last_volts + 0.3:
+                    # first reading, or a new battery
+                    first, n, st, sv, stt, stv = ts, 0.0, 0.0, 0.0, 0.0, 0.0
+                days = (ts - first) / 86_400
+                record[at : at + 8] = (first, ts, volts, n + 1, st + days, sv + volts,
+                                       stt + days * days, stv + days * volts)  # fmt: skip
+            pack(data, row * size, *record)
+            if kind is firmware:
                 event = meta.get("event")
-                if event in ("succeeded", "success"):
-                    device.updates[0] += 1
-                elif event in ("failed", "failure", "error"):
-                    device.updates[1] += 1
+                if event in _SUCCEEDED:
+                    fleet.updates.setdefault(row, [0, 0])[0] += 1
+                elif event in _FAILED:
+                    fleet.updates.setdefault(row, [0, 0])[1] += 1
         return []
 
     # -- evaluation ---------------------------------------------------------------------
@@ -226,31 +308,38 @@ class EnvironmentDetector:
     def findings(self) -> list[dict[str, Any]]:
         """Significant bands, most significant first."""
         config = self.config
-        groups: dict[tuple[str, str, str, str], list[_Device]] = {}
-        for device in self._devices.values():
-            if device.site is None or device.zone is None:
+        fleet = self._fleet
+        names, at_site, at_set = fleet.names, fleet.places, fleet.env_set
+        bands = tuple(enumerate(config.bands.items()))
+        groups: dict[tuple[str, str, str, str], list[int]] = {}
+        records = list(fleet.records())
+        for row, record in enumerate(records):
+            site, zone = names[record[at_site]], names[record[at_site + 1]]
+            if site is None or zone is None:
                 continue
-            for metric, bands in config.bands.items():
-                value = device.env.get(metric)
-                if value is None:
+            for column, (metric, metric_bands) in bands:
+                if not record[at_set + column]:
                     continue
-                for label, low, high in bands:
+                value = record[column]
+                for label, low, high in metric_bands:
                     if low <= value < high:
-                        groups.setdefault((device.site, device.zone, metric, label), []).append(
-                            device
-                        )
+                        groups.setdefault((site, zone, metric, label), []).append(row)
                         break
         candidates = {k: v for k, v in groups.items() if len(v) >= config.min_devices}
+        if not candidates:
+            return []
         tests = max(1, 3 * len(candidates))
         out: list[dict[str, Any]] = []
-        everyone = list(self._devices.values())
+        lost = _Counts([fleet.lost_share(record) for record in records])
+        failures = _Counts([fleet.failures(row) for row in range(len(records))])
+        drains = [fleet.drain_per_day(record) for record in records]
+        drained = [(row, d) for row, d in enumerate(drains) if d is not None]
         for (site, zone, metric, label), members in candidates.items():
-            inside = set(map(id, members))
-            rest = [d for d in everyone if id(d) not in inside]
+            inside = set(members)
             for outcome, result in (
-                ("lost reports", _proportion(members, rest, _lost)),
-                ("update failures", _proportion(members, rest, _failures)),
-                ("battery drain", _drain(members, rest)),
+                ("lost reports", lost.proportion(members)),
+                ("update failures", failures.proportion(members)),
+                ("battery drain", _drain(members, inside, drains, drained)),
             ):
                 if result is None:
                     continue
@@ -258,30 +347,43 @@ class EnvironmentDetector:
                 if ratio >= config.min_ratio and p_value * tests < config.alpha:
                     out.append(_finding(site, zone, metric, label, outcome, ratio, p_value,
                                         mine, theirs, len(members), n_rest))  # fmt: skip
-        out.sort(key=lambda f: f["p_value"])
+        out.sort(key=_p_value)
         return out
 
     def report(self, now: float) -> dict[str, Any]:
         config = self.config
-        by_stress = sorted(
-            ((sum(d.stress), device_id, d) for device_id, d in self._devices.items()),
-            key=lambda item: (-item[0], item[1]),
-        )
-        stresses = sorted(s for s, _, _ in by_stress)
-        median = stresses[len(stresses) // 2] if stresses else 0.0
+        fleet = self._fleet
+        names, at_site, at_stress = fleet.names, fleet.places, fleet.stress
+        limit = config.report_limit
+        records = list(fleet.records())
+        stress = [record[at_stress : at_stress + 3] for record in records]
+        totals = [sum(hours) for hours in stress]
+        ordered = sorted(totals)
+        median = ordered[len(ordered) // 2] if ordered else 0.0
+        devices = list(fleet.rows)
+        if any(t != t for t in totals):  # NaN: keep the order a full sort gives
+            ranked = sorted(zip(totals, devices, range(len(devices)), strict=True),
+                            key=lambda item: (-item[0], item[1]))  # fmt: skip
+            top = ranked[:limit]
+        else:
+            # only the devices that can make the top ``limit`` are sorted
+            cut = ordered[len(ordered) - limit] if 0 < limit < len(ordered) else -math.inf
+            ranked = [(-t, devices[row], row) for row, t in enumerate(totals) if t >= cut]
+            ranked.sort()
+            top = [(-t, device_id, row) for t, device_id, row in ranked[:limit]]
         maintenance = [
-            {"device_id": device_id, "site": d.site, "zone": d.zone,
-             "stress_hours": round(total, 1),
-             "hot_hours": round(d.stress[0], 1), "humid_hours": round(d.stress[1], 1),
-             "shaking_hours": round(d.stress[2], 1),
+            {"device_id": device_id, "site": names[records[row][at_site]],
+             "zone": names[records[row][at_site + 1]], "stress_hours": round(total, 1),
+             "hot_hours": round(stress[row][0], 1), "humid_hours": round(stress[row][1], 1),
+             "shaking_hours": round(stress[row][2], 1),
              "vs_fleet_median": round(total / median, 1) if median > 0 else None}
-            for total, device_id, d in by_stress[: config.report_limit]
+            for total, device_id, row in top
             if total > 0
         ]  # fmt: skip
         findings = self.findings()
         return {
             "generated_at": iso_utc(now),
-            "devices": len(self._devices),
+            "devices": len(fleet.rows),
             "tests": ("one-sided two-proportion z-test (lost reports, update failures), "
                       "one-sided Mann-Whitney U (battery drain), Bonferroni-corrected"),
             "findings": findings,
@@ -292,81 +394,120 @@ class EnvironmentDetector:
     # -- checkpoints ----------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
+        """Per device: site, zone, environment, stress hours, last arrival, recent gaps, lost
+        and expected reports, the battery fit (first ts, last ts, last volts, n, St, Sv,
+        Stt, Stv) or ``None``, and (succeeded, failed) updates or ``None``."""
+        fleet = self._fleet
+        metrics, names = self._metrics, fleet.names
+        at_stress, at_gaps, at_battery = fleet.stress, fleet.gaps, fleet.battery
+        at_lost, at_site, at_set = fleet.counts, fleet.places, fleet.env_set
+        devices = {}
+        for device_id, record in zip(fleet.rows, fleet.records(), strict=True):
+            battery = record[at_battery : at_battery + 8]
+            devices[device_id] = [
+                names[record[at_site]], names[record[at_site + 1]],
+                {m: record[k] for k, m in enumerate(metrics) if record[at_set + k]},
+                list(record[at_stress : at_stress + 3]), record[fleet.last_rx],
+                list(record[at_gaps : at_gaps + record[fleet.gap_count]]),
+                record[at_lost], record[at_lost + 1],
+                list(battery) if battery[3] else None,
+                fleet.updates.get(fleet.rows[device_id]),
+            ]  # fmt: skip
         return {
             "version": self.STATE_VERSION,
             "next_evaluation": self._next_evaluation,
             "open": self._open,
-            "devices": {
-                i: [d.site, d.zone, d.env, d.stress, d.first_rx, d.last_rx, d.interval,
-                    d.arrivals, d.battery_first, d.battery_last, d.updates, d.gaps, d.lost,
-                    d.expected, d.battery_sums]
-                for i, d in self._devices.items()
-            },
-        }  # fmt: skip
+            "devices": devices,
+        }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        if state.get("version") != self.STATE_VERSION:
-            raise ValueError(f"environment state format {state.get('version')} is not 1")
+        version = state.get("version")
+        if version not in (1, self.STATE_VERSION):
+            raise ValueError(f"environment state format {version} is not 1 or 2")
+        self._reset()
         self._next_evaluation = state.get("next_evaluation")
         self._open = dict(state.get("open", {}))
-        self._devices = {}
-        for device_id, row in state["devices"].items():
-            (site, zone, env, stress, first_rx, last_rx, interval, arrivals, b_first, b_last,
-             updates, gaps, lost, expected, battery_sums) = row  # fmt: skip
-            device = _Device(float(first_rx))
-            device.site, device.zone = site, zone
-            device.env = {k: float(v) for k, v in env.items()}
-            device.stress = [float(x) for x in stress]
-            device.last_rx, device.interval = float(last_rx), float(interval)
-            device.arrivals = int(arrivals)
-            device.battery_first = (float(b_first[0]), float(b_first[1])) if b_first else None
-            device.battery_last = (float(b_last[0]), float(b_last[1])) if b_last else None
-            device.updates = [int(updates[0]), int(updates[1])]
-            device.gaps = [float(g) for g in gaps]
-            device.lost, device.expected = int(lost), int(expected)
-            device.battery_sums = [float(x) for x in battery_sums]
-            self._devices[device_id] = device
+        fleet = self._fleet
+        column = {m: k for k, m in enumerate(self._metrics)}
+        for device_id, saved in state["devices"].items():
+            row_state = _from_v1(saved) if version == 1 else saved
+            site, zone, env, stress, last_rx, gaps, lost, expected, battery, updates = row_state
+            row = fleet.add(device_id)
+            record = list(fleet.blank)
+            record[fleet.last_rx] = float(last_rx)
+            record[fleet.places] = fleet.code(site)
+            record[fleet.places + 1] = fleet.code(zone)
+            for metric, value in env.items():
+                if metric in column:
+                    record[column[metric]] = float(value)
+                    record[fleet.env_set + column[metric]] = 1
+            record[fleet.stress : fleet.stress + 3] = map(float, stress)
+            recent = [float(g) for g in gaps][-_GAPS:]
+            record[fleet.gaps : fleet.gaps + len(recent)] = recent
+            record[fleet.gap_count] = len(recent)
+            record[fleet.counts : fleet.counts + 2] = int(lost), int(expected)
+            if battery:
+                record[fleet.battery : fleet.battery + 8] = map(float, battery)
+            fleet.record.pack_into(fleet.data, row * fleet.record.size, *record)
+            if updates is not None:
+                fleet.updates[row] = [int(updates[0]), int(updates[1])]
 
 
-def _lost(device: _Device) -> tuple[int, int] | None:
-    return device.lost_share()
+def _from_v1(row: list[Any]) -> list[Any]:
+    """A device saved in state format 1, in the layout of format 2."""
+    (site, zone, env, stress, _first_rx, last_rx, _interval, _arrivals, b_first, b_last,
+     updates, gaps, lost, expected, battery_sums) = row  # fmt: skip
+    battery = None
+    if b_first and b_last:
+        battery = [b_first[0], b_last[0], b_last[1], *battery_sums]
+    return [site, zone, env, stress, last_rx, gaps, lost, expected, battery,
+            updates if updates[0] or updates[1] else None]  # fmt: skip
 
 
-def _failures(device: _Device) -> tuple[int, int] | None:
-    ok, failed = device.updates
-    return (failed, ok + failed) if ok + failed else None
+class _Counts:
+    """One (count, out of) pair per device, ``None`` where unknown, with fleet totals."""
 
+    __slots__ = ("known", "pairs", "total_k", "total_n")
 
-def _proportion(
-    members: Sequence[_Device], rest: Sequence[_Device], count: Any
-) -> tuple[float, float, float, float, int] | None:
-    """Ratio of rates, one-sided z-test p-value, both rates, and the rest's size."""
-    mine = [c for c in map(count, members) if c is not None]
-    theirs = [c for c in map(count, rest) if c is not None]
-    if len(mine) < 2 or len(theirs) < 2:
-        return None
-    k1, n1 = sum(c[0] for c in mine), sum(c[1] for c in mine)
-    k2, n2 = sum(c[0] for c in theirs), sum(c[1] for c in theirs)
-    if n1 == 0 or n2 == 0 or k1 == 0:
-        return None
-    p1, p2 = k1 / n1, k2 / n2
-    pooled = (k1 + k2) / (n1 + n2)
-    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-    if se == 0:
-        return None
-    z = (p1 - p2) / se
-    p_value = float(stats.norm.sf(z))
-    ratio = p1 / p2 if p2 > 0 else math.inf
-    return ratio, p_value, p1, p2, len(theirs)
+    def __init__(self, pairs: list[tuple[int, int] | None]) -> None:
+        self.pairs = pairs
+        known = [c for c in pairs if c is not None]
+        self.known = len(known)
+        self.total_k = sum(c[0] for c in known)
+        self.total_n = sum(c[1] for c in known)
+
+    def proportion(self, members: Sequence[int]) -> tuple[float, float, float, float, int] | None:
+        """Ratio of rates, one-sided z-test p-value, both rates, and the rest's size."""
+        pairs = self.pairs
+        mine = [c for c in (pairs[row] for row in members) if c is not None]
+        n_theirs = self.known - len(mine)
+        if len(mine) < 2 or n_theirs < 2:
+            return None
+        k1, n1 = sum(c[0] for c in mine), sum(c[1] for c in mine)
+        k2, n2 = self.total_k - k1, self.total_n - n1
+        if n1 == 0 or n2 == 0 or k1 == 0:
+            return None
+        p1, p2 = k1 / n1, k2 / n2
+        pooled = (k1 + k2) / (n1 + n2)
+        se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+        if se == 0:
+            return None
+        z = (p1 - p2) / se
+        p_value = float(stats.norm.sf(z))
+        ratio = p1 / p2 if p2 > 0 else math.inf
+        return ratio, p_value, p1, p2, n_theirs
 
 
 def _drain(
-    members: Sequence[_Device], rest: Sequence[_Device]
+    members: Sequence[int],
+    inside: set[int],
+    drains: Sequence[float | None],
+    drained: Sequence[tuple[int, float]],
 ) -> tuple[float, float, float, float, int] | None:
-    mine = [d for d in (m.drain_per_day() for m in members) if d is not None]
-    theirs = [d for d in (r.drain_per_day() for r in rest) if d is not None]
-    if len(mine) < 3 or len(theirs) < 3:
+    mine = [d for d in (drains[row] for row in members) if d is not None]
+    if len(mine) < 3 or len(drained) - len(mine) < 3:
         return None
+    theirs = [d for row, d in drained if row not in inside]
     median_mine = sorted(mine)[len(mine) // 2]
     median_theirs = sorted(theirs)[len(theirs) // 2]
     if median_theirs <= 0 or median_mine <= 0:
@@ -379,6 +520,11 @@ def _drain(
         median_theirs,
         len(theirs),
     )
+
+
+def _p_value(finding: dict[str, Any]) -> float:
+    p_value: float = finding["p_value"]
+    return p_value
 
 
 def _finding(site: str, zone: str, metric: str, band: str, outcome: str, ratio: float,

@@ -46,6 +46,7 @@ from detectors.base import reject_unknown
 from service.model import MessageKind, Reading, Severity, Signal, iso_utc
 
 _PART = re.compile(r"\d+|[a-zA-Z]+")
+_MAX_AFFECTED = 65_536  # (model, version) pairs whose advisories are remembered
 _WEEKDAYS = {"mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 6}
 
 
@@ -212,20 +213,28 @@ class FirmwareConfig:
 
 
 class _Device:
+    """One device's firmware state; its names are the detector's shared strings.
+
+    ``history`` and ``alerts`` stay ``None`` until the device has a change or an open alert.
+    """
+
     __slots__ = (
         "alerts", "history", "model", "previous", "protocol", "site", "update", "version", "zone",
     )  # fmt: skip
 
-    def __init__(self, history: int) -> None:
+    def __init__(self) -> None:
         self.version: str | None = None
         self.previous: str | None = None  # the version before an unexpected change
         self.model: str | None = None
         self.site: str | None = None
         self.zone: str | None = None
         self.protocol: str | None = None
-        self.history: deque[tuple[float, str | None, str]] = deque(maxlen=history)
+        self.history: deque[tuple[float, str | None, str]] | None = None
         self.update: tuple[float, str | None] | None = None  # (started, to version)
-        self.alerts: dict[str, int] = {}  # open alert kind -> severity
+        self.alerts: dict[str, int] | None = None  # open alert kind -> severity
+
+    def open_alerts(self) -> dict[str, int]:
+        return self.alerts or {}
 
 
 class FirmwareDetector:
@@ -238,6 +247,9 @@ class FirmwareDetector:
         self.config = config or FirmwareConfig()
         self._advisories = self.config.advisories
         self._devices: dict[str, _Device] = {}
+        self._strings: dict[str, str] = {}  # one copy of each model, site, zone, version ...
+        self._updating: dict[str, _Device] = {}  # devices with an update in progress
+        self._affected: dict[tuple[str | None, str], tuple[Advisory, ...]] = {}
         self._seen: dict[str | None, set[str]] = {}  # model -> versions seen in the fleet
         self._outcomes: dict[tuple[str, str], list[int]] = {}  # (dimension, value) -> [ok, failed]
         self._rejudge = False
@@ -247,6 +259,7 @@ class FirmwareDetector:
     def set_advisories(self, advisories: Iterable[Advisory]) -> None:
         """Replace the advisories; every device is judged against them on the next tick."""
         self._advisories = tuple(advisories)
+        self._affected = {}
         self._rejudge = True
 
     @property
@@ -257,25 +270,37 @@ class FirmwareDetector:
 
     def process(self, batch: Sequence[Reading]) -> list[Signal]:
         signals: list[Signal] = []
-        history = self.config.history
+        devices = self._devices
+        strings = self._strings
+        firmware = MessageKind.FIRMWARE
         for reading in batch:
-            meta = reading.meta
-            device = self._devices.get(reading.device_id)
+            device_id, ts, _, _, meta, _, kind, _ = reading
+            device = devices.get(device_id)
             if device is None:
-                if "firmware" not in meta and reading.kind is not MessageKind.FIRMWARE:
+                if "firmware" not in meta and kind is not firmware:
                     continue
-                device = self._devices[reading.device_id] = _Device(history)
-            device.model = meta.get("model", device.model)
-            device.site = meta.get("site", device.site)
-            device.zone = meta.get("zone", device.zone)
-            device.protocol = meta.get("protocol", device.protocol)
-            if reading.kind is MessageKind.FIRMWARE:
-                self._event(reading, device, signals)
+                device = devices[device_id] = _Device()
+            if meta:
+                value = meta.get("model", device.model)
+                if value is not device.model and value != device.model:
+                    device.model = value if value is None else strings.setdefault(value, value)
+                value = meta.get("site", device.site)
+                if value is not device.site and value != device.site:
+                    device.site = value if value is None else strings.setdefault(value, value)
+                value = meta.get("zone", device.zone)
+                if value is not device.zone and value != device.zone:
+                    device.zone = value if value is None else strings.setdefault(value, value)
+                value = meta.get("protocol", device.protocol)
+                if value is not device.protocol and value != device.protocol:
+                    device.protocol = value if value is None else strings.setdefault(value, value)
             version = meta.get("firmware")
-            if reading.kind is MessageKind.FIRMWARE and meta.get("event") == "succeeded":
-                version = meta.get("to_version", version)
+            if kind is firmware:
+                self._event(reading, device, signals)
+                if meta.get("event") == "succeeded":
+                    version = meta.get("to_version", version)
             if version is not None and version != device.version:
-                self._change(reading.device_id, device, version, reading.ts, signals)
+                version = strings.setdefault(version, version)
+                self._change(device_id, device, version, ts, signals)
         return signals
 
     def _event(self, reading: Reading, device: _Device, out: list[Signal]) -> None:
@@ -285,11 +310,13 @@ class FirmwareDetector:
         if event in ("started", "downloading", "downloaded", "updating", "installing"):
             if device.update is None:
                 device.update = (reading.ts, meta.get("to_version"))
+                self._updating[device_id] = device
         elif event in ("succeeded", "success", "updated"):
             self._count(
                 device, meta.get("from_version", device.version), meta.get("to_version"), True
             )
             device.update = None
+            self._updating.pop(device_id, None)
             for kind in ("firmware_update_failed", "firmware_update_stuck"):
                 self._clear(device_id, device, kind, reading.ts, out, "the update succeeded")
         elif event in ("failed", "failure", "error"):
@@ -297,6 +324,7 @@ class FirmwareDetector:
                 device, meta.get("from_version", device.version), meta.get("to_version"), False
             )
             device.update = None
+            self._updating.pop(device_id, None)
             code = meta.get("code")
             self._clear(device_id, device, "firmware_update_stuck", reading.ts, out, "it failed")
             self._fire(
@@ -336,6 +364,8 @@ class FirmwareDetector:
         if old is None:
             self._judge_vulnerability(device_id, device, ts, out)
             return
+        if device.history is None:
+            device.history = deque(maxlen=self.config.history)
         device.history.append((ts, old, version))
         expected = self._expected(device, version)
         if expected or version == device.previous:
@@ -371,7 +401,7 @@ class FirmwareDetector:
         version = device.version
         if version is None:
             return
-        hits = [a for a in self._advisories if a.affects(device.model, version)]
+        hits = self._hits(device.model, version)
         if not hits:
             self._clear(
                 device_id, device, "firmware_vulnerable", ts, out, f"{version} is not affected"
@@ -391,13 +421,27 @@ class FirmwareDetector:
                     else "No fix yet: restrict the device's network access."),
         )  # fmt: skip
 
+    def _hits(self, model: str | None, version: str) -> tuple[Advisory, ...]:
+        """The advisories affecting ``version`` on ``model``, worked out once per pair."""
+        key = (model, version)
+        hits = self._affected.get(key)
+        if hits is None:
+            if len(self._affected) >= _MAX_AFFECTED:
+                self._affected.clear()
+            hits = tuple(a for a in self._advisories if a.affects(model, version))
+            self._affected[key] = hits
+        return hits
+
     def _fire(
         self, device_id: str, device: _Device, kind: str, severity: Severity, ts: float,
         out: list[Signal], *, summary: str, evidence: dict[str, Any], action: str,
     ) -> None:  # fmt: skip
-        if device.alerts.get(kind) == int(severity) and kind != "firmware_unexpected_change":
+        alerts = device.alerts
+        if alerts is None:
+            alerts = device.alerts = {}
+        elif alerts.get(kind) == int(severity) and kind != "firmware_unexpected_change":
             return
-        device.alerts[kind] = int(severity)
+        alerts[kind] = int(severity)
         out.append(
             Signal(kind=kind, subject=device_id, firing=True, at=ts, severity=severity,
                    summary=summary, evidence=evidence, action=action, site=device.site,
@@ -407,8 +451,11 @@ class FirmwareDetector:
     def _clear(
         self, device_id: str, device: _Device, kind: str, ts: float, out: list[Signal], why: str
     ) -> None:
-        if device.alerts.pop(kind, None) is None:
+        alerts = device.alerts
+        if alerts is None or alerts.pop(kind, None) is None:
             return
+        if not alerts:
+            device.alerts = None
         out.append(
             Signal(kind=kind, subject=device_id, firing=False, at=ts,
                    summary=f"{device_id}: {why}", site=device.site, zone=device.zone)
@@ -425,34 +472,49 @@ class FirmwareDetector:
             "version": device.version,
             "previous": device.previous,
             "history": [{"at": iso_utc(at), "from": old, "to": new}
-                        for at, old, new in device.history],
+                        for at, old, new in device.history or ()],
             "update_in_progress": None if device.update is None
             else {"since": iso_utc(device.update[0]), "to": device.update[1]},
-            "open_alerts": sorted(device.alerts),
+            "open_alerts": sorted(device.open_alerts()),
         }  # fmt: skip
 
     def tick(self, now: float) -> list[Signal]:
         signals: list[Signal] = []
         rejudge, self._rejudge = self._rejudge, False
-        stuck_after = self.config.stuck_after_s
-        for device_id, device in self._devices.items():
-            if rejudge:
+        if rejudge:
+            for device_id, device in self._devices.items():
                 self._judge_vulnerability(device_id, device, now, signals)
-            if (
-                device.update is not None
-                and now - device.update[0] > stuck_after
-                and "firmware_update_stuck" not in device.alerts
-            ):
-                started, target = device.update
-                self._fire(
-                        device_id, device, "firmware_update_stuck", Severity.WARNING, now, signals,
-                        summary=(f"{device_id}: update to {target or '?'} in progress for "
-                                 f"{(now - started) / 3600:.1f} h"),
-                        evidence={"started_at": iso_utc(started), "to": target,
-                                  "from": device.version},
-                        action="Check the device's connection and storage; restart the update.",
-                    )  # fmt: skip
+                self._check_stuck(device_id, device, now, signals)
+            return signals
+        stuck_after = self.config.stuck_after_s
+        stuck = [
+            device_id
+            for device_id, device in self._updating.items()
+            if device.update is not None
+            and now - device.update[0] > stuck_after
+            and "firmware_update_stuck" not in device.open_alerts()
+        ]
+        if len(stuck) > 1:  # in the order the devices were first seen
+            found = set(stuck)
+            stuck = [device_id for device_id in self._devices if device_id in found]
+        for device_id in stuck:
+            self._check_stuck(device_id, self._devices[device_id], now, signals)
         return signals
+
+    def _check_stuck(self, device_id: str, device: _Device, now: float, out: list[Signal]) -> None:
+        if (
+            device.update is not None
+            and now - device.update[0] > self.config.stuck_after_s
+            and "firmware_update_stuck" not in device.open_alerts()
+        ):
+            started, target = device.update
+            self._fire(
+                device_id, device, "firmware_update_stuck", Severity.WARNING, now, out,
+                summary=(f"{device_id}: update to {target or '?'} in progress for "
+                         f"{(now - started) / 3600:.1f} h"),
+                evidence={"started_at": iso_utc(started), "to": target, "from": device.version},
+                action="Check the device's connection and storage; restart the update.",
+            )  # fmt: skip
 
     # -- report -----------------------------------------------------------------------------
 
@@ -468,10 +530,10 @@ class FirmwareDetector:
             inventory[model][version] += 1
             group = by_group.setdefault((model, d.site or ""), {})
             group[version] = group.get(version, 0) + 1
-            severity = d.alerts.get("firmware_vulnerable")
+            severity = d.alerts.get("firmware_vulnerable") if d.alerts else None
             if severity is not None:
-                fixed = [a.fixed for a in self._advisories if a.fixed and d.version
-                         and a.affects(d.model, d.version)]  # fmt: skip
+                hits = self._hits(d.model, d.version) if d.version else ()
+                fixed = [a.fixed for a in hits if a.fixed]
                 urgent.append(
                     {"device_id": device_id, "model": d.model, "site": d.site, "version": d.version,
                      "severity": Severity(severity).label,
@@ -519,7 +581,9 @@ class FirmwareDetector:
             "vulnerable_devices": len(urgent),
             "update_outcomes": outcomes,
             "stuck_updates": sorted(
-                i for i, d in self._devices.items() if "firmware_update_stuck" in d.alerts
+                i
+                for i, d in self._devices.items()
+                if d.alerts and "firmware_update_stuck" in d.alerts
             )[:limit],
             "advisories": [a.id for a in self._advisories],
         }
@@ -533,7 +597,8 @@ class FirmwareDetector:
             "outcomes": [[d, v, ok, failed] for (d, v), (ok, failed) in self._outcomes.items()],
             "devices": {
                 i: [d.version, d.previous, d.model, d.site, d.zone, d.protocol,
-                    [list(h) for h in d.history], list(d.update) if d.update else None, d.alerts]
+                    [list(h) for h in d.history or ()], list(d.update) if d.update else None,
+                    d.open_alerts()]
                 for i, d in self._devices.items()
             },
         }  # fmt: skip
@@ -544,12 +609,25 @@ class FirmwareDetector:
         self._seen = {(None if k == "None" else k): set(v) for k, v in state["seen"].items()}
         self._outcomes = {(d, v): [int(ok), int(f)] for d, v, ok, f in state["outcomes"]}
         self._devices = {}
+        self._updating = {}
+        self._affected = {}
+        strings = self._strings
+
+        def shared(value: str | None) -> str | None:
+            return value if value is None else strings.setdefault(value, value)
+
         for device_id, row in state["devices"].items():
             version, previous, model, site, zone, protocol, history, update, alerts = row
-            device = _Device(self.config.history)
-            device.version, device.previous, device.model = version, previous, model
-            device.site, device.zone, device.protocol = site, zone, protocol
-            device.history.extend((float(t), a, b) for t, a, b in history)
+            device = _Device()
+            device.version, device.previous = shared(version), shared(previous)
+            device.model = shared(model)
+            device.site, device.zone, device.protocol = shared(site), shared(zone), shared(protocol)
+            if history:
+                device.history = deque(
+                    ((float(t), a, b) for t, a, b in history), maxlen=self.config.history
+                )
             device.update = (float(update[0]), update[1]) if update else None
-            device.alerts = {str(k): int(v) for k, v in alerts.items()}
+            if device.update is not None:
+                self._updating[device_id] = device
+            device.alerts = {str(k): int(v) for k, v in alerts.items()} or None
             self._devices[device_id] = device

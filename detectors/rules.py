@@ -17,12 +17,13 @@ when it stops.
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from config.settings import RuleSettings
-from service.model import MessageKind, Reading, Severity, Signal, SubjectType
+from service.model import EMPTY, MessageKind, Reading, Severity, Signal, SubjectType
 
 _DEFAULT_SUMMARY = {
     "above": "{device}: {metric} {value:.4g} above {limit:.4g}",
@@ -37,6 +38,7 @@ _DEFAULT_ACTION = {
     "rate": "Check the sensor: {metric} is changing faster than it physically should.",
 }
 _WATCHED_KINDS = (MessageKind.TELEMETRY, MessageKind.BATCH)
+_UNSEEN = array("d", (math.nan, -math.inf))  # a rate rule's row before any value
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,15 +130,44 @@ class Rule:
 
 
 class _State:
-    """Per (rule, device) state: compact, only for pairs that have seen the metric."""
+    """A (rule, device) pair whose condition holds, or is held until ``for_s``, or fires.
 
-    __slots__ = ("firing", "last_ts", "last_value", "since")
+    Pairs in neither state are not stored: they behave as a fresh pair would.
+    """
+
+    __slots__ = ("firing", "since")
 
     def __init__(self) -> None:
         self.firing = False
         self.since: float | None = None  # when the condition started to hold
-        self.last_value = math.nan
-        self.last_ts = -math.inf
+
+
+class _Check:
+    """One rule as the engine applies it: the limits a value must pass to start breaching,
+    its open (rule, device) pairs, and for a rate rule each device's previous value."""
+
+    __slots__ = ("active", "high", "index", "low", "previous", "rate", "rule")
+
+    def __init__(self, index: int, rule: Rule) -> None:
+        self.index = index
+        self.rule = rule
+        self.rate = rule.kind == "rate"
+        # the limits of ``Rule.breaches`` for a pair that is not firing (no hysteresis)
+        self.low, self.high = -math.inf, math.inf
+        if rule.kind == "above":
+            self.high = rule.threshold - 0.0  # type: ignore[operator]
+        elif rule.kind == "below":
+            self.low = rule.threshold + 0.0  # type: ignore[operator]
+        elif rule.kind == "outside":
+            self.low, self.high = rule.min + 0.0, rule.max - 0.0  # type: ignore[operator]
+        else:
+            self.high = rule.max_rate_per_s - 0.0  # type: ignore[operator]
+        self.active: dict[str, _State] = {}  # device -> open pair
+        # rate rules: previous value and its time per device row, two doubles a row
+        self.previous = array("d")
+
+
+_MAX_PLANS = 4096  # (model, site) pairs whose applicable rules are remembered
 
 
 class RuleEngine:
@@ -171,51 +202,91 @@ class RuleEngine:
         self._reset()
 
     def _reset(self) -> None:
-        self._by_metric: dict[str, list[tuple[int, Rule]]] = {}
-        for index, rule in enumerate(self.rules):
-            self._by_metric.setdefault(rule.metric, []).append((index, rule))
+        self._checks = tuple(_Check(index, rule) for index, rule in enumerate(self.rules))
+        self._by_metric = self._plan(self._checks)
         self._metrics = frozenset(self._by_metric)
-        self._state: dict[tuple[int, str], _State] = {}
+        self._filtered = any(rule.models or rule.sites for rule in self.rules)
+        # (model, site) -> the rules that apply there, by metric
+        self._plans: dict[tuple[str | None, str | None], dict[str, tuple[_Check, ...]]] = {}
+        self._rows: dict[str, int] = {}  # device -> row of the rate rules' previous values
+
+    @staticmethod
+    def _plan(checks: Sequence[_Check]) -> dict[str, tuple[_Check, ...]]:
+        by_metric: dict[str, list[_Check]] = {}
+        for check in checks:
+            by_metric.setdefault(check.rule.metric, []).append(check)
+        return {metric: tuple(group) for metric, group in by_metric.items()}
+
+    def _plan_for(self, model: str | None, site: str | None) -> dict[str, tuple[_Check, ...]]:
+        """The rules that apply to devices of ``model`` at ``site``, decided once per pair."""
+        if len(self._plans) >= _MAX_PLANS:
+            self._plans.clear()
+        meta = {"model": model, "site": site}
+        reading = Reading("", 0.0, 0.0, EMPTY, {k: v for k, v in meta.items() if v is not None})
+        plan = self._plan([c for c in self._checks if c.rule.applies_to(reading)])
+        self._plans[(model, site)] = plan
+        return plan
 
     def process(self, batch: Sequence[Reading]) -> list[Signal]:
         signals: list[Signal] = []
-        by_metric = self._by_metric
         watched = self._metrics
-        states = self._state
+        plans = self._plans if self._filtered else None
+        telemetry, batch_kind = _WATCHED_KINDS
         for reading in batch:
-            if reading.kind not in _WATCHED_KINDS:
+            device_id, ts, _, metrics, meta, _, kind, late = reading
+            if kind is not telemetry and kind is not batch_kind:
                 continue
-            metrics = reading.metrics
             if watched.isdisjoint(metrics):
                 continue
+            by_metric = self._by_metric
+            if plans is not None:
+                model, site = meta.get("model"), meta.get("site")
+                plan = plans.get((model, site))
+                by_metric = self._plan_for(model, site) if plan is None else plan
             for metric, value in metrics.items():
-                rules = by_metric.get(metric)
-                if rules is None:
+                checks = by_metric.get(metric)
+                if checks is None:
                     continue
-                for index, rule in rules:
-                    if not rule.applies_to(reading):
-                        continue
-                    key = (index, reading.device_id)
-                    state = states.get(key)
-                    if state is None:
-                        state = states[key] = _State()
-                    signal = self._judge(rule, state, reading, value)
+                for check in checks:
+                    observed = value
+                    if check.rate:
+                        if late:
+                            continue  # late readings are not used for rates
+                        row = self._rows.get(device_id)
+                        if row is None:
+                            row = self._rows[device_id] = len(self._rows)
+                        previous = check.previous
+                        at = 2 * row
+                        if len(previous) <= at:
+                            previous.extend(_UNSEEN * (row + 1 - len(previous) // 2))
+                        last_value, last_ts = previous[at], previous[at + 1]
+                        previous[at], previous[at + 1] = value, ts
+                        dt = ts - last_ts
+                        if dt <= 0 or math.isnan(last_value):
+                            continue
+                        observed = (value - last_value) / dt
+                        active = check.active
+                        state = active.get(device_id)
+                        if state is None:
+                            if not abs(observed) > check.high:
+                                continue
+                            state = active[device_id] = _State()
+                    else:
+                        active = check.active
+                        state = active.get(device_id)
+                        if state is None:
+                            if not (observed > check.high or observed < check.low):
+                                continue
+                            state = active[device_id] = _State()
+                    signal = self._judge(check.rule, state, reading, observed)
+                    if not state.firing and state.since is None:
+                        del active[device_id]
                     if signal is not None:
                         signals.append(signal)
         return signals
 
-    def _judge(self, rule: Rule, state: _State, reading: Reading, value: float) -> Signal | None:
+    def _judge(self, rule: Rule, state: _State, reading: Reading, observed: float) -> Signal | None:
         ts = reading.ts
-        observed = value
-        if rule.kind == "rate":
-            if reading.late:
-                return None
-            previous, previous_ts = state.last_value, state.last_ts
-            state.last_value, state.last_ts = value, ts
-            dt = ts - previous_ts
-            if dt <= 0 or math.isnan(previous):
-                return None
-            observed = (value - previous) / dt
         breached = rule.breaches(observed, state.firing)
         if breached:
             if state.firing:
@@ -284,14 +355,29 @@ class RuleEngine:
         return []
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "version": 1,
-            "rules": [rule.name for rule in self.rules],
-            "state": [
-                [self.rules[index].name, device, s.firing, s.since, s.last_value, s.last_ts]
-                for (index, device), s in self._state.items()
-            ],
-        }
+        """One row per (rule, device) pair that differs from a fresh pair: rule name,
+        device, firing, since, and for rate rules the previous value and its time."""
+        rows: list[list[Any]] = []
+        for check in self._checks:
+            name = check.rule.name
+            if check.rate:
+                previous = check.previous
+                for device, row in self._rows.items():
+                    at = 2 * row
+                    if at >= len(previous):
+                        break
+                    state = check.active.get(device)
+                    last_value = previous[at]
+                    if state is None and math.isnan(last_value):
+                        continue
+                    rows.append(
+                        [name, device, bool(state and state.firing), state and state.since,
+                         last_value, previous[at + 1]]
+                    )  # fmt: skip
+            else:
+                for device, state in check.active.items():
+                    rows.append([name, device, state.firing, state.since, math.nan, -math.inf])
+        return {"version": 1, "rules": [rule.name for rule in self.rules], "state": rows}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self._reset()
@@ -300,9 +386,18 @@ class RuleEngine:
             index = index_of.get(name)
             if index is None:
                 continue  # the rule was removed from the configuration
-            entry = _State()
-            entry.firing = bool(firing)
-            entry.since = since
-            entry.last_value = math.nan if last_value is None else float(last_value)
-            entry.last_ts = -math.inf if last_ts is None else float(last_ts)
-            self._state[(index, str(device))] = entry
+            check = self._checks[index]
+            device = str(device)
+            if firing or since is not None:
+                entry = check.active[device] = _State()
+                entry.firing = bool(firing)
+                entry.since = since
+            if check.rate:
+                row = self._rows.get(device)
+                if row is None:
+                    row = self._rows[device] = len(self._rows)
+                previous = check.previous
+                if len(previous) <= 2 * row:
+                    previous.extend(_UNSEEN * (row + 1 - len(previous) // 2))
+                previous[2 * row] = math.nan if last_value is None else float(last_value)
+                previous[2 * row + 1] = -math.inf if last_ts is None else float(last_ts)

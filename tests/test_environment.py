@@ -77,3 +77,51 @@ def test_state_round_trip() -> None:
     restored.load_state(orjson.loads(orjson.dumps(detector.state_dict())))
     assert restored.findings() == detector.findings()
     assert restored.report(T0) == detector.report(T0)
+
+
+STATE_V1 = {
+    "version": 1, "next_evaluation": None, "open": {},
+    "devices": {
+        "d1": ["s", "z", {"temperature_c": 45.0}, [0.5833333333333333, 0.0, 0.0], 1767225600.1,
+               1767227700.1, 300.0, 8, [1767225600.0, 3.9], [1767227700.0, 3.83], [0, 1],
+               [300.0] * 7, 0, 3,
+               [8.0, 0.09722222222222222, 30.92, 0.001687885802469136, 0.37430555555555556]],
+        "d2": ["s", "z2", {"humidity_pct": 85.0}, [0.0, 0.5833333333333333, 0.0], 1767225600.1,
+               1767227700.1, 300.0, 8, None, None, [0, 0], [300.0] * 7, 0, 3,
+               [0.0, 0.0, 0.0, 0.0, 0.0]],
+    },
+}  # fmt: skip
+
+
+def test_state_format_1_still_loads() -> None:
+    detector = EnvironmentDetector()
+    detector.load_state(orjson.loads(orjson.dumps(STATE_V1)))
+    state = detector.state_dict()
+    assert state["version"] == 2
+    assert state["devices"]["d1"] == [
+        "s", "z", {"temperature_c": 45.0}, [0.5833333333333333, 0.0, 0.0], 1767227700.1,
+        [300.0] * 7, 0, 3,
+        [1767225600.0, 1767227700.0, 3.83, 8.0, 0.09722222222222222, 30.92,
+         0.001687885802469136, 0.37430555555555556],
+        [0, 1],
+    ]  # fmt: skip
+    assert state["devices"]["d2"][8:] == [None, None]
+    # the loaded devices go on from where they were: two gaps of one report each
+    t = 1767227700.1 + 600
+    detector.process([Reading("d1", t, t, {"temperature_c": 45.0}, {"site": "s", "zone": "z"})])
+    d1 = detector.state_dict()["devices"]["d1"]
+    assert d1[6:8] == [1, 5] and d1[3][0] > 0.5833333333333333
+    restored = EnvironmentDetector()
+    restored.load_state(orjson.loads(orjson.dumps(detector.state_dict())))
+    assert restored.report(t) == detector.report(t)
+
+
+def test_report_ranks_the_most_stressed_devices_first_within_the_limit() -> None:
+    detector = EnvironmentDetector(EnvironmentConfig(report_limit=3))
+    for step in range(6):
+        t = T0 + step * 300
+        detector.process([Reading(f"d{i}", t, t, {"temperature_c": 41.0 + i if i % 2 else 20.0},
+                                  {"site": "s", "zone": "z"}) for i in range(8)])  # fmt: skip
+    top = detector.report(T0)["maintenance_by_stress"]
+    assert [row["device_id"] for row in top] == ["d1", "d3", "d5"]
+    assert all(row["hot_hours"] == row["stress_hours"] > 0 for row in top)

@@ -192,3 +192,33 @@ def test_the_daemon_reloads_the_advisory_file_and_exports_firmware_gauges(tmp_pa
     assert sample("fleetwatch_firmware_devices", {"model": "TH-200", "version": "1.4.2"}) == 1
     assert sample("fleetwatch_firmware_vulnerable_devices", {}) == 1
     assert sample("fleetwatch_firmware_campaign_progress_ratio", {"campaign": "th"}) == 0
+
+
+def test_stuck_updates_fire_in_the_order_devices_were_first_seen() -> None:
+    det = detector(stuck_after_s=1800, advisories=())
+    det.process([telemetry(d, "1.4.2", SAT) for d in ("c", "a", "b", "d")])
+    det.process([event("b", "started", SAT + 10, "1.5.0"), event("a", "started", SAT + 20, "1.5.0"),
+                 event("c", "started", SAT + 30, "1.5.0"), event("d", "started", SAT + 40, "1.5.0")])  # fmt: skip
+    det.process([event("d", "succeeded", SAT + 50, "1.5.0")])
+    assert det.tick(SAT + 1000) == []
+    assert [s.subject for s in det.tick(SAT + 2000) if s.firing] == ["c", "a", "b"]
+    assert det.tick(SAT + 3000) == []  # already open
+    assert det.report(SAT + 3000)["stuck_updates"] == ["a", "b", "c"]
+    view = det.device_view("d")
+    assert view is not None and view["history"][0]["to"] == "1.5.0"
+    assert det.device_view("a") == {
+        "version": "1.4.2", "previous": None, "history": [],
+        "update_in_progress": {"since": "2026-01-03T00:00:20Z", "to": "1.5.0"},
+        "open_alerts": ["firmware_update_stuck"],
+    }  # fmt: skip
+
+
+def test_state_round_trip_keeps_updates_in_progress_and_alerts() -> None:
+    det = detector(stuck_after_s=1800)
+    det.process([telemetry("d1", "1.4.2", SAT), telemetry("d2", "1.5.0", SAT)])
+    det.process([event("d1", "started", SAT + 10, "1.5.0")])
+    restored = detector(stuck_after_s=1800)
+    restored.load_state(orjson.loads(orjson.dumps(det.state_dict())))
+    assert restored.state_dict() == orjson.loads(orjson.dumps(det.state_dict()))
+    assert [s.subject for s in restored.tick(SAT + 2000) if s.firing] == ["d1"]
+    assert restored.device_view("d2") == det.device_view("d2")

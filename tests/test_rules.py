@@ -147,3 +147,48 @@ def test_invalid_rules_are_refused(kwargs: dict) -> None:
 def test_rule_names_must_be_unique() -> None:
     with pytest.raises(ValueError):
         RuleEngine([Rule("r", "a", "above", threshold=1), Rule("r", "b", "above", threshold=1)])
+
+
+def test_only_pairs_with_something_open_are_kept() -> None:
+    engine = RuleEngine(
+        [Rule("hot", "temperature_c", "above", threshold=50, for_s=60),
+         Rule("fast", "temperature_c", "rate", max_rate_per_s=1.0)]
+    )  # fmt: skip
+    for device in ("a", "b", "c"):
+        feed(engine, [(0, 20), (10, 21)], device=device)
+    rows = engine.state_dict()["state"]
+    assert [(r[0], r[1], r[2], r[3], r[4]) for r in rows] == [
+        ("fast", "a", False, None, 21), ("fast", "b", False, None, 21),
+        ("fast", "c", False, None, 21),
+    ]  # fmt: skip
+    feed(engine, [(20, 55)], device="b")  # holding, not yet firing; and a fast change
+    rows = engine.state_dict()["state"]
+    assert ["hot", "b", False, 20] in [r[:4] for r in rows]
+    assert ["fast", "b", True, 20] in [r[:4] for r in rows]
+
+
+def test_state_with_a_row_for_every_pair_loads() -> None:
+    rules = [Rule("hot", "temperature_c", "above", threshold=50),
+             Rule("fast", "temperature_c", "rate", max_rate_per_s=1.0)]  # fmt: skip
+    state = {
+        "version": 1,
+        "rules": ["hot", "fast"],
+        "state": [
+            ["hot", "a", False, None, None, None],  # a pair with nothing open
+            ["hot", "b", True, 0.0, None, None],
+            ["fast", "a", False, None, 20.0, 10.0],
+            ["fast", "b", False, None, None, None],
+        ],
+    }
+    engine = RuleEngine(rules)
+    engine.load_state(state)
+    assert feed(engine, [(20, 60)], device="a") == [(20, True), (20, True)]  # 4/s from 20 at 10
+    assert feed(engine, [(20, 40)], device="b") == [(20, False)]
+    assert feed(engine, [(30, 41)], device="b") == []
+
+
+def test_filters_follow_the_model_and_site_of_each_reading() -> None:
+    engine = RuleEngine([Rule("r", "temperature_c", "above", threshold=50, models=("M2",))])
+    assert feed(engine, [(0, 60)]) == []  # model M1
+    assert feed(engine, [(1, 60)], model="M2") == [(1, True)]  # same device, now an M2
+    assert feed(engine, [(2, 40)], model="M2") == [(2, False)]
