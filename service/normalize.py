@@ -37,9 +37,11 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+from array import array
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from types import MappingProxyType
 from typing import Any
 
@@ -134,15 +136,32 @@ MAX_NAME_CACHE = 10_000
 _MIN_MS = 1e11  # numbers above this are milliseconds (year 5138 in seconds)
 _MIN_US = 1e14
 _MAX_EXACT_SEQ = 2**53  # a whole number that a float holds exactly
+_NONE_SEQ = 0.5  # a missing seq in the duplicate window's float arrays
+MAX_PLANS = 256  # record key orders remembered, each with up to MAX_SHAPES value types
+MAX_SHAPES = 8
+PLAN_AFTER = 3  # records of one shape split field by field before the shape gets a plan
+MAX_WORD = 64  # longest text remembered as not being a number
+_NUMBER_TYPES = frozenset({float, int, bool})
+_NONE_TYPE = type(None)
+# a Reading from a tuple of its fields (a named tuple's own constructor, without its keywords)
+_new_reading = partial(tuple.__new__, Reading)
+
+# values, metrics, meta, words -> whether the record was split (else: field by field)
+_PlannedSplit = Callable[[tuple[Any, ...], dict[str, float], dict[str, str], set[str]], bool]
+# a shape's plan: the split, how many of its fields are ignored, whether a metadata name is
+# transient
+_Plan = tuple[_PlannedSplit, int, bool]
 
 
 class DedupeWindow:
     """The keys ``(device, seq, ts)`` of the newest ``capacity`` readings, oldest first.
 
-    Each device's keys sit in one flat list, ``[device, head, newest ts, ts, seq, ts,
-    seq ...]``, where ``head`` is the index of the device's oldest key still in the window;
-    a queue of those lists, one entry per key, gives the order across devices. A key whose
-    ``ts`` is newer than every key of its device is new without a search.
+    Each device's keys sit in one flat array of floats, ``[head, newest ts, ts, seq, ts,
+    seq ...]``, where ``head`` is the index of the device's oldest key still in the window
+    and a missing seq is stored as 0.5 (no whole number equals it). A device with a seq
+    that is not an ``int`` a float holds exactly keeps its keys in a list of the same layout,
+    seqs as they came. A queue of device ids, one per key, gives the order across devices.
+    A key whose ``ts`` is newer than every key of its device is new without a search.
 
     >>> window = DedupeWindow(capacity=2)
     >>> window.add("d1", 1, 10.0), window.add("d1", 1, 10.0), window.add("d2", None, 10.0)
@@ -155,67 +174,121 @@ class DedupeWindow:
 
     __slots__ = ("_devices", "_order", "capacity")
 
-    _FIRST = 3  # index of a device's first key in its list
+    _FIRST = 2  # index of a device's first key in its array
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._devices: dict[str, list[Any]] = {}
-        self._order: deque[list[Any]] = deque()
+        self._devices: dict[str, array[float] | list[Any]] = {}
+        self._order: deque[str] = deque()
 
     def __len__(self) -> int:
         return len(self._order)
 
     def __iter__(self) -> Iterator[tuple[str, Any, float]]:
         """The keys, oldest first."""
-        cursors: dict[int, int] = {}
-        for entries in self._order:
-            index = cursors.get(id(entries), entries[1])
-            cursors[id(entries)] = index + 2
-            yield (entries[0], entries[index + 1], entries[index])
+        devices = self._devices
+        cursors: dict[str, int] = {}
+        for device_id in self._order:
+            entries = devices[device_id]
+            index = cursors.get(device_id)
+            if index is None:
+                index = int(entries[0])
+            cursors[device_id] = index + 2
+            seq = entries[index + 1]
+            if type(entries) is not list:
+                seq = None if seq == _NONE_SEQ else int(seq)
+            yield (device_id, seq, entries[index])
 
-    def _find(self, entries: list[Any], seq: int | None, ts: float) -> bool:
-        index = entries[1]
+    @staticmethod
+    def _as_list(entries: array[float] | list[Any]) -> list[Any]:
+        """The keys of ``entries`` in a list, seqs as they came."""
+        keys: list[Any] = [int(entries[0]), entries[1]]
+        for index in range(DedupeWindow._FIRST, len(entries), 2):
+            seq = entries[index + 1]
+            keys.append(entries[index])
+            keys.append(None if seq == _NONE_SEQ else int(seq))
+        return keys
+
+    def _find(self, entries: array[float] | list[Any], seq: Any, ts: float) -> bool:
+        code: Any = seq
+        if type(entries) is not list:
+            if seq is None:
+                code = _NONE_SEQ
+            elif type(seq) is not int or not -_MAX_EXACT_SEQ <= seq <= _MAX_EXACT_SEQ:
+                # compared with the seqs as they came (1.0 equals 1)
+                return self._find(self._as_list(entries), seq, ts)
+        index = int(entries[0])
         find = entries.index
         while True:
             try:
                 index = find(ts, index)
             except ValueError:
                 return False
-            if index & 1 and entries[index + 1] == seq:
+            if not index & 1 and entries[index + 1] == code:
                 return True
             index += 1
 
-    def _push(self, device_id: str, seq: int | None, ts: float) -> None:
-        entries = self._devices.get(device_id)
-        if entries is None:
-            entries = self._devices[device_id] = [device_id, self._FIRST, ts, ts, seq]
+    def _push(self, device_id: str, seq: Any, ts: float) -> None:
+        devices = self._devices
+        entries = devices.get(device_id)
+        if seq is None:
+            code: Any = _NONE_SEQ
+        elif type(seq) is int and -_MAX_EXACT_SEQ <= seq <= _MAX_EXACT_SEQ:
+            code = seq
         else:
+            code = None  # kept as it came, in a list
+        if entries is None:
+            if code is None:
+                devices[device_id] = [self._FIRST, ts, ts, seq]
+            else:
+                devices[device_id] = array("d", (self._FIRST, ts, ts, code))
+        else:
+            if type(entries) is list:
+                code = seq
+            elif code is None:
+                entries = devices[device_id] = self._as_list(entries)
+                code = seq
             entries.append(ts)
-            entries.append(seq)
-            if ts > entries[2]:
-                entries[2] = ts
-        self._order.append(entries)
+            entries.append(code)
+            if ts > entries[1]:
+                entries[1] = ts
+        self._order.append(device_id)
 
     def _drop_oldest(self) -> None:
-        oldest = self._order.popleft()
-        head = oldest[1] + 2
-        if head >= len(oldest):
-            del self._devices[oldest[0]]
+        device_id = self._order.popleft()
+        entries = self._devices[device_id]
+        head = int(entries[0]) + 2
+        if head >= len(entries):
+            del self._devices[device_id]
             return
-        if head > 64 and head * 2 > len(oldest):
-            del oldest[self._FIRST : head]
+        if head > 64 and head * 2 > len(entries):
+            del entries[self._FIRST : head]
             head = self._FIRST
-        oldest[1] = head
+        entries[0] = head
 
     def add(self, device_id: str, seq: int | None, ts: float) -> bool:
         """Remember a key; False when it is in the window already."""
         entries = self._devices.get(device_id)
-        if entries is not None and not ts > entries[2] and self._find(entries, seq, ts):
+        newest = entries is not None and ts > entries[1]
+        if entries is not None and not newest and self._find(entries, seq, ts):
             return False
-        if self.capacity:
+        if not self.capacity:
+            return True
+        if (
+            newest
+            and entries is not None
+            and type(entries) is not list
+            and type(seq) is int
+            and -_MAX_EXACT_SEQ <= seq <= _MAX_EXACT_SEQ
+        ):  # the common case: the device's newest key, with a whole-number seq
+            entries.append(ts)
+            entries.append(seq)
+            entries[1] = ts
+            self._order.append(device_id)
+        else:
             self._push(device_id, seq, ts)
-            if len(self._order) > self.capacity:
-                self._drop_oldest()
+        if len(self._order) > self.capacity:
+            self._drop_oldest()
         return True
 
     def load(self, keys: Iterable[tuple[str, Any, float]]) -> None:
@@ -304,6 +377,10 @@ class Normalizer:
         canonical = {name for name, _, _ in aliases.values()}
         self._metric_names = frozenset(canonical) | frozenset(aliases)
         self._classes: dict[str, tuple[int, str, float, float, bool]] = {}
+        # record keys in order -> value types -> the shape's plan, None (split field by
+        # field), or how many records of the shape have come while it had no plan yet
+        self._plans: dict[tuple[Any, ...], dict[tuple[type, ...], _Plan | int | None]] = {}
+        self._words: set[str] = set()  # texts that are not numbers
         self._seen = DedupeWindow(self.settings.dedupe_capacity)
 
     # -- checkpoints ----------------------------------------------------------------
@@ -350,9 +427,135 @@ class Normalizer:
         metrics: dict[str, float],
         meta: dict[str, str],
         result: NormalizeResult,
+    ) -> bool:
+        """Put the fields of ``record`` into ``metrics`` and ``meta``; False when no field
+        went to a key of :data:`TRANSIENT_META`.
+
+        Records with the same keys in the same order and the same value types (a shape)
+        are split by one plan, made when the shape has come ``PLAN_AFTER`` times; a record
+        its plan cannot take as it is (a value out of range, a text that may be a number)
+        is split field by field, with the same outcome.
+        """
+        keys = tuple(record)
+        plans = self._plans
+        shapes = plans.get(keys)
+        if shapes is None:
+            if len(plans) >= MAX_PLANS:
+                plans.clear()
+            shapes = plans[keys] = {}
+        values = tuple(record.values())
+        types = tuple(map(type, values))
+        plan = shapes.get(types, 0)
+        if type(plan) is int:  # records of this shape seen so far
+            plan = self._plan(keys, types) if plan + 1 >= PLAN_AFTER else plan + 1
+            if len(shapes) >= MAX_SHAPES:
+                shapes.clear()
+            shapes[types] = plan
+        if type(plan) is tuple:
+            planned, ignored, transient = plan
+            if planned(values, metrics, meta, self._words):
+                if ignored:
+                    result.ignored_fields += ignored
+                if len(metrics) > self.settings.max_metrics_per_reading:
+                    limit = self.settings.max_metrics_per_reading
+                    raise DecodeError(
+                        "too_many_fields", f"more than {limit} metrics in one reading"
+                    )
+                return transient
+        self._split_fields(record, metrics, meta, result)
+        return True
+
+    def _plan(self, keys: tuple[Any, ...], types: tuple[type, ...]) -> _Plan | None:
+        """The plan for records with these keys and value types: a function that splits
+        them as :meth:`_split_fields` does (or returns False, having changed nothing),
+        how many fields they have that are ignored, and whether a metadata name is
+        transient. None for keys that are not text.
+
+        The function is written out field by field; its source holds only positions,
+        names and values reach it as closure constants.
+        """
+        try:
+            classes = [self._classes.get(key) or self._classify(key) for key in keys]
+        except TypeError:
+            return None
+        constants: list[Any] = []
+
+        def constant(value: Any) -> str:
+            constants.append(value)
+            return f"c{len(constants) - 1}"
+
+        compute: list[str] = []  # may fail: then nothing is written
+        checks: list[str] = []
+        writes: list[str] = []
+        metric_vars: list[str] = []
+        meta_names: list[str] = []
+        ignored = 0
+        for i, (key, value_type, (kind, name, scale, offset, strict)) in enumerate(
+            zip(keys, types, classes, strict=True)
+        ):
+            if kind == _METRIC:
+                if value_type is float:
+                    compute.append(f"m{i} = values[{i}] * {constant(scale)} + {constant(offset)}")
+                elif value_type in _NUMBER_TYPES or (value_type is str and strict):
+                    compute.append(
+                        f"m{i} = float(values[{i}]) * {constant(scale)} + {constant(offset)}"
+                    )
+                elif value_type is str:  # a word, if it is known not to be a number
+                    compute.append(f"w{i} = values[{i}]")
+                    checks.append(f"if w{i} not in words: return False")
+                    writes.append(f"meta[{constant(key)}] = w{i}")
+                    meta_names.append(key)
+                    continue
+                else:
+                    ignored += value_type is not _NONE_TYPE
+                    continue
+                metric_vars.append(f"m{i}")
+                writes.append(f"metrics[{constant(name)}] = m{i}")
+            elif kind == _META:
+                if value_type is str:
+                    writes.append(f"meta[{constant(name)}] = values[{i}][:{MAX_META_VALUE}]")
+                elif value_type is float or value_type is int:
+                    compute.append(f"r{i} = repr(values[{i}])")
+                    writes.append(f"meta[{constant(name)}] = r{i}")
+                else:
+                    ignored += 1
+                    continue
+                meta_names.append(name)
+            elif kind == _IGNORE:
+                ignored += 1
+        if metric_vars:
+            checks.insert(0, f"total = {' + '.join(metric_vars)}")
+            checks.insert(1, "if total - total != 0.0: return False")  # one is not finite
+        body = ["try:", *(f"    {line}" for line in compute or ["pass"])]
+        body += ["except (ValueError, OverflowError):", "    return False"]
+        body += [*checks, *writes, "return True"]
+        source = "\n".join(
+            [
+                "def make(constants):",
+                f"    {''.join(f'c{n}, ' for n in range(len(constants)))}= constants"
+                if constants
+                else "",
+                "    def planned(values, metrics, meta, words):",
+                *(f"        {line}" for line in body),
+                "    return planned",
+            ]
+        )
+        namespace: dict[str, Any] = {}
+        exec(compile(source, "<normalize plan>", "exec"), namespace)
+        planned: _PlannedSplit = namespace["make"](tuple(constants))
+        return planned, ignored, not TRANSIENT_META.isdisjoint(meta_names)
+
+    def _split_fields(
+        self,
+        record: Mapping[str, Any],
+        metrics: dict[str, float],
+        meta: dict[str, str],
+        result: NormalizeResult,
     ) -> None:
+        """Split ``record`` one field at a time (what every plan does at once)."""
         classes = self._classes
         classify = self._classify
+        words = self._words
         for key, value in record.items():
             kind, name, scale, offset, strict = classes.get(key) or classify(key)
             if kind == _METRIC:
@@ -366,6 +569,9 @@ class Normalizer:
                 if value_type is int:
                     number = value
                 elif value_type is str:
+                    if not strict and value in words:
+                        meta[key] = value
+                        continue
                     try:
                         number = float(value)
                     except ValueError:
@@ -374,6 +580,10 @@ class Normalizer:
                                 "non_numeric_value",
                                 f"{key!r} should be a number, got {value[:32]!r}",
                             ) from None
+                        if len(value) <= MAX_WORD:
+                            if len(words) >= MAX_NAME_CACHE:
+                                words.clear()
+                            words.add(value)
                         meta[key] = value[:MAX_META_VALUE]
                         continue
                 elif value_type is bool:
@@ -426,25 +636,26 @@ class Normalizer:
         settings = self.settings
         oldest_valid_ts = settings.oldest_valid_ts
         newest_valid_ts = received_at + settings.max_future_skew_s
-        registry = self.registry
+        observe = self.registry.observe
         remember = self._seen.add
         split = self._split
         append = result.readings.append
-        reading_kind = kind
+        rejected = result.rejected
         for record in records:
             try:
-                claimed = record.get("device_id")
+                get = record.get
+                claimed = get("device_id")
                 if claimed is not None and claimed != device_id:
                     raise DecodeError(
                         "device_mismatch",
                         f"payload names device {str(claimed)[:64]!r}, topic names {device_id!r}",
                         device_id=device_id,
                     )
-                raw_ts = record.get("ts")
+                raw_ts = get("ts")
                 if raw_ts is None:
-                    raw_ts = record.get("timestamp")
+                    raw_ts = get("timestamp")
                     if raw_ts is None:
-                        raw_ts = record.get("time")
+                        raw_ts = get("time")
                 if raw_ts is None:
                     ts = received_at
                 else:
@@ -460,7 +671,7 @@ class Normalizer:
                     if ts > newest_valid_ts:
                         ts = received_at
                         result.corrected_future += 1
-                seq_value = record.get("seq")
+                seq_value = get("seq")
                 seq: int | None = None
                 if type(seq_value) is int and -_MAX_EXACT_SEQ < seq_value < _MAX_EXACT_SEQ:
                     seq = seq_value
@@ -472,16 +683,20 @@ class Normalizer:
                     seq = int(seq_value)
                 metrics: dict[str, float] = {}
                 meta: dict[str, str] = {}
-                nested = record.get("metrics")
-                if isinstance(nested, dict):
-                    split(nested, metrics, meta, result)
-                nested_meta = record.get("meta")
-                if isinstance(nested_meta, dict):
-                    split(nested_meta, metrics, meta, result)
-                split(record, metrics, meta, result)
+                nested = get("metrics")
+                nested_meta = get("meta")
+                if nested is None and nested_meta is None:
+                    transient = split(record, metrics, meta, result)
+                else:
+                    if isinstance(nested, dict):
+                        split(nested, metrics, meta, result)
+                    if isinstance(nested_meta, dict):
+                        split(nested_meta, metrics, meta, result)
+                    split(record, metrics, meta, result)
+                    transient = True
             except DecodeError as exc:
                 exc.device_id = device_id
-                result.rejected.append(exc)
+                rejected.append(exc)
                 continue
             # identity from the topic wins over the payload
             meta.update(levels)
@@ -490,19 +705,20 @@ class Normalizer:
             if not remember(device_id, seq, ts if raw_ts is not None or seq is None else 0.0):
                 result.duplicates += 1
                 continue
-            previous = registry.get(device_id)
-            late = previous is not None and ts < previous.last_ts
-            if late:
-                result.late += 1
-            if meta.keys().isdisjoint(TRANSIENT_META):
-                info = registry.observe(device_id, received_at, ts, meta)
+            if not transient or meta.keys().isdisjoint(TRANSIENT_META):
+                info = observe(device_id, received_at, ts, meta)
                 reading_meta = info.meta
             else:
                 # an event's fields belong to this message, not to the device's profile
-                transient = {k: meta.pop(k) for k in TRANSIENT_META & meta.keys()}
-                info = registry.observe(device_id, received_at, ts, meta)
-                reading_meta = MappingProxyType({**info.meta, **transient})
+                fields = {k: meta.pop(k) for k in TRANSIENT_META & meta.keys()}
+                info = observe(device_id, received_at, ts, meta)
+                reading_meta = MappingProxyType({**info.meta, **fields})
+            # the device's newest ts before this reading is newer than ``ts`` exactly when
+            # it still is after it
+            late = ts < info.last_ts
+            if late:
+                result.late += 1
             append(
-                Reading(device_id, ts, received_at, metrics, reading_meta, seq, reading_kind, late)
+                _new_reading((device_id, ts, received_at, metrics, reading_meta, seq, kind, late))
             )
         return result

@@ -171,7 +171,10 @@ class Pipeline:
         normalize = self.normalizer.normalize
         default_match = self.router.match
         routers = {protocol: router.match for protocol, router in self.routers.items()}
-        content_type_for = self.content_types.content_type
+        content_types = self.content_types
+        # without topic rules, a message that names no content type has the default one
+        content_type_for = content_types.content_type if content_types.rules else None
+        default_type = content_types.default
         contexts = self._contexts
         for_content_type = self.codecs.for_content_type
         # per content type in this batch: (codec, whether it needs the receive time)
@@ -181,15 +184,24 @@ class Pipeline:
         result = NormalizeResult()
         readings = result.readings
         rejected = result.rejected
-        # per protocol: [accepted, duplicates, rejected]
+        # per protocol: [accepted, duplicates, rejected]; readings and duplicates are
+        # counted for each run of messages of one protocol
         counts: dict[str, list[int]] = {}
+        protocol: str | None = None
+        tally = [0, 0, 0]
+        match = default_match
+        run_readings = run_duplicates = 0
+        kind = MessageKind.TELEMETRY
+        kind_context = contexts[kind]
         for message in messages:
-            protocol = message.protocol
-            tally = counts.get(protocol)
-            if tally is None:
-                tally = counts[protocol] = [0, 0, 0]
+            if message.protocol != protocol:
+                tally[0] += len(readings) - run_readings
+                tally[1] += result.duplicates - run_duplicates
+                run_readings, run_duplicates = len(readings), result.duplicates
+                protocol = message.protocol
+                tally = counts.get(protocol) or counts.setdefault(protocol, [0, 0, 0])
+                match = routers.get(protocol, default_match)
             n_readings, n_duplicates, n_rejected = len(readings), result.duplicates, len(rejected)
-            match = routers.get(protocol, default_match) if routers else default_match
             try:
                 if len(message.payload) > max_payload:
                     raise DecodeError(
@@ -205,7 +217,9 @@ class Pipeline:
                         "device or site is not in ingest.allowed_devices / allowed_sites",
                         device_id=found.device_id,
                     )
-                content_type = message.content_type or content_type_for(message.topic)
+                content_type = message.content_type or (
+                    content_type_for(message.topic) if content_type_for else default_type
+                )
                 known = codecs.get(content_type)
                 if known is None:
                     codec = for_content_type(content_type)
@@ -220,20 +234,26 @@ class Pipeline:
                         f"no codec for content type {message.content_type!r}",
                         device_id=found.device_id,
                     )
-                context = contexts[found.kind]
+                if found.kind is not kind:
+                    kind = found.kind
+                    kind_context = contexts[kind]
+                context = kind_context
                 if needs_receive_time:
                     context = replace(context, received_at=message.received_at)
                 records = codec.decode(message.payload, context)
                 normalize(
                     records,
                     device_id=found.device_id,
-                    kind=found.kind,
+                    kind=kind,
                     received_at=message.received_at,
                     levels=found.levels,
                     protocol=protocol,
                     result=result,
                 )
             except DecodeError as exc:
+                # what a failed message added is not counted
+                run_readings += len(readings) - n_readings
+                run_duplicates += result.duplicates - n_duplicates
                 if exc.topic is None:
                     exc.topic = message.topic
                 self._dead_letter(message, exc)
@@ -242,6 +262,8 @@ class Pipeline:
                     outcomes.append(MessageOutcome(errors=(exc,)))
                 continue
             except Exception as exc:  # a bug of ours: keep going, but loudly
+                run_readings += len(readings) - n_readings
+                run_duplicates += result.duplicates - n_duplicates
                 log.exception("internal error decoding %s", message.topic[:200])
                 error = DecodeError("internal_error", repr(exc)[:200])
                 self._dead_letter(message, error)
@@ -249,8 +271,6 @@ class Pipeline:
                 if outcomes is not None:
                     outcomes.append(MessageOutcome(errors=(error,)))
                 continue
-            tally[0] += len(readings) - n_readings
-            tally[1] += result.duplicates - n_duplicates
             if len(rejected) > n_rejected:
                 for error in rejected[n_rejected:]:
                     error.topic = message.topic
@@ -264,6 +284,8 @@ class Pipeline:
                         errors=tuple(rejected[n_rejected:]),
                     )
                 )
+        tally[0] += len(readings) - run_readings
+        tally[1] += result.duplicates - run_duplicates
         for protocol, (accepted, duplicates, failed) in counts.items():
             outcome.accepted += accepted
             outcome.duplicates += duplicates

@@ -223,3 +223,106 @@ def test_devices_with_equal_metadata_share_one_mapping(norm: Normalizer) -> None
     assert list(c.meta) == ["gateway", "model", "site", "protocol"]  # its own order
     moved = run(norm, [{"ts": NOW + 1, "gw": "g2"}], device="a").readings[0]
     assert moved.meta["gateway"] == "g2" and b.meta["gateway"] == "g1"
+
+
+def _split_both_ways(records: list[dict]) -> tuple[list, list]:
+    """Each record split by its shape's plan and field by field, as comparable data."""
+    from service.normalize import PLAN_AFTER, NormalizeResult
+
+    planned, by_field = Normalizer(DeviceRegistry()), Normalizer(DeviceRegistry())
+    outcomes: tuple[list, list] = ([], [])
+    for record in records:
+        for split, out in (
+            (planned._split, outcomes[0]),
+            (lambda *args: by_field._split_fields(*args) or True, outcomes[1]),
+        ):
+            metrics: dict = {}
+            meta: dict = {}
+            result = NormalizeResult()
+            for _ in range(PLAN_AFTER):  # the last time with the shape's plan
+                try:
+                    metrics, meta, result = {}, {}, NormalizeResult()
+                    split(dict(record), metrics, meta, result)
+                    error = None
+                except DecodeError as exc:
+                    error = (exc.reason, exc.detail)
+            out.append(
+                (
+                    [(k, repr(v)) for k, v in metrics.items()],
+                    list(meta.items()),
+                    result.ignored_fields,
+                    error,
+                )
+            )
+    return outcomes
+
+
+def test_a_shape_plan_splits_records_exactly_as_field_by_field() -> None:
+    records = [
+        {"ts": NOW, "seq": 1, "temperature_c": 21.5, "batt": 3, "vbat_mv": True, "temp_f": -0.0,
+         "model": "M", "fw": "1.2", "firmware": 3, "lat": 45.4, "x": 2, "radio": "lorawan",
+         "odd key": 1, "code": None, "rh": None, "snr": [1], "zone": "z" * 300},
+        {"ts": NOW, "radio": "lorawan", "mode": "eco"},
+        {"ts": NOW, "radio": "12.5", "mode": "eco"},  # a number in a word's place
+        {"ts": NOW, "temperature_c": 1e308, "power": 1e308},  # the sum overflows, not a value
+        {"ts": NOW, "temperature_c": float("inf")},
+        {"ts": NOW, "batt": "3.7", "rssi": "-70"},
+        {"ts": NOW, "batt": "full", "rssi": "-70"},
+        {"ts": NOW, "battery_mv": 10**400},
+        {"ts": NOW, "status": "ok", "event": "boot", "from": 1.5},
+        {"temp": 1, "temperature": 2, "temp_c": 3.5},
+    ]  # fmt: skip
+    planned, by_field = _split_both_ways(records)
+    assert planned == by_field
+    assert planned[3][3] is None and planned[4][3] == (
+        "non_finite_number",
+        "'temperature_c' is not finite",
+    )
+
+
+def test_the_same_keys_with_other_value_types_get_their_own_plan(norm: Normalizer) -> None:
+    for value in (1.5, 2, "3.5", "on", None, True, 1.5):
+        for _ in range(4):  # the later ones with the shape's plan
+            out = run(norm, [{"radio": value}], received=NOW + len(norm._seen))
+        reading = out.readings[0]
+        if value is None:
+            assert dict(reading.metrics) == {}
+        elif value == "on":
+            assert reading.meta["radio"] == "on" and dict(reading.metrics) == {}
+        else:
+            assert dict(reading.metrics) == {"radio": float(value)}
+    for _ in range(4):  # an alias takes numbers only
+        out = run(norm, [{"power": "on"}], received=NOW + len(norm._seen))
+        assert [e.reason for e in out.rejected] == ["non_numeric_value"]
+
+
+def test_dedupe_window_keeps_every_kind_of_seq_apart() -> None:
+    from service.normalize import DedupeWindow
+
+    window = DedupeWindow(capacity=100)
+    keys = [("d1", 1, 10.0), ("d1", None, 10.0), ("d1", 2**60 + 1, 10.0), ("d1", 2**53, 11.0)]
+    assert all(window.add(*key) for key in keys)
+    assert window.add("d1", 2**60, 10.0)  # a float cannot tell it from 2**60 + 1
+    assert not any(window.add(*key) for key in keys)
+    assert not window.add("d1", 1.0, 10.0)  # equal to 1, as in Python
+    assert window.add("d2", 1.5, 10.0) and not window.add("d2", 1.5, 10.0)
+    assert list(window) == [*keys, ("d1", 2**60, 10.0), ("d2", 1.5, 10.0)]
+
+
+def test_dedupe_window_state_round_trips_and_loads_older_checkpoints() -> None:
+    norm = Normalizer(DeviceRegistry())
+    for i in range(3):
+        run(norm, [{"ts": NOW + i, "seq": i, "temp": 1}])
+    run(norm, [{"temp": 1}], received=NOW + 10)
+    state = norm.state_dict()
+    assert state == {
+        "version": 1,
+        "seen": [["d1", 0, NOW], ["d1", 1, NOW + 1], ["d1", 2, NOW + 2], ["d1", None, NOW + 10]],
+    }
+    # a checkpoint as written before: the same layout, with seqs of any JSON kind
+    older = {"version": 1, "seen": [["d1", 1, NOW], ["d2", 2.0, NOW], ["d2", None, NOW + 1]]}
+    for saved in (state, older):
+        restored = Normalizer(DeviceRegistry())
+        restored.load_state(saved)
+        assert restored.state_dict() == saved
+        assert all(not restored._seen.add(d, seq, ts) for d, seq, ts in saved["seen"])

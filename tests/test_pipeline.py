@@ -247,3 +247,42 @@ def test_content_types_are_resolved_per_message_within_one_batch() -> None:
     assert (outcome.accepted, outcome.rejected, outcome.duplicates) == (2, 2, 1)
     assert [r.device_id for r in recorder.seen] == ["d1", "d3"]
     assert [d.reason for d in sink.deadletters] == ["unsupported_content_type"] * 2
+
+
+def test_counts_per_protocol_are_the_same_with_and_without_outcomes() -> None:
+    from service.model import MessageOutcome
+
+    messages = [
+        GOOD,
+        RawMessage("fleet/plant-a/d3/telemetry", b'{"ts": 1767225601, "battery_v": 3.6}', NOW,
+                   protocol="http"),
+        GOOD,  # a duplicate
+        RawMessage("fleet/plant-a/d3/telemetry", b"{oops", NOW, protocol="http"),
+        RawMessage("fleet/plant-a/d4/telemetry", b'[{"battery_v": 3.5}, {"ts": "soon"}]', NOW),
+    ]  # fmt: skip
+    totals = []
+    for outcomes in (None, []):
+        registry = CollectorRegistry()
+        p = Pipeline.build(Settings(), detectors=[], sinks=[], metrics=FleetMetrics(registry))
+        out = p.process_messages(messages, outcomes)
+        counted = {
+            (s.labels["protocol"], s.labels["result"]): s.value
+            for metric in registry.collect()
+            for s in metric.samples
+            if s.name == "fleetwatch_readings_total"
+        }
+        totals.append(((out.accepted, out.duplicates, out.rejected), counted))
+    assert totals[0] == totals[1]
+    assert totals[0][0] == (3, 1, 2)
+    assert totals[0][1] == {
+        ("mqtt", "accepted"): 2, ("mqtt", "duplicate"): 1, ("mqtt", "rejected"): 1,
+        ("http", "accepted"): 1, ("http", "rejected"): 1,
+    }  # fmt: skip
+    assert [(o.accepted, o.duplicates, len(o.errors)) for o in outcomes] == [
+        (1, 0, 0),
+        (1, 0, 0),
+        (0, 1, 0),
+        (0, 0, 1),
+        (1, 0, 1),
+    ]
+    assert all(isinstance(o, MessageOutcome) for o in outcomes)

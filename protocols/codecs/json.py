@@ -23,6 +23,7 @@ from service.model import MessageKind
 
 _STATUS_WORDS = frozenset({b"online", b"offline", b"connected", b"disconnected"})
 _NON_FINITE_MARKERS = (b"NaN", b"Infinity", b"infinity")
+_STATUS = MessageKind.STATUS  # a module constant: enum member access is slow
 
 
 class JsonCodec:
@@ -36,7 +37,7 @@ class JsonCodec:
             value = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
             stripped = payload.strip()
-            if context.kind is MessageKind.STATUS and stripped.lower() in _STATUS_WORDS:
+            if context.kind is _STATUS and stripped.lower() in _STATUS_WORDS:
                 return [{"status": stripped.lower().decode()}]
             message = str(exc)
             if "infinity" in message or any(mark in payload for mark in _NON_FINITE_MARKERS):
@@ -59,7 +60,7 @@ class JsonCodec:
                         f"batch item {index} is {type(item).__name__}, not an object",
                     )
             return value
-        if context.kind is MessageKind.STATUS and isinstance(value, str):
+        if context.kind is _STATUS and isinstance(value, str):
             return [{"status": value}]
         raise DecodeError(
             "not_an_object", f"payload is a JSON {type(value).__name__}, not an object or array"
