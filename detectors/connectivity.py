@@ -103,21 +103,23 @@ _UNCOUNTED, _ACTIVE, _SILENT = 0, 1, 2
 
 _NO_SIGNAL = array("d")  # shared by devices that have no signal points yet; never written
 
+_STATUS = MessageKind.STATUS
+_WARNING = Severity.WARNING
+_CRITICAL = Severity.CRITICAL
+
 
 class _Device:
     __slots__ = (
-        "acc_n", "acc_sum", "acc_t", "alerted", "due", "gaps", "gateway", "intermittent", "interval", "intervals",
-        "last_rx", "meta", "offline", "order", "severity", "signal", "signal_alert", "site", "standing", "switches",
-        "tech", "zone",
+        "acc_n", "acc_t", "alerted", "gaps", "gateway", "intermittent", "intervals", "last_rx",
+        "meta", "offline", "order", "severity", "signal", "signal_alert", "site", "switches", "tech", "zone",
     )  # fmt: skip
 
     def __init__(self, now: float, order: int = 0) -> None:
         self.last_rx = now
-        self.interval = 0.0
-        self.intervals = 0
+        self.intervals = 0  # arrivals its expected interval was learned from
         self.offline = False
         self.alerted = False
-        self.severity = Severity.WARNING
+        self.severity = _WARNING
         self.gaps: deque[tuple[float, float]] | tuple[()] = ()  # a deque from the first gap
         self.gateway: str | None = None
         self.site: str | None = None
@@ -127,12 +129,11 @@ class _Device:
         self.intermittent = False
         self.signal = _NO_SIGNAL  # (t, value) pairs, oldest first, bounded
         self.signal_alert = False
-        self.acc_sum = 0.0
-        self.acc_n = 0
+        self.acc_n = 0  # signal readings averaged so far (their sum is in the detector's column)
         self.acc_t = 0.0
-        self.order = order  # position among the detector's devices (first heard first)
-        self.standing = _UNCOUNTED  # what it adds to its gateway's tally at the last tick
-        self.due = math.inf  # when its standing or offline state may next change
+        # position among the detector's devices (first heard first), and its row in the
+        # detector's per-device columns
+        self.order = order
         self.meta: Mapping[str, str] | None = None  # the metadata last followed (read-only)
 
 
@@ -145,11 +146,29 @@ class ConnectivityDetector:
     def __init__(self, config: ConnectivityConfig | None = None) -> None:
         self.config = config or ConnectivityConfig()
         self._devices: dict[str, _Device] = {}
+        self._new_columns()
         self._gateways: dict[str, set[str]] = {}
         self._gateway_down: dict[str, float] = {}
         self._gateway_recovered: dict[str, float] = {}
         self.now = 0.0
         self._reset_deadlines()
+
+    def _new_columns(self) -> None:
+        """Per-device values kept unboxed, one row per device (its ``order``): its expected
+        interval between arrivals, the sum of its signal readings not yet averaged, what it adds to its gateway's tally at the last tick
+        (its standing) and when its standing or offline state may next change (its due)."""
+        self._interval = array("d")
+        self._acc_sum = array("d")
+        self._standing = bytearray()
+        self._due = array("d")
+
+    def _add_device(self, device_id: str, received: float) -> _Device:
+        device = self._devices[device_id] = _Device(received, len(self._devices))
+        self._interval.append(0.0)
+        self._acc_sum.append(0.0)
+        self._standing.append(_UNCOUNTED)
+        self._due.append(math.inf)
+        return device
 
     def _reset_deadlines(self) -> None:
         """Forget the silence bookkeeping; the next tick rebuilds it from the devices.
@@ -178,10 +197,16 @@ class ConnectivityDetector:
         device.meta = meta
         gateway = meta.get("gateway")
         if gateway is not None and gateway != device.gateway:
+            gateways = self._gateways
             if device.gateway is not None:
-                self._gateways.get(device.gateway, set()).discard(device_id)
-            self._gateways.setdefault(gateway, set()).add(device_id)
-            standing = device.standing
+                old = gateways.get(device.gateway)
+                if old is not None:
+                    old.discard(device_id)
+            members = gateways.get(gateway)
+            if members is None:
+                members = gateways[gateway] = set()
+            members.add(device_id)
+            standing = self._standing[device.order]
             if standing != _UNCOUNTED and not self._stale:
                 self._set_standing(device, _UNCOUNTED)
                 device.gateway = gateway
@@ -199,71 +224,109 @@ class ConnectivityDetector:
                 break
 
     def process(self, batch: Sequence[Reading]) -> list[Signal]:
-        burst = self.config.burst_s
+        config = self.config
+        burst = config.burst_s
+        spacing = config.signal_spacing_s
         devices = self._devices
+        acc_sums = self._acc_sum
+        status = _STATUS
+        signal_metrics = SIGNAL_METRICS
         signals: list[Signal] = []
+        now = self.now
         for reading in batch:
             received = reading.received_at
-            if received > self.now:
-                self.now = received
+            if received > now:
+                now = self.now = received
             device_id = reading.device_id
             meta = reading.meta
             if (
-                reading.kind is MessageKind.STATUS
+                reading.kind is status
                 and (meta.get("state") or meta.get("status")) in OFFLINE_STATES
             ):
                 # a goodbye is not a sign of life: the silence clock keeps running
                 continue
             device = devices.get(device_id)
             if device is None:
-                device = devices[device_id] = _Device(received, len(devices))
+                device = self._add_device(device_id, received)
                 self._follow_meta(device_id, device, meta)
-                self._track_signal(reading, device, signals)
-                continue
-            if meta is not device.meta:
-                self._follow_meta(device_id, device, meta)
-            silence = received - device.last_rx
-            if silence > burst:
-                self._arrival(device_id, device, received, silence, signals)
-            self._track_signal(reading, device, signals)
+            else:
+                if meta is not device.meta:
+                    self._follow_meta(device_id, device, meta)
+                silence = received - device.last_rx
+                if silence > burst:
+                    self._arrival(device_id, device, received, silence, signals)
+            # the first signal metric present: averaged into one point per signal_spacing_s
+            # (see _track_signal)
+            metrics = reading.metrics
+            for metric, loss_level in signal_metrics:
+                value = metrics.get(metric)
+                if value is None:
+                    continue
+                row = device.order
+                if device.acc_n == 0:
+                    device.acc_t = received
+                acc_sums[row] += value
+                device.acc_n += 1
+                if received - device.acc_t >= spacing:
+                    self._track_signal(reading, device, metric, loss_level, signals)
+                break
         return signals
 
     def _arrival(
         self, device_id: str, device: _Device, received: float, silence: float, out: list[Signal]
     ) -> None:
         config = self.config
-        interval = device.interval
-        if device.intervals and silence > config.gap_factor * interval:
+        row = device.order
+        intervals = self._interval
+        interval = intervals[row]
+        count = device.intervals
+        if count and silence > config.gap_factor * interval:
             # the gap starts when the first report went missing
             if not device.gaps:
                 device.gaps = deque(maxlen=config.history)
             device.gaps.append((device.last_rx + interval, silence))
         # learn the interval; long silences are outages, not the device's rhythm
-        if device.intervals == 0:
-            device.interval = silence
+        if count == 0:
+            learned = silence
         else:
-            clipped = min(max(silence, 0.5 * interval), 2.0 * interval)
-            weight = 0.5 if device.intervals < 4 else 0.1
-            device.interval = interval + weight * (clipped - interval)
-        device.intervals += 1
+            clipped = 0.5 * interval
+            if silence > clipped:
+                clipped = silence
+            if 2.0 * interval < clipped:
+                clipped = 2.0 * interval
+            weight = 0.5 if count < 4 else 0.1
+            learned = interval + weight * (clipped - interval)
+        intervals[row] = learned
+        count = device.intervals = count + 1
         device.last_rx = received
-        if device.intervals >= 2 and not self._stale:
-            learned = device.interval
+        if count >= 2 and not self._stale:
             gap_limit = config.gateway_factor * learned
-            offline_limit = max(config.offline_factor * learned, config.min_offline_s)
+            offline_limit = config.offline_factor * learned
+            if config.min_offline_s > offline_limit:
+                offline_limit = config.min_offline_s
             window = config.active_window_s
             if gap_limit >= 0.0 and offline_limit >= 0.0 and window >= 0.0:
                 # just heard: active, not silent, not offline until the nearest limit
-                if device.standing != _ACTIVE:
+                if self._standing[row] != _ACTIVE:
                     self._set_standing(device, _ACTIVE)
-                nearest = min(gap_limit, offline_limit, window)
+                nearest = gap_limit
+                if offline_limit < nearest:
+                    nearest = offline_limit
+                if window < nearest:
+                    nearest = window
                 due = received + nearest - 1e-12 * (abs(received) + abs(nearest)) - 1e-9
             else:
                 self._reassess(device_id, device, received)
                 due = self._next_due(device, received)
-            device.due = due
+            self._due[row] = due
             if due < math.inf:
-                self._push(device_id, int(due // _SLOT_S))
+                slot = int(due // _SLOT_S)
+                waiting = self._wheel.get(slot)
+                if waiting is None:
+                    self._wheel[slot] = [device_id]
+                    heappush(self._slots, slot)
+                else:
+                    waiting.append(device_id)
         if device.offline:
             device.offline = False
             if device.alerted:
@@ -292,7 +355,7 @@ class ConnectivityDetector:
                              f"{config.intermittent_window_s / 3600:.0f} h "
                              f"(mean {mean_gap / 60:.1f} min)"),
                     evidence={"gaps": len(recent), "mean_gap_s": round(mean_gap, 1),
-                              "expected_interval_s": round(device.interval, 1),
+                              "expected_interval_s": round(self._interval[device.order], 1),
                               "technology": device.tech, "gateway": device.gateway},
                     action=("Check the radio link: antenna, distance to the gateway and "
                             "interference from machinery nearby."),
@@ -307,74 +370,66 @@ class ConnectivityDetector:
                 )
             )  # fmt: skip
 
-    def _track_signal(self, reading: Reading, device: _Device, out: list[Signal]) -> None:
-        metrics = reading.metrics
-        for metric, loss_level in SIGNAL_METRICS:
-            value = metrics.get(metric)
-            if value is None:
-                continue
-            # readings are averaged into one point per signal_spacing_s, so the trend
-            # spans hours whatever the reporting rate, and noise averages out
-            received = reading.received_at
-            if device.acc_n == 0:
-                device.acc_t = received
-            device.acc_sum += value
-            device.acc_n += 1
-            if received - device.acc_t < self.config.signal_spacing_s:
-                return
-            flat = device.signal
-            if flat is _NO_SIGNAL:
-                flat = device.signal = array("d")
-            flat.append(device.acc_t)
-            flat.append(device.acc_sum / device.acc_n)
-            device.acc_sum, device.acc_n = 0.0, 0
-            if len(flat) > 2 * self.config.signal_window:
-                del flat[0:2]
-            if len(flat) < self.config.signal_window:
-                return
-            if not device.signal_alert and (
-                flat[1] - flat[-1] < self.config.signal_min_drop_db / 2
-            ):
-                return  # not falling: no trend to fit
-            window = list(zip(flat[0::2], flat[1::2], strict=True))
-            slope, level, t_stat = _trend(window)
-            config = self.config
-            now = reading.received_at
-            degrading = False
-            eta = math.inf
-            if slope < 0 and level > loss_level:
-                eta = (level - loss_level) / -slope
-                drop = -slope * (window[-1][0] - window[0][0])
-                degrading = (
-                    eta <= config.signal_horizon_s
-                    and drop >= config.signal_min_drop_db
-                    and t_stat <= -config.signal_min_t
-                )
-            if degrading and not device.signal_alert:
-                device.signal_alert = True
-                out.append(
-                    self._signal(
-                        "signal_degrading", reading.device_id, device, True, now,
-                        summary=(f"{reading.device_id}: {metric} falling "
-                                 f"{-slope * 3600:.1f}/h, link lost in about {eta / 3600:.1f} h"),
-                        evidence={"metric": metric, "level": round(level, 1),
-                                  "slope_per_h": round(slope * 3600, 2),
-                                  "loss_level": loss_level,
-                                  "predicted_loss_at": iso_utc(now + eta),
-                                  "gateway": device.gateway, "technology": device.tech},
-                        action=("Check what changed between the device and its gateway "
-                                "(new obstruction, moved device, failing antenna)."),
-                    )
-                )  # fmt: skip
-            elif device.signal_alert and (slope >= 0 or eta > 2 * config.signal_horizon_s):
-                device.signal_alert = False
-                out.append(
-                    self._signal(
-                        "signal_degrading", reading.device_id, device, False, now,
-                        summary=f"{reading.device_id}: {metric} is stable again",
-                    )
-                )  # fmt: skip
+    def _track_signal(
+        self, reading: Reading, device: _Device, metric: str, loss_level: float, out: list[Signal]
+    ) -> None:
+        """Close the signal point of ``device`` that ``reading`` completed and judge the trend.
+
+        Readings of the first signal metric present are averaged into one point per
+        ``signal_spacing_s``, so the trend spans hours whatever the reporting rate, and noise
+        averages out.
+        """
+        flat = device.signal
+        if flat is _NO_SIGNAL:
+            flat = device.signal = array("d")
+        row = device.order
+        flat.append(device.acc_t)
+        flat.append(self._acc_sum[row] / device.acc_n)
+        self._acc_sum[row], device.acc_n = 0.0, 0
+        if len(flat) > 2 * self.config.signal_window:
+            del flat[0:2]
+        if len(flat) < self.config.signal_window:
             return
+        if not device.signal_alert and (flat[1] - flat[-1] < self.config.signal_min_drop_db / 2):
+            return  # not falling: no trend to fit
+        window = list(zip(flat[0::2], flat[1::2], strict=True))
+        slope, level, t_stat = _trend(window)
+        config = self.config
+        now = reading.received_at
+        degrading = False
+        eta = math.inf
+        if slope < 0 and level > loss_level:
+            eta = (level - loss_level) / -slope
+            drop = -slope * (window[-1][0] - window[0][0])
+            degrading = (
+                eta <= config.signal_horizon_s
+                and drop >= config.signal_min_drop_db
+                and t_stat <= -config.signal_min_t
+            )
+        if degrading and not device.signal_alert:
+            device.signal_alert = True
+            out.append(
+                self._signal(
+                    "signal_degrading", reading.device_id, device, True, now,
+                    summary=(f"{reading.device_id}: {metric} falling "
+                             f"{-slope * 3600:.1f}/h, link lost in about {eta / 3600:.1f} h"),
+                    evidence={"metric": metric, "level": round(level, 1),
+                              "slope_per_h": round(slope * 3600, 2),
+                              "loss_level": loss_level,
+                              "predicted_loss_at": iso_utc(now + eta),
+                              "gateway": device.gateway, "technology": device.tech},
+                    action=("Check what changed between the device and its gateway "
+                            "(new obstruction, moved device, failing antenna)."),
+                )
+            )  # fmt: skip
+        elif device.signal_alert and (slope >= 0 or eta > 2 * config.signal_horizon_s):
+            device.signal_alert = False
+            out.append(
+                self._signal(
+                    "signal_degrading", reading.device_id, device, False, now,
+                    summary=f"{reading.device_id}: {metric} is stable again",
+                )
+            )  # fmt: skip
 
     # -- silence ----------------------------------------------------------------------
 
@@ -386,7 +441,7 @@ class ConnectivityDetector:
         signal = device.signal
         return {
             "last_heard": iso_utc(device.last_rx),
-            "interval_s": round(device.interval, 3),
+            "interval_s": round(self._interval[device.order], 3),
             "offline": device.offline,
             "intermittent": device.intermittent,
             "recent_gaps": len(device.gaps),
@@ -417,10 +472,11 @@ class ConnectivityDetector:
         return signals
 
     def _set_standing(self, device: _Device, standing: int) -> None:
-        old = device.standing
+        row = device.order
+        old = self._standing[row]
         if old == standing:
             return
-        device.standing = standing
+        self._standing[row] = standing
         gateway = device.gateway
         if gateway is None:
             return
@@ -435,7 +491,7 @@ class ConnectivityDetector:
         """Bring the device's standing up to ``now``; watch it once it may be offline."""
         config = self.config
         silence = now - device.last_rx
-        interval = device.interval
+        interval = self._interval[device.order]
         if silence > config.active_window_s:
             self._set_standing(device, _UNCOUNTED)
             offline = device.alerted
@@ -451,7 +507,7 @@ class ConnectivityDetector:
         state can change (a hair early, so rounding never makes it late)."""
         config = self.config
         silence = now - device.last_rx
-        interval = device.interval
+        interval = self._interval[device.order]
         nearest = math.inf
         for limit in (
             config.gateway_factor * interval,
@@ -476,6 +532,7 @@ class ConnectivityDetector:
     def _advance(self, now: float) -> None:
         """Visit the devices whose deadline is at or before ``now``."""
         devices = self._devices
+        due_at = self._due
         wheel, slots = self._wheel, self._slots
         current = int(now // _SLOT_S)
         later: dict[str, int] = {}  # devices still due in a slot that has come up
@@ -483,14 +540,14 @@ class ConnectivityDetector:
             slot = heappop(slots)
             for device_id in wheel.pop(slot):
                 device = devices[device_id]
-                due = device.due
+                due = due_at[device.order]
                 if due == math.inf or int(due // _SLOT_S) != slot:
                     continue  # superseded by a later deadline
                 if due > now:
                     later[device_id] = slot
                     continue
                 self._reassess(device_id, device, now)
-                due = device.due = self._next_due(device, now)
+                due = due_at[device.order] = self._next_due(device, now)
                 if due < math.inf:
                     next_slot = int(due // _SLOT_S)
                     if next_slot <= current:
@@ -504,13 +561,14 @@ class ConnectivityDetector:
         """Recount every device's standing at ``now`` and put it back on the wheel."""
         self._reset_deadlines()
         self._stale = False
+        standing, due_at = self._standing, self._due
         for device_id, device in self._devices.items():
-            device.standing = _UNCOUNTED
-            device.due = math.inf
+            standing[device.order] = _UNCOUNTED
+            due_at[device.order] = math.inf
             if device.intervals < 2:
                 continue
             self._reassess(device_id, device, now)
-            due = device.due = self._next_due(device, now)
+            due = due_at[device.order] = self._next_due(device, now)
             if math.isfinite(due):
                 self._push(device_id, int(due // _SLOT_S))
         self._dirty.update(self._tally)
@@ -535,7 +593,10 @@ class ConnectivityDetector:
             if silence > active_window:
                 offline = device.alerted
             else:
-                offline = silence > offline_factor * device.interval and silence > min_offline
+                offline = (
+                    silence > offline_factor * self._interval[device.order]
+                    and silence > min_offline
+                )
             if not offline or device.intervals < 2:
                 watch.discard(device_id)
                 continue
@@ -543,20 +604,20 @@ class ConnectivityDetector:
             if device.gateway in down:
                 continue  # explained by the gateway outage
             recovered = recovered_at.get(device.gateway)  # type: ignore[arg-type]
-            limit = offline_factor * device.interval
-            if recovered is not None and now - recovered < limit + device.interval:
+            limit = offline_factor * self._interval[device.order]
+            if recovered is not None and now - recovered < limit + self._interval[device.order]:
                 continue  # its gateway just came back: give the device time to report
             if device.intermittent and silence < persistent:
                 continue  # explained by the open intermittent-connectivity alert
-            severity = Severity.CRITICAL if silence >= persistent else Severity.WARNING
+            severity = _CRITICAL if silence >= persistent else _WARNING
             if device.alerted and severity <= device.severity:
-                if device.severity >= Severity.CRITICAL:
+                if device.severity >= _CRITICAL:
                     watch.discard(device_id)  # at its worst: nothing more until it is heard
                 continue
             device.alerted = True
             device.severity = severity
             signals.append(self._offline_signal(device_id, device, now, silence, severity))
-            if severity >= Severity.CRITICAL:
+            if severity >= _CRITICAL:
                 watch.discard(device_id)
 
     def _offline_signal(
@@ -575,9 +636,9 @@ class ConnectivityDetector:
         return self._signal(
             "device_offline", device_id, device, True, now, severity=severity,
             summary=(f"{device_id} silent for {silence / 60:.0f} min "
-                     f"(expected every {device.interval / 60:.1f} min), {shape}"),
+                     f"(expected every {self._interval[device.order] / 60:.1f} min), {shape}"),
             evidence={"silent_s": round(silence, 1), "last_seen": iso_utc(device.last_rx),
-                      "expected_interval_s": round(device.interval, 1), "class": shape,
+                      "expected_interval_s": round(self._interval[device.order], 1), "class": shape,
                       "gaps_recent": len(recent), "gateway": device.gateway,
                       "technology": device.tech},
             action=action,
@@ -591,6 +652,7 @@ class ConnectivityDetector:
         """
         config = self.config
         down = self._gateway_down
+        standing = self._standing
         judged = self._dirty
         judged.update(down)
         self._dirty = set()
@@ -608,7 +670,7 @@ class ConnectivityDetector:
                 ):
                     self._gateway_down[gateway] = now
                     first_silent = min(
-                        (d.last_rx for d in self._members(gateway) if d.standing == _SILENT),
+                        (d.last_rx for d in self._members(gateway) if standing[d.order] == _SILENT),
                         default=math.inf,
                     )
                     site = self._gateway_site(gateway)
@@ -627,7 +689,9 @@ class ConnectivityDetector:
                     ))  # fmt: skip
                 continue
             heard = sum(
-                1 for d in self._members(gateway) if d.standing != _UNCOUNTED and d.last_rx > since
+                1
+                for d in self._members(gateway)
+                if standing[d.order] != _UNCOUNTED and d.last_rx > since
             )
             if heard / active >= config.gateway_resolve_fraction:
                 del self._gateway_down[gateway]
@@ -651,7 +715,7 @@ class ConnectivityDetector:
     def _first_member(self, gateway: str) -> int:
         """The first-heard position among the gateway's active devices."""
         return min(
-            (d.order for d in self._members(gateway) if d.standing != _UNCOUNTED),
+            (d.order for d in self._members(gateway) if self._standing[d.order] != _UNCOUNTED),
             default=len(self._devices),
         )
 
@@ -690,7 +754,7 @@ class ConnectivityDetector:
 
     def expected_interval(self, device_id: str) -> float | None:
         device = self._devices.get(device_id)
-        return device.interval if device is not None and device.intervals else None
+        return self._interval[device.order] if device is not None and device.intervals else None
 
     def report(self, now: float) -> dict[str, Any]:
         """Outage patterns over ``pattern_window_s``: by hour of day, zone and technology."""
@@ -733,10 +797,10 @@ class ConnectivityDetector:
             "gateways_recovered": self._gateway_recovered,
             "devices": {
                 device_id: [
-                    d.last_rx, d.interval, d.intervals, d.offline, d.alerted, int(d.severity),
+                    d.last_rx, self._interval[d.order], d.intervals, d.offline, d.alerted, int(d.severity),
                     [list(g) for g in d.gaps], d.gateway, d.site, d.zone, d.tech, d.switches,
                     d.intermittent, list(d.signal), d.signal_alert,
-                    d.acc_sum, d.acc_n, d.acc_t,
+                    self._acc_sum[d.order], d.acc_n, d.acc_t,
                 ]
                 for device_id, d in self._devices.items()
             },
@@ -747,6 +811,7 @@ class ConnectivityDetector:
         if version != self.STATE_VERSION:
             raise ValueError(f"connectivity state format {version} is not {self.STATE_VERSION}")
         self._devices = {}
+        self._new_columns()
         self._gateways = {}
         self._reset_deadlines()
         self.now = float(state.get("now", 0.0))
@@ -758,8 +823,8 @@ class ConnectivityDetector:
             (last_rx, interval, intervals, offline, alerted, severity, gaps, gateway, site,
              zone, tech, switches, intermittent, signal, signal_alert, acc_sum, acc_n,
              acc_t) = row  # fmt: skip
-            device = _Device(float(last_rx), len(self._devices))
-            device.interval = float(interval)
+            device = self._add_device(device_id, float(last_rx))
+            self._interval[device.order] = float(interval)
             device.intervals = int(intervals)
             device.offline = bool(offline)
             device.alerted = bool(alerted)
@@ -774,8 +839,8 @@ class ConnectivityDetector:
             device.intermittent = bool(intermittent)
             device.signal = array("d", (float(x) for x in signal)) if signal else _NO_SIGNAL
             device.signal_alert = bool(signal_alert)
-            device.acc_sum, device.acc_n, device.acc_t = float(acc_sum), int(acc_n), float(acc_t)
-            self._devices[device_id] = device
+            self._acc_sum[device.order] = float(acc_sum)
+            device.acc_n, device.acc_t = int(acc_n), float(acc_t)
             if gateway is not None:
                 self._gateways.setdefault(gateway, set()).add(device_id)
 

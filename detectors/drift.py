@@ -99,6 +99,7 @@ _DAY = 86_400.0
 _MAD = 1.4826
 _SQRT2 = math.sqrt(2.0)
 _DATA_KINDS = (MessageKind.TELEMETRY, MessageKind.BATCH)
+_CALIBRATION = MessageKind.CALIBRATION
 _PRIORITY = {"out_of_range": 6, "stuck": 5, "noisy": 4, "spikes": 3, "step": 2, "ageing": 1}
 _SEVERITY = {
     "out_of_range": Severity.CRITICAL,
@@ -454,7 +455,8 @@ class _Sensor:
         self.peer_streak = 0
         self.alone_streak = 0
         # where its 24 hour-of-day offsets (and their counts) start in the detector's profile
-        # columns; -1 until its first bucket
+        # columns; before its second bucket, none: -1, or ``-2 - hour`` once its first bucket
+        # counted one (zero) offset at ``hour`` (see :func:`_profile_rows`)
         self.prof = -1
         self.level: float | None = None
         self.cal: _Calibration | None = None
@@ -505,9 +507,7 @@ class _Sensor:
         values["warm"] = (
             [] if warm is None else [[warm[i], warm[i + 1]] for i in range(0, len(warm), 2)]
         )
-        at = self.prof
-        values["profile"] = [0.0] * 24 if at < 0 else profile[at : at + 24].tolist()
-        values["profile_n"] = [0] * 24 if at < 0 else profile_n[at : at + 24].tolist()
+        values["profile"], values["profile_n"] = _profile_rows(self.prof, profile, profile_n)
         track = self.track if self.track is not None else cold
         for name in _TRACK_PLAIN:
             values[name] = getattr(track, name)
@@ -563,6 +563,22 @@ class _Sensor:
         return sensor
 
 
+def _profile_rows(
+    at: int, profile: array[float], profile_n: array[int]
+) -> tuple[list[float], list[int]]:
+    """The 24 hour-of-day offsets and counts of a sensor whose profile is at ``at``.
+
+    >>> _profile_rows(-5, array("d"), array("i"))[1][:4]
+    [0, 0, 0, 1]
+    """
+    if at >= 0:
+        return profile[at : at + 24].tolist(), profile_n[at : at + 24].tolist()
+    counts = [0] * 24
+    if at <= -2:
+        counts[-2 - at] = 1
+    return [0.0] * 24, counts
+
+
 class _Group:
     """One peer group of one metric: its open buckets and how far its data has come."""
 
@@ -581,11 +597,15 @@ class _Group:
 
 
 class _Device:
-    __slots__ = ("env", "published", "sensors", "site", "zone")
+    __slots__ = ("env", "key", "meta", "published", "sensors", "site", "zone")
 
     def __init__(self) -> None:
         self.site: str | None = None
         self.zone: str | None = None
+        # the metadata of its last data reading (read-only) and its group_by values (shared
+        # between devices with equal values; see :meth:`DriftDetector._intern_key`)
+        self.meta: Mapping[str, Any] | None = None
+        self.key: tuple[Any, ...] = ()
         # kind -> [shape, severity, metric, out_of_tolerance]; allocated at the first signal
         self.published: dict[str, list[Any]] | None = None
         # one EWMA per environment metric (None: not seen), allocated at the first value
@@ -642,6 +662,8 @@ class DriftDetector:
         self._profile = array("d")
         self._profile_n = array("i")
         self._devices: dict[str, _Device] = {}
+        # group_by values by themselves: devices with equal values share one tuple
+        self._keys: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         # the drift track of a sensor still warming up: only read, never written
         self._cold = _Track(self.config)
         self.late_dropped = 0
@@ -675,26 +697,40 @@ class DriftDetector:
         group_by = self._group_by
         devices = self._devices
         isfinite = math.isfinite
-        calibration = MessageKind.CALIBRATION
+        calibration = _CALIBRATION
+        data_kinds = _DATA_KINDS
+        keys = self._keys
         for reading in batch:
             kind = reading.kind
-            meta = reading.meta
-            if kind == calibration or meta.get("event") == "calibration":
+            if kind == calibration:
                 signals.extend(self._calibrate(reading))
                 continue
-            if kind not in _DATA_KINDS:
-                continue
-            metrics = reading.metrics
+            meta = reading.meta
             device_id = reading.device_id
             device = devices.get(device_id)
-            if device is None:
-                device = devices[device_id] = _Device()
-            site = device.site = meta.get("site", device.site)
-            zone = device.zone = meta.get("zone", device.zone)
+            if device is None or meta is not device.meta:
+                # metadata not seen on this device's last data reading: read it
+                if meta.get("event") == "calibration":
+                    signals.extend(self._calibrate(reading))
+                    continue
+                if kind not in data_kinds:
+                    continue
+                if device is None:
+                    device = devices[device_id] = _Device()
+                device.site = meta.get("site", device.site)
+                device.zone = meta.get("zone", device.zone)
+                device.meta = meta
+                found = tuple(map(meta.get, group_by))
+                device.key = keys.setdefault(found, found)
+            elif kind not in data_kinds:
+                continue
+            site = device.site
+            zone = device.zone
+            key = device.key
+            metrics = reading.metrics
             ts = reading.ts
             if ts > self.now:
                 self.now = ts
-            key: tuple[Any, ...] | None = None
             for metric, env_position, watched in plan:
                 value = metrics.get(metric)
                 if value is None or not isfinite(value):
@@ -709,8 +745,6 @@ class DriftDetector:
                     )
                 if not watched:
                     continue
-                if key is None:
-                    key = tuple(map(meta.get, group_by))
                 sensor = None
                 for known in device.sensors:
                     if known.metric == metric:
@@ -721,7 +755,7 @@ class DriftDetector:
                     device.sensors += (sensor,)
                     self._sensors.append(sensor)
                 group = sensor.grp
-                if group is None or group.key != key:
+                if group is None or group.key is not key:
                     name = self._group_name(key, device_id)
                     if group is None or group.name != name:
                         group = self._move(sensor, metric, name)
@@ -943,25 +977,31 @@ class DriftDetector:
         hour = int((t - 0.5 * config.bucket_s) % _DAY // 3_600)
         # own expectation: a local level (EWMA over ``alone_level_buckets``) plus the
         # hour-of-day shape around it
-        profile = self._profile
-        profile_n = self._profile_n
-        at = s.prof
-        if at < 0:
-            at = s.prof = self._new_profile()
-        at += hour
         level = s.level
         profile_ref = None
-        if level is None:
-            s.level = level = value
-        elif profile_n[at] >= config.profile_min_count:
-            profile_ref = level + profile[at]
         fault_shape = s.fault_shape
-        if fault_shape is None or fault_shape == "noisy":
-            n = profile_n[at] + 1
-            profile_n[at] = min(n, 1_000_000)
-            alpha = max(1.0 / n, config.profile_alpha)
-            profile[at] += alpha * (value - level - profile[at])
-            s.level = level + (value - profile[at] - level) / config.alone_level_buckets
+        learn = fault_shape is None or fault_shape == "noisy"
+        at = s.prof
+        if level is None and at < 0:
+            # the first bucket: its offset to the level just set is zero; only its hour is
+            # counted until a second bucket needs the profile's room
+            s.level = value
+            if learn:
+                if at == -1:
+                    s.prof = -2 - hour
+                else:  # a second count, at this hour or another
+                    at = s.prof = self._first_profile(at)
+                    self._learn_profile(s, at + hour, value, value)
+        else:
+            if at < 0:
+                at = s.prof = self._first_profile(at)
+            at += hour
+            if level is None:
+                s.level = level = value
+            elif self._profile_n[at] >= config.profile_min_count:
+                profile_ref = level + self._profile[at]
+            if learn:
+                self._learn_profile(s, at, value, level)
         mode = s.mode
         if mode == "peer" and consensus is not None:
             reference: float | None = consensus
@@ -1068,6 +1108,25 @@ class DriftDetector:
         self._track_rate(s, tr, t, dm, threshold)
         self._judge_drift(s, tr, t, threshold)
         self._judge_faults(s, effective, stuck_now)
+
+    def _learn_profile(self, s: _Sensor, at: int, value: float, level: float) -> None:
+        """One bucket's offset into the profile cell ``at``, and the level after it."""
+        config = self.config
+        profile = self._profile
+        profile_n = self._profile_n
+        n = profile_n[at] + 1
+        profile_n[at] = min(n, 1_000_000)
+        alpha = max(1.0 / n, config.profile_alpha)
+        profile[at] += alpha * (value - level - profile[at])
+        s.level = level + (value - profile[at] - level) / config.alone_level_buckets
+
+    def _first_profile(self, at: int) -> int:
+        """Room for the profile of a sensor whose ``prof`` is ``at`` (negative), with the one
+        count its first bucket made."""
+        start = self._new_profile()
+        if at <= -2:
+            self._profile_n[start - 2 - at] = 1
+        return start
 
     def _new_profile(self, values: Sequence[float] = (), counts: Sequence[int] = ()) -> int:
         """Room for one sensor's hour-of-day profile (zeros unless given): where it starts."""
@@ -1268,6 +1327,8 @@ class DriftDetector:
                 if at >= 0:
                     self._profile[at : at + 24] = array("d", [0.0]) * 24
                     self._profile_n[at : at + 24] = array("i", [0]) * 24
+                else:
+                    sensor.prof = -1
                 sensor.level = None
             cal.verifying = True
             cal.verify_run = cal.verify_n = 0

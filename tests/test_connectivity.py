@@ -280,3 +280,27 @@ def test_checkpoint_without_deadlines_resumes_alerting_on_time() -> None:
     assert restored.tick(T0 + 540 + 60 * 2.5) == []
     assert [s.kind for s in restored.tick(T0 + 540 + 60 * 3.5)] == ["device_offline"]
     assert restored.device_view("d1")["offline"] is True  # type: ignore[index]
+
+
+def test_per_device_columns_follow_each_device_through_a_checkpoint() -> None:
+    def feed(detector: ConnectivityDetector, steps: range) -> list[Signal]:
+        out: list[Signal] = []
+        for step in steps:
+            t = 60.0 * step
+            quiet = 3 if 10 <= step < 20 else -1  # d3 silent for ten minutes, then back
+            batch = [Reading(f"d{i}", t + i, t + i, {"rssi_dbm": -70.0 - i}, {"gateway": "g"})
+                     for i in range(4) if i != quiet]  # fmt: skip
+            out += detector.process(batch) + detector.tick(t + 30)
+        return out
+
+    first = ConnectivityDetector(ConnectivityConfig(min_offline_s=0, signal_spacing_s=60))
+    assert [(s.subject, s.firing) for s in feed(first, range(15))] == [("d3", True)]
+    second = ConnectivityDetector(first.config)
+    second.load_state(orjson.loads(orjson.dumps(first.state_dict())))
+    for i in range(4):
+        assert second.expected_interval(f"d{i}") == first.expected_interval(f"d{i}") == 60.0
+        assert second.device_view(f"d{i}") == first.device_view(f"d{i}")
+    later = feed(first, range(15, 25))
+    assert [(s.subject, s.firing) for s in later] == [("d3", False)]
+    assert feed(second, range(15, 25)) == later
+    assert second.state_dict() == first.state_dict()

@@ -540,3 +540,47 @@ def test_out_of_order_readings_keep_the_latest_value_of_each_bucket() -> None:
     view = detector.device_view("d1")
     assert view is not None and view["metrics"]["temperature_c"]["reference"] is None
     assert detector.late_dropped == 0
+
+
+def test_a_sensor_seen_in_one_bucket_saves_the_hour_it_counted_and_continues_the_same() -> None:
+    config = DriftConfig(metrics=("temperature_c",), bucket_s=60, lateness_s=0, min_peers=2)
+    meta = {"site": "s", "zone": "z"}
+
+    def feed(detector: DriftDetector, minutes: range) -> list[Signal]:
+        out: list[Signal] = []
+        for i in minutes:
+            t = T0 + 60.0 * i
+            batch = [Reading(f"d{d}", t + d, t + d, {"temperature_c": 20.0 + d}, meta)
+                     for d in range(3)]  # fmt: skip
+            out += detector.process(batch)
+        return out
+
+    first = DriftDetector(config)
+    feed(first, range(2))  # one closed bucket per sensor
+    saved = json.loads(json.dumps(first.state_dict(), allow_nan=False))
+    counts = saved["sensors"][0]["profile_n"]
+    assert (
+        sum(counts) == 1 and counts.index(1) == 0 and saved["sensors"][0]["profile"] == [0.0] * 24
+    )
+    second = DriftDetector(config)
+    second.load_state(saved)
+    assert json.loads(json.dumps(second.state_dict(), allow_nan=False)) == saved
+    assert feed(first, range(2, 90)) == feed(second, range(2, 90))
+    assert first.state_dict() == second.state_dict()
+
+
+def test_site_from_metadata_that_comes_back_reaches_every_sensor_of_the_device() -> None:
+    detector = DriftDetector(DriftConfig(metrics=("temperature_c", "humidity_pct")))
+    plain = {"gateway": "g"}  # no site or zone: the device keeps the ones it had
+    detector.process([Reading("d", T0, T0, {"temperature_c": 20.0}, {"site": "a", "zone": "z"})])
+    detector.process([Reading("d", T0 + 1, T0 + 1, {"temperature_c": 20.0}, plain)])
+    detector.process([Reading("d", T0 + 2, T0 + 2, {"humidity_pct": 40.0}, {"site": "b"})])
+    detector.process([Reading("d", T0 + 3, T0 + 3, {"humidity_pct": 40.0}, plain)])
+    detector.process([Reading("d", T0 + 4, T0 + 4, {"temperature_c": 20.0}, plain)])
+    sites = {s["metric"]: (s["site"], s["zone"]) for s in detector.state_dict()["sensors"]}
+    assert sites == {"temperature_c": ("b", "z"), "humidity_pct": ("b", "z")}
+    event = {"gateway": "g", "event": "calibration"}
+    fired = detector.process([Reading("d", T0 + 5, T0 + 5, {"temperature_c": 20.0}, event)])
+    assert [s.evidence["reason"] for s in fired] == []  # nothing was flagged: nothing to clear
+    status = detector.sensor_status("d", "temperature_c")
+    assert status is not None and status["calibration_history"] == [[T0 + 5, "calibrated"]]
