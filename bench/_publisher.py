@@ -4,9 +4,10 @@ paced at a steady rate.
 Run as a separate process by the benchmarks::
 
     python bench/_publisher.py HOST PORT N DEVICES PREFIX [--qos 1] [--rate R] [--seconds S]
-        [--breach-every K] [--now-ts]
+        [--breach-every K] [--now-ts] [--sites S]
 
-Message ``i`` goes to device ``i % DEVICES``. ``--rate`` paces the publisher at R messages per
+Message ``i`` goes to device ``i % DEVICES``, at site ``site-{device % S}`` (S = 5 unless
+given), on ``PREFIX/fleet/site-{s}/dev-{device:06d}/telemetry``. ``--rate`` paces the publisher at R messages per
 second (otherwise it goes as fast as the broker acknowledges); ``--seconds`` bounds the run in
 time as N bounds it in count. ``--now-ts`` stamps each reading with its publish time (so a
 subscriber can measure ingest-to-alert latency). ``--breach-every K``: every K-th device
@@ -38,6 +39,7 @@ async def main(
     seconds: float | None = None,
     breach_every: int = 0,
     now_ts: bool = False,
+    sites: int = 5,
 ) -> None:
     client = Client(f"bench-pub-{time.monotonic_ns()}")
     await client.connect(host, port)
@@ -54,7 +56,7 @@ async def main(
              "rssi_dbm": -70.0, "model": "TH-200", "firmware": "1.4.2"}
         )  # fmt: skip
         client.publish(
-            f"{prefix}/fleet/site-{device % 5}/dev-{device:06d}/telemetry", payload, qos=qos
+            f"{prefix}/fleet/site-{device % sites}/dev-{device:06d}/telemetry", payload, qos=qos
         )
         sent += 1
         if rate is not None and i % 50 == 49:
@@ -91,12 +93,13 @@ def cli() -> None:
     parser.add_argument("--seconds", type=float, default=None)
     parser.add_argument("--breach-every", type=int, default=0)
     parser.add_argument("--now-ts", action="store_true")
+    parser.add_argument("--sites", type=int, default=5)
     args = parser.parse_args()
     asyncio.run(
         main(
             args.host, args.port, args.count, args.devices, args.prefix,
             qos=args.qos, rate=args.rate, seconds=args.seconds,
-            breach_every=args.breach_every, now_ts=args.now_ts,
+            breach_every=args.breach_every, now_ts=args.now_ts, sites=args.sites,
         )
     )  # fmt: skip
 
