@@ -148,6 +148,29 @@ class NoveltyScorer:
         }
 
     @classmethod
+    def warming(cls, values: Sequence[float], config: ScorerConfig) -> NoveltyScorer:
+        """A scorer that has scored ``values`` (at most ``warmup`` of them, all finite), the
+        same as one fed them through :meth:`score`.
+
+        >>> config = ScorerConfig(warmup=3)
+        >>> fed = NoveltyScorer(config)
+        >>> _ = [fed.score(v) for v in (1.0, 2.0, 4.0)]
+        >>> NoveltyScorer.warming([1.0, 2.0, 4.0], config).state_dict() == fed.state_dict()
+        True
+        """
+        if len(values) > config.warmup:
+            raise ValueError(f"at most {config.warmup} warm-up values")
+        scorer = cls(config)
+        for value in values:
+            if not math.isfinite(value):
+                raise ValueError(f"cannot score {value!r}")
+        scorer._index = len(values)
+        scorer._buffer = array("d", values)
+        if len(values) >= config.warmup:
+            scorer._set_grid(scorer._buffer)
+        return scorer
+
+    @classmethod
     def from_state(cls, state: Mapping[str, Any], config: ScorerConfig) -> NoveltyScorer:
         scorer = cls(config)
         buffer = state["buffer"]

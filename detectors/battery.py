@@ -88,11 +88,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import math
+from array import array
 from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from itertools import pairwise
-from typing import Any
+from typing import Any, overload
 
 from detectors.base import reject_unknown
 from service.model import MessageKind, Reading, Severity, Signal, SubjectType, iso_utc
@@ -368,23 +369,75 @@ class BatteryForecast:
     swaps: tuple[float, ...]
 
 
-# the persisted float fields of a device, in order (see _Device)
+# the persisted float fields of a device, in order: their places in ``_Device.f``
 _FLOATS = (
     "b_start", "b_end", "b_tsum", "b_top", "b_sum", "first_t", "last_t", "w", "w2", "mt",
     "my", "ctt", "cty", "cyy", "scale", "drift", "f0_level", "f1_level", "f1_t", "obs_level",
     "obs_v", "temp", "last_ts",
 )  # fmt: skip
+(_B_START, _B_END, _B_TSUM, _B_TOP, _B_SUM, _FIRST_T, _LAST_T, _W, _W2, _MT, _MY, _CTT, _CTY,
+ _CYY, _SCALE, _DRIFT, _F0_LEVEL, _F1_LEVEL, _F1_T, _OBS_LEVEL, _OBS_V, _TEMP,
+ _LAST_TS) = range(len(_FLOATS))  # fmt: skip
+_NAN = math.nan
+# a new device's floats (see _Device)
+_FRESH = array("d", [_NAN, _NAN, 0.0, _NEG_INF, 0.0, _NAN, _NAN, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+                     0.0, _NAN, 0.0, _NAN, _NAN, _NAN, _NAN, _NAN, _NAN, _NEG_INF])  # fmt: skip
+
+
+class _Float:
+    """One of a device's floats, read and written by name (kept unboxed in ``_Device.f``)."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    @overload
+    def __get__(self, device: None, owner: type) -> _Float: ...
+    @overload
+    def __get__(self, device: _Device, owner: type) -> float: ...
+    def __get__(self, device: _Device | None, owner: type) -> float | _Float:
+        return self if device is None else device.f[self.index]
+
+    def __set__(self, device: _Device, value: float) -> None:
+        device.f[self.index] = value
 
 
 class _Device:
-    """Per-device state: a fixed number of floats plus a bounded swap history."""
+    """Per-device state: a fixed number of floats plus a bounded swap history.
+
+    The floats (``_FLOATS``) live unboxed in one array, 8 bytes each; the hot path indexes
+    it, the rest reads and writes them by name.
+    """
 
     __slots__ = (
-        "b_cnt", "b_end", "b_n", "b_pct", "b_start", "b_sum", "b_top", "b_tsum", "charging", "chemistry", "ctt",
-        "cty", "cyy", "drift", "f0_level", "f1_level", "f1_t", "first_t", "last_t",
-        "last_ts", "meta", "model", "mt", "my", "n", "obs_level", "obs_v", "rejects", "scale",
-        "severity", "site", "swaps", "temp", "w", "w2", "zone",
+        "b_cnt", "b_n", "b_pct", "charging", "chemistry", "f", "meta", "model", "n", "rejects",
+        "severity", "site", "swaps", "zone",
     )  # fmt: skip
+
+    b_start = _Float(_B_START)
+    b_end = _Float(_B_END)
+    b_tsum = _Float(_B_TSUM)  # sum of the open bucket's times
+    b_top = _Float(_B_TOP)  # highest value (% or corrected V) in the bucket
+    b_sum = _Float(_B_SUM)  # sum of the values within the sag margin of the top
+    first_t = _Float(_FIRST_T)
+    last_t = _Float(_LAST_T)  # days
+    w = _Float(_W)
+    w2 = _Float(_W2)
+    mt = _Float(_MT)  # days
+    my = _Float(_MY)
+    ctt = _Float(_CTT)
+    cty = _Float(_CTY)
+    cyy = _Float(_CYY)
+    scale = _Float(_SCALE)
+    drift = _Float(_DRIFT)  # EW mean of the signed one-step residuals
+    f0_level = _Float(_F0_LEVEL)  # the two previous bucket levels
+    f1_level = _Float(_F1_LEVEL)
+    f1_t = _Float(_F1_T)  # time of the previous bucket (days), awaiting its output
+    obs_level = _Float(_OBS_LEVEL)  # latest bucket level
+    obs_v = _Float(_OBS_V)  # its voltage (corrected), nan for battery_pct
+    temp = _Float(_TEMP)  # smoothed temperature_c
+    last_ts = _Float(_LAST_TS)  # latest reading used
 
     def __init__(self, chemistry: str) -> None:
         self.chemistry = chemistry
@@ -395,39 +448,28 @@ class _Device:
         self.charging = False
         self.severity = 0  # 0: no active alert, else the Severity value
         self.swaps: tuple[float, ...] = ()  # battery swap times, oldest first
-        self.temp = math.nan  # smoothed temperature_c
-        self.last_ts = _NEG_INF  # latest reading used
-        self.obs_level = math.nan  # latest bucket level
-        self.obs_v = math.nan  # its voltage (corrected), nan for battery_pct
-        self._reset_bucket()
-        self.reset_estimate()
+        self.f = array("d", _FRESH)
+        self.b_n = 0
+        self.b_cnt = 0  # count of the values within the sag margin of the top
+        self.b_pct = False  # the bucket holds battery_pct values (else volts)
+        self.n = 0  # buckets in the estimate
+        self.rejects = 0
 
     def _reset_bucket(self) -> None:
         """Forget the open bucket and the median filter's buffer."""
-        self.f0_level = self.f1_level = math.nan  # the two previous bucket levels
-        self.f1_t = math.nan  # time of the previous bucket (days), awaiting its output
-        self.b_start = math.nan
-        self.b_end = math.nan
-        self.b_tsum = 0.0
+        f = self.f
+        f[_F0_LEVEL] = f[_F1_LEVEL] = f[_F1_T] = f[_B_START] = f[_B_END] = _NAN
+        f[_B_TSUM] = f[_B_SUM] = 0.0
+        f[_B_TOP] = _NEG_INF
         self.b_n = 0
-        self.b_top = _NEG_INF  # highest value (% or corrected V) in the bucket
-        self.b_sum = 0.0  # sum and count of the values within the sag margin of the top
         self.b_cnt = 0
-        self.b_pct = False  # the bucket holds battery_pct values (else volts)
+        self.b_pct = False
 
     def reset_estimate(self) -> None:
-        self.n = 0  # buckets in the estimate
-        self.first_t = math.nan
-        self.last_t = math.nan  # days
-        self.w = 0.0
-        self.w2 = 0.0
-        self.mt = 0.0  # days
-        self.my = 0.0
-        self.ctt = 0.0
-        self.cty = 0.0
-        self.cyy = 0.0
-        self.scale = math.nan
-        self.drift = 0.0  # EW mean of the signed one-step residuals
+        f = self.f
+        self.n = 0
+        f[_FIRST_T] = f[_LAST_T] = f[_SCALE] = _NAN
+        f[_W] = f[_W2] = f[_MT] = f[_MY] = f[_CTT] = f[_CTY] = f[_CYY] = f[_DRIFT] = 0.0
         self.rejects = 0
 
 
@@ -489,7 +531,7 @@ class BatteryDetector:
                 device = devices[reading.device_id] = _Device(self._chemistry_of(meta))
                 device.site, device.zone = meta.get("site"), meta.get("zone")
                 device.model = meta.get("model")
-            elif ts < device.last_ts:
+            elif ts < device.f[_LAST_TS]:
                 continue
             if meta is device.meta:  # the same (immutable) metadata: the same power source
                 charging = device.charging
@@ -503,49 +545,50 @@ class BatteryDetector:
                         signals.append(self._cleared(reading.device_id, device, ts, "charging"))
                     device.reset_estimate()
                     device._reset_bucket()
+            f = device.f
             temperature = metrics.get("temperature_c")
             if temperature is not None:
-                old = device.temp
-                device.temp = temperature if old != old else old + smoothing * (temperature - old)
+                old = f[_TEMP]
+                f[_TEMP] = temperature if old != old else old + smoothing * (temperature - old)
             if from_pct:
                 x = 0.0 if value < 0.0 else 100.0 if value > 100.0 else float(value)
                 margin = margin_pct
             else:
                 x = value
-                temp = device.temp
+                temp = f[_TEMP]
                 if temp < reference:  # False for nan
                     x += chemistries[device.chemistry].temp_coef_v_per_c * (reference - temp)
                 margin = margin_v
             if charging:  # shown, not learned
                 if from_pct:
-                    device.obs_level, device.obs_v = x, math.nan
+                    f[_OBS_LEVEL], f[_OBS_V] = x, math.nan
                 else:
-                    device.obs_level = chemistries[device.chemistry].level(x)
-                    device.obs_v = x
-                device.last_ts = ts
+                    f[_OBS_LEVEL] = chemistries[device.chemistry].level(x)
+                    f[_OBS_V] = x
+                f[_LAST_TS] = ts
                 continue
-            start = device.b_start
+            start = f[_B_START]
             if start == start and (ts >= start + bucket_s or from_pct != device.b_pct):
                 signal = self._close_bucket(reading.device_id, device)
                 if signal is not None:
                     signals.append(signal)
                 start = math.nan
             if start != start:
-                device.b_start = ts
+                f[_B_START] = ts
                 device.b_pct = from_pct
-            device.b_tsum += ts
+            f[_B_TSUM] += ts
             device.b_n += 1
-            device.b_end = ts
-            top = device.b_top
+            f[_B_END] = ts
+            top = f[_B_TOP]
             if x > top + margin:  # the first value, or one clearly above a sagging start
-                device.b_top = device.b_sum = x
+                f[_B_TOP] = f[_B_SUM] = x
                 device.b_cnt = 1
             elif x >= top - margin:  # within the margin of the top: kept (noise averages out)
-                device.b_sum += x
+                f[_B_SUM] += x
                 device.b_cnt += 1
                 if x > top:
-                    device.b_top = x
-            device.last_ts = ts
+                    f[_B_TOP] = x
+            f[_LAST_TS] = ts
         return signals
 
     def _close_bucket(self, device_id: str, device: _Device) -> Signal | None:
@@ -997,7 +1040,7 @@ class BatteryDetector:
                 "b_cnt": d.b_cnt,
                 "b_pct": d.b_pct,
                 "rejects": d.rejects,
-                "f": [_json_float(getattr(d, name)) for name in _FLOATS],
+                "f": [_json_float(x) for x in d.f],
             }
         return {"version": self.STATE_VERSION, "devices": devices}
 
@@ -1006,7 +1049,6 @@ class BatteryDetector:
         if state.get("version") != self.STATE_VERSION:
             return
         config = self.config
-        defaults = _Device(config.default_chemistry)
         for device_id, data in dict(state.get("devices", {})).items():
             chemistry = str(data.get("chemistry", config.default_chemistry))
             if chemistry not in config.chemistries:
@@ -1025,8 +1067,7 @@ class BatteryDetector:
             values = list(data.get("f", []))
             if len(values) != len(_FLOATS):
                 continue
-            for name, value in zip(_FLOATS, values, strict=True):
-                setattr(d, name, _float(value, getattr(defaults, name)))
+            d.f = array("d", map(_float, values, _FRESH))
             self._devices[str(device_id)] = d
 
 

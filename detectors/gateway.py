@@ -32,7 +32,7 @@ gateways that already serve the same zones, never beyond a receiver's capacity.
 from __future__ import annotations
 
 import math
-from collections import deque
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from heapq import heappop, heappush
@@ -45,6 +45,9 @@ GATEWAY_METRICS = ("cpu_pct", "mem_pct", "queue_depth", "uplink_latency_ms", "pa
 
 # how wide one slot of the wheel of last-heard times is (seconds of receive time)
 _SLOT_S = 60.0
+
+# shared by gateways that have reported no status of their own; never written
+_NO_STATUS: dict[str, float] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,10 +92,30 @@ class _Gateway:
         self.rate = 0.0
         self.last_tick: float | None = None
         self.site: str | None = None
-        self.status: dict[str, float] = {}
+        self.status = _NO_STATUS  # made with the gateway's first status metric
         self.overloaded = False
         self.severity = Severity.WARNING
-        self.history: deque[tuple[int, float]] = deque(maxlen=48)  # (devices, latency) per tick
+        # devices and latency per tick, flat pairs (the last ``load_history`` ticks); made
+        # with the first latency the gateway reports
+        self.history: array[float] | None = None
+
+    def load_pairs(self) -> list[tuple[int, float]]:
+        """The (devices, latency) history, oldest first."""
+        h = self.history
+        if h is None:
+            return []
+        return [(int(h[i]), h[i + 1]) for i in range(0, len(h), 2)]
+
+    def remember(self, load: int, latency: float, keep: int) -> None:
+        """Add one tick's (devices, latency), keeping the last ``keep`` ticks."""
+        h = self.history
+        if h is None:
+            h = self.history = array("d")
+        h.append(load)
+        h.append(latency)
+        extra = len(h) - 2 * keep
+        if extra > 0:
+            del h[:extra]
 
 
 class GatewayDetector:
@@ -143,6 +166,8 @@ class GatewayDetector:
                 for metric in GATEWAY_METRICS:
                     value = reading.metrics.get(metric)
                     if value is not None:
+                        if own.status is _NO_STATUS:
+                            own.status = {}
                         own.status[metric] = value
                 if reading.kind is MessageKind.STATUS or role == "gateway":
                     continue
@@ -272,9 +297,7 @@ class GatewayDetector:
                 gateway.last_tick = now
             latency = gateway.status.get("uplink_latency_ms")
             if latency is not None:
-                if gateway.history.maxlen != config.load_history:
-                    gateway.history = deque(gateway.history, maxlen=config.load_history)
-                gateway.history.append((loads[name], latency))
+                gateway.remember(loads[name], latency, config.load_history)
             by_site.setdefault(gateway.site or "", []).append(name)
         for site, names in by_site.items():
             site_loads = [loads[n] for n in names]
@@ -293,7 +316,9 @@ class GatewayDetector:
             reasons.append(f"uplink latency {latency:.0f} ms")
         if loss is not None and loss > config.max_loss_pct:
             reasons.append(f"packet loss {loss:.1f}%")
-        rising = _latency_rises_with_load(gateway.history, config.load_correlation)
+        rising = None
+        if gateway.history is not None:
+            rising = _latency_rises_with_load(gateway.load_pairs(), config.load_correlation)
         if rising is not None:
             reasons.append(f"uplink latency rises with load (r={rising:.2f})")
         return reasons
@@ -465,9 +490,9 @@ class GatewayDetector:
                 name: {
                     "devices": {d: [last, zone] for d, (last, zone) in g.devices.items()},
                     "arrivals": g.arrivals, "rate": g.rate, "last_tick": g.last_tick,
-                    "site": g.site, "status": g.status, "overloaded": g.overloaded,
+                    "site": g.site, "status": dict(g.status), "overloaded": g.overloaded,
                     "severity": int(g.severity),
-                    "history": [list(h) for h in g.history],
+                    "history": [list(h) for h in g.load_pairs()],
                 }
                 for name, g in self._gateways.items()
             },
@@ -487,13 +512,12 @@ class GatewayDetector:
             gateway.rate = float(row["rate"])
             gateway.last_tick = row["last_tick"]
             gateway.site = row["site"]
-            gateway.status = {k: float(v) for k, v in row["status"].items()}
+            if row["status"]:
+                gateway.status = {k: float(v) for k, v in row["status"].items()}
             gateway.overloaded = bool(row["overloaded"])
             gateway.severity = Severity(int(row.get("severity", Severity.WARNING)))
-            gateway.history = deque(
-                ((int(n), float(lat)) for n, lat in row.get("history", [])),
-                maxlen=self.config.load_history,
-            )
+            for n, lat in row.get("history", [])[-self.config.load_history :]:
+                gateway.remember(int(n), float(lat), self.config.load_history)
             for device in gateway.devices:
                 self._device_gateway[device] = name
 

@@ -64,7 +64,13 @@ from service.model import Reading, Severity, Signal, iso_utc
 # a device's hourly points are few: the novelty grid is set after two days of them
 NOVELTY = ScorerConfig(warmup=48, rest=24)
 
-_NO_POINTS = array("d")  # shared by devices with no judged point yet; never written
+# a device's numbers, unboxed in ``_Device.f``: the open bucket (its index, nan before the
+# first reading; the sum and count of its values), the own and short baselines (mean, mean
+# absolute deviation, points), the points in a row beyond the step threshold, the latest
+# novelty score and its bucket; then its recent points, oldest first
+(_BUCKET, _ACC_SUM, _ACC_N, _OWN_MEAN, _OWN_MAD, _OWN_N, _SHORT_MEAN, _SHORT_MAD, _SHORT_N,
+ _PENDING, _NOVEL, _NOVEL_AT, _RING) = range(13)  # fmt: skip
+_FRESH = array("d", [math.nan, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -(10.0**9)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +120,7 @@ class PowerConfig:
 
 
 class _Stats:
-    """Exponentially weighted mean and mean absolute deviation."""
+    """Exponentially weighted mean and mean absolute deviation (a model's fleet baseline)."""
 
     __slots__ = ("mad", "mean", "n")
 
@@ -131,6 +137,34 @@ class _Stats:
             self.mad += weight * (abs(value - self.mean) - self.mad)
             self.mean += weight * (value - self.mean)
         self.n += 1
+
+
+class _Fleet(_Stats):
+    """A fleet baseline and how many devices have been judged against it.
+
+    Which devices those are is kept on the devices (``_Device.fleets``); ``extra`` holds
+    members loaded from a checkpoint that have no device.
+    """
+
+    __slots__ = ("extra", "members")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.members = 0
+        self.extra: set[str] | None = None
+
+
+def _add(f: array[float], at: int, value: float, alpha: float) -> None:
+    """:meth:`_Stats.add` on the (mean, mad, n) kept at ``f[at:at + 3]``."""
+    n = f[at + 2]
+    if n == 0:
+        f[at] = value
+    else:
+        mean = f[at]
+        weight = max(alpha, 1.0 / (n + 1))
+        f[at + 1] += weight * (abs(value - mean) - f[at + 1])
+        f[at] = mean + weight * (value - mean)
+    f[at + 2] = n + 1
 
 
 class _Drain:
@@ -230,46 +264,62 @@ class _Drain:
 
 
 class _Device:
-    __slots__ = (
-        "acc_n",
-        "acc_sum",
-        "bucket",
-        "chemistry",
-        "drain",
-        "flag",
-        "history",
-        "meta",
-        "model",
-        "novel",
-        "novelty",
-        "own",
-        "pending",
-        "recent",
-        "short",
-        "site",
-        "source",
-        "zone",
-    )  # fmt: skip
+    """A device's state: its numbers in one array (see ``_RING``), the rest by reference.
+
+    While the device's novelty scorer is not yet made (its first ``NOVELTY.warmup`` points),
+    the array keeps every point: they are the scorer's warm-up values; afterwards, the last
+    ``history``.
+    """
+
+    __slots__ = ("chemistry", "drain", "f", "flag", "fleets", "history", "meta", "model",
+                 "novelty", "site", "source", "zone")  # fmt: skip
 
     def __init__(self, history: int) -> None:
-        self.bucket: int | None = None
-        self.acc_sum = 0.0
-        self.acc_n = 0
-        self.own = _Stats()
-        self.short = _Stats()
-        self.pending = 0  # consecutive points beyond the step threshold
+        self.f = array("d", _FRESH)
         self.flag: str | None = None  # the shape currently alerted
-        self.recent = _NO_POINTS  # the last ``history`` points: enough for the trend test
         self.history = history
         self.drain: _Drain | None = None  # for devices that report no power
-        self.novelty: NoveltyScorer | None = None  # made with the first judged point
-        self.novel: tuple[float, int] = (0.0, -(10**9))  # latest novelty score, its bucket
+        self.novelty: NoveltyScorer | None = None  # made once the warm-up points are in
+        self.fleets: _Fleet | tuple[_Fleet, ...] = ()  # the fleet baselines it was judged on
         self.source = "power_mw"
         self.model: str | None = None
         self.site: str | None = None
         self.zone: str | None = None
         self.meta: Mapping[str, str] | None = None  # the metadata last followed (read-only)
         self.chemistry: Chemistry | None = None  # its battery's, while the metadata stays
+
+    @property
+    def bucket(self) -> int | None:
+        b = self.f[_BUCKET]
+        return None if b != b else int(b)
+
+    @property
+    def recent(self) -> array[float]:
+        """The last ``history`` points, oldest first."""
+        return self.f[max(_RING, len(self.f) - self.history) :]
+
+    def in_fleet(self, fleet: _Fleet) -> bool:
+        fleets = self.fleets
+        return fleets is fleet or (type(fleets) is tuple and fleet in fleets)
+
+    def join(self, fleet: _Fleet) -> None:
+        fleets = self.fleets
+        if fleets == ():
+            self.fleets = fleet
+        elif type(fleets) is tuple:
+            self.fleets = (*fleets, fleet)
+        else:
+            self.fleets = (fleets, fleet)  # type: ignore[assignment]
+        fleet.members += 1
+
+    def fleet_list(self) -> tuple[_Fleet, ...]:
+        fleets = self.fleets
+        return fleets if type(fleets) is tuple else (fleets,)  # type: ignore[return-value]
+
+    def novelty_state(self) -> dict[str, Any]:
+        if self.novelty is not None:
+            return self.novelty.state_dict()
+        return NoveltyScorer.warming(self.f[_RING:], NOVELTY).state_dict()
 
 
 def _alpha(half_life_points: float) -> float:
@@ -285,8 +335,7 @@ class PowerDetector:
     def __init__(self, config: PowerConfig | None = None) -> None:
         self.config = config or PowerConfig()
         self._devices: dict[str, _Device] = {}
-        self._fleet: dict[tuple[str | None, str | None, str], _Stats] = {}
-        self._fleet_devices: dict[tuple[str | None, str | None, str], set[str]] = {}
+        self._fleet: dict[tuple[str | None, str | None, str], _Fleet] = {}
         hours = self.config.bucket_s / 3600.0
         self._long = _alpha(self.config.baseline_half_life_h / hours)
         self._fast = _alpha(self.config.short_half_life_h / hours)
@@ -318,19 +367,21 @@ class PowerDetector:
                 value = self._drain_point(device, reading)
                 if value is None:
                     continue
-            index = int(reading.ts // bucket_s)
-            if device.bucket is not None and index > device.bucket and device.acc_n:
-                point = device.acc_sum / device.acc_n
+            index = reading.ts // bucket_s
+            f = device.f
+            bucket = f[_BUCKET]
+            if index > bucket and f[_ACC_N]:  # False while bucket is nan
+                point = f[_ACC_SUM] / f[_ACC_N]
                 mode = meta.get("mode")
-                signal = self._judge(reading.device_id, device, point, device.bucket, mode)
+                signal = self._judge(reading.device_id, device, point, int(bucket), mode)
                 if signal is not None:
                     signals.append(signal)
-                device.acc_sum, device.acc_n = 0.0, 0
-            if device.bucket is None or index > device.bucket:
-                device.bucket = index
+                f[_ACC_SUM] = f[_ACC_N] = 0.0
+            if not index <= bucket:  # also for a nan bucket
+                f[_BUCKET] = index
             device.source = source
-            device.acc_sum += value
-            device.acc_n += 1
+            f[_ACC_SUM] += value
+            f[_ACC_N] += 1
         return signals
 
     def _chemistry(self, device: _Device, meta: Mapping[str, str]) -> Chemistry:
@@ -389,42 +440,55 @@ class PowerDetector:
         config = self.config
         at = (bucket + 1) * config.bucket_s
         key = (device.model, mode, device.source)
-        fleet = self._fleet.setdefault(key, _Stats())
-        members = self._fleet_devices.setdefault(key, set())
-        members.add(device_id)
-        own = device.own
-        floor = config.min_scale_fraction * abs(own.mean) if own.n else 0.0
-        scale = max(own.mad * 1.4826, floor, 1e-9)
+        fleet = self._fleet.get(key)
+        if fleet is None:
+            fleet = self._fleet[key] = _Fleet()
+        if not device.in_fleet(fleet):
+            if fleet.extra is not None and device_id in fleet.extra:
+                fleet.extra.discard(device_id)  # loaded as a member: counted already
+                fleet.members -= 1
+            device.join(fleet)
+        f = device.f
+        own_mean, own_n = f[_OWN_MEAN], f[_OWN_N]
+        floor = config.min_scale_fraction * abs(own_mean) if own_n else 0.0
+        scale = max(f[_OWN_MAD] * 1.4826, floor, 1e-9)
         if device.drain is not None:
             # drain points are slopes over overlapping windows: their scatter understates
             # their noise, which the fit's standard error gives
             scale = max(scale, device.drain.error)
-        z = (point - own.mean) / scale if own.n >= config.warmup_points else 0.0
+        z = (point - own_mean) / scale if own_n >= config.warmup_points else 0.0
         scorer = device.novelty
-        if scorer is None:
-            scorer = device.novelty = NoveltyScorer(NOVELTY)
-        novelty = scorer.score(point)
+        if scorer is None:  # warm-up: the scorer's values are the points kept in ``f``
+            if not math.isfinite(point):
+                raise ValueError(f"cannot score {point!r}")
+            novelty = 0.0
+            f.append(point)
+            if len(f) - _RING >= NOVELTY.warmup:
+                device.novelty = NoveltyScorer.warming(f[_RING:], NOVELTY)
+                extra = len(f) - _RING - device.history
+                if extra > 0:
+                    del f[_RING : _RING + extra]
+        else:
+            novelty = scorer.score(point)
+            if len(f) - _RING >= device.history:
+                del f[_RING]
+            f.append(point)
         if novelty > 0.0:
-            device.novel = (novelty, bucket)
-        elif bucket - device.novel[1] <= config.trend_points:
-            novelty = device.novel[0]  # the excursion's novelty, while it is recent
-        recent = device.recent
-        if recent is _NO_POINTS:
-            recent = device.recent = array("d")
-        if len(recent) >= device.history:
-            del recent[0]
-        recent.append(point)
+            f[_NOVEL], f[_NOVEL_AT] = novelty, bucket
+        elif bucket - f[_NOVEL_AT] <= config.trend_points:
+            novelty = f[_NOVEL]  # the excursion's novelty, while it is recent
         shape: str | None = None
-        if own.n >= config.warmup_points:
+        short_mean = f[_SHORT_MEAN]
+        if own_n >= config.warmup_points:
             if z >= config.step_z:  # a rise: less draw is not a failing part
-                device.pending += 1
-                if device.pending >= config.step_points:
+                f[_PENDING] += 1
+                if f[_PENDING] >= config.step_points:
                     shape = "step"
             else:
-                device.pending = 0
-            if shape is None and device.short.n >= config.trend_points:
-                excess = (device.short.mean - own.mean) / max(abs(own.mean), 1e-9)
-                rise = device.short.mean - own.mean
+                f[_PENDING] = 0.0
+            if shape is None and f[_SHORT_N] >= config.trend_points:
+                excess = (short_mean - own_mean) / max(abs(own_mean), 1e-9)
+                rise = short_mean - own_mean
                 sure = device.drain is None or rise >= config.creep_z * device.drain.error
                 if (
                     excess
@@ -439,10 +503,10 @@ class PowerDetector:
                     shape = "creep"
         if (
             shape is None
-            and len(members) >= config.fleet_min_devices
-            and own.n >= config.warmup_points
+            and fleet.members >= config.fleet_min_devices
+            and own_n >= config.warmup_points
             and fleet.mean > 0
-            and own.mean >= config.fleet_ratio * fleet.mean
+            and own_mean >= config.fleet_ratio * fleet.mean
             and device.source != "drain_per_day"
         ):
             shape = "fleet_outlier"
@@ -452,10 +516,10 @@ class PowerDetector:
             signal = self._signal(device_id, device, True, at, shape, point, z, fleet, novelty)
         elif device.flag is not None and shape is None:
             back = abs(z) < config.step_z / 2 and (
-                device.short.mean - own.mean
-            ) < config.creep_fraction / 2 * max(abs(own.mean), 1e-9)
+                short_mean - own_mean
+            ) < config.creep_fraction / 2 * max(abs(own_mean), 1e-9)
             if device.flag == "fleet_outlier":
-                back = own.mean < (1 + (config.fleet_ratio - 1) / 2) * fleet.mean
+                back = own_mean < (1 + (config.fleet_ratio - 1) / 2) * fleet.mean
             if back:
                 device.flag = None
                 signal = self._signal(
@@ -463,10 +527,10 @@ class PowerDetector:
                 )
         # learn after judging; the own baseline stays frozen while the device is flagged
         if (device.flag is None or device.flag == "fleet_outlier") and (
-            device.pending == 0 or own.n < config.warmup_points
+            f[_PENDING] == 0 or own_n < config.warmup_points
         ):
-            own.add(point, self._long)
-        device.short.add(point, self._fast)
+            _add(f, _OWN_MEAN, point, self._long)
+        _add(f, _SHORT_MEAN, point, self._fast)
         if device.flag is None:
             fleet.add(point, self._long)
         return signal
@@ -478,7 +542,7 @@ class PowerDetector:
             return Signal(kind="power_anomaly", subject=device_id, firing=False, at=at,
                           summary=f"{device_id}: power draw back to its baseline",
                           site=device.site, zone=device.zone)  # fmt: skip
-        baseline = device.own.mean
+        baseline = device.f[_OWN_MEAN]
         ratio = point / baseline if baseline else math.inf
         severity = Severity.CRITICAL if shape == "step" and ratio >= 2 else Severity.WARNING
         words = {
@@ -508,9 +572,9 @@ class PowerDetector:
             return None
         return {
             "source": device.source,
-            "baseline": round(device.own.mean, 4),
-            "recent": round(device.short.mean, 4),
-            "points": device.own.n,
+            "baseline": round(device.f[_OWN_MEAN], 4),
+            "recent": round(device.f[_SHORT_MEAN], 4),
+            "points": int(device.f[_OWN_N]),
             "flagged": device.flag,
             "drain_error_pct_per_day": None if device.drain is None
             else round(device.drain.error, 4),
@@ -525,25 +589,30 @@ class PowerDetector:
         def stats(s: _Stats) -> list[float]:
             return [s.mean, s.mad, s.n]
 
+        def packed(f: array[float], at: int) -> list[float]:
+            return [f[at], f[at + 1], int(f[at + 2])]
+
+        members: dict[int, list[str]] = {id(s): list(s.extra or ()) for s in self._fleet.values()}
+        for device_id, d in self._devices.items():
+            if d.fleets != ():
+                for s in d.fleet_list():
+                    members[id(s)].append(device_id)
         return {
             "version": self.STATE_VERSION,
-            "fleet": [
-                [list(k), stats(s), sorted(self._fleet_devices.get(k, ()))]
-                for k, s in self._fleet.items()
-            ],
+            "fleet": [[list(k), stats(s), sorted(members[id(s)])] for k, s in self._fleet.items()],
             "devices": {
                 i: [
                     d.bucket,
-                    d.acc_sum,
-                    d.acc_n,
-                    stats(d.own),
-                    stats(d.short),
-                    d.pending,
+                    d.f[_ACC_SUM],
+                    int(d.f[_ACC_N]),
+                    packed(d.f, _OWN_MEAN),
+                    packed(d.f, _SHORT_MEAN),
+                    int(d.f[_PENDING]),
                     d.flag,
                     list(d.recent),
                     _drain_state(d.drain),
-                    (d.novelty or NoveltyScorer(NOVELTY)).state_dict(),
-                    list(d.novel),
+                    d.novelty_state(),
+                    [d.f[_NOVEL], int(d.f[_NOVEL_AT])],
                     d.source,
                     d.model,
                     d.site,
@@ -557,30 +626,56 @@ class PowerDetector:
         if state.get("version") != self.STATE_VERSION:
             raise ValueError(f"power state format {state.get('version')} is not 2")
 
-        def stats(row: list[float]) -> _Stats:
-            s = _Stats()
+        def stats(row: list[float], s: _Stats) -> None:
             s.mean, s.mad, s.n = float(row[0]), float(row[1]), int(row[2])
-            return s
 
-        self._fleet, self._fleet_devices = {}, {}
-        for key, row, members in state["fleet"]:
-            k = (key[0], key[1], key[2])
-            self._fleet[k] = stats(row)
-            self._fleet_devices[k] = set(members)
         self._devices = {}
         for device_id, row in state["devices"].items():
             (bucket, acc_sum, acc_n, own, short, pending, flag, recent, drain, novelty, novel,
              source, model, site, zone) = row  # fmt: skip
             d = _Device(self.config.trend_points)
-            d.bucket, d.acc_sum, d.acc_n = bucket, float(acc_sum), int(acc_n)
-            d.own, d.short, d.pending, d.flag = stats(own), stats(short), int(pending), flag
-            if recent:
-                d.recent = array("d", (float(x) for x in recent[-d.history :]))
+            f = d.f
+            f[_BUCKET] = math.nan if bucket is None else int(bucket)
+            f[_ACC_SUM], f[_ACC_N], f[_PENDING] = float(acc_sum), int(acc_n), int(pending)
+            f[_OWN_MEAN], f[_OWN_MAD], f[_OWN_N] = float(own[0]), float(own[1]), int(own[2])
+            f[_SHORT_MEAN], f[_SHORT_MAD], f[_SHORT_N] = (float(short[0]), float(short[1]),
+                                                         int(short[2]))  # fmt: skip
+            d.flag = flag
+            f[_NOVEL], f[_NOVEL_AT] = float(novel[0]), int(novel[1])
+            points = [float(x) for x in recent[-d.history :]] if recent else []
+            buffer = novelty["buffer"]
+            if (
+                buffer is not None
+                and novelty["seen"] is None
+                and [float(v) for v in novelty["grid"]] == [0.0, 1.0, 1.0]
+                and int(novelty["index"]) == len(buffer)
+                and not novelty["peaks"]
+                and not novelty["cells"]
+                and len(buffer) < NOVELTY.warmup
+                and [float(x) for x in buffer[len(buffer) - len(points) :]] == points
+                and len(points) == min(len(buffer), d.history)
+            ):
+                f.extend(float(x) for x in buffer)  # warm-up values, the recent points last
+            else:
+                d.novelty = NoveltyScorer.from_state(novelty, NOVELTY)
+                f.extend(points)
             d.drain = _drain_from_state(drain)
-            d.novelty = NoveltyScorer.from_state(novelty, NOVELTY)
-            d.novel = (float(novel[0]), int(novel[1]))
             d.source, d.model, d.site, d.zone = source, model, site, zone
             self._devices[device_id] = d
+        self._fleet = {}
+        for key, row, members in state["fleet"]:
+            k = (key[0], key[1], key[2])
+            fleet = self._fleet[k] = _Fleet()
+            stats(row, fleet)
+            for member in set(members):
+                device = self._devices.get(member)
+                if device is None:
+                    if fleet.extra is None:
+                        fleet.extra = set()
+                    fleet.extra.add(member)
+                    fleet.members += 1
+                elif not device.in_fleet(fleet):
+                    device.join(fleet)
 
 
 def _drain_state(drain: _Drain | None) -> list[Any] | None:

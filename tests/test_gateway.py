@@ -159,3 +159,22 @@ def test_active_counts_kept_between_ticks_match_a_full_count() -> None:
         assert live.tick(now) == reference.tick(now)
         earlier = now - rng.uniform(0, 1_000)
         assert live.report(earlier) == reference.report(earlier)
+
+
+def test_latency_history_keeps_the_last_ticks_and_survives_a_checkpoint() -> None:
+    detector = GatewayDetector(GatewayConfig(load_history=12))
+    for tick in range(20):
+        status = {"uplink_latency_ms": 50.0 + tick}
+        detector.process([Reading("gw1", T0 + tick, T0 + tick, status, {"role": "gateway"},
+                                  kind=MessageKind.STATUS)])  # fmt: skip
+        detector.tick(T0 + tick + 0.5)
+    state = orjson.loads(orjson.dumps(detector.state_dict()))
+    history = state["gateways"]["gw1"]["history"]
+    assert history == [[0, 50.0 + t] for t in range(8, 20)]
+    copy = GatewayDetector(GatewayConfig(load_history=12))
+    copy.load_state(state)
+    assert copy.state_dict() == state
+    quiet = GatewayDetector()
+    quiet.process([Reading("d1", T0, T0, {}, {"gateway": "gw2"})])
+    assert quiet.state_dict()["gateways"]["gw2"]["status"] == {}
+    assert quiet.state_dict()["gateways"]["gw2"]["history"] == []

@@ -135,8 +135,9 @@ def test_drain_read_through_the_chemistry_curve_ignores_charging_and_swaps() -> 
     signals += detector.process(stream[half:])
     assert copy.process(stream[half:]) == []
     assert fired(signals) == []
-    device = detector._devices["ls1"]
-    assert device.source == "drain_per_day" and 0.3 < device.own.mean < 0.7  # % per day
+    view = detector.device_view("ls1")
+    assert view is not None
+    assert view["source"] == "drain_per_day" and 0.3 < view["baseline"] < 0.7  # % per day
     assert copy.state_dict() == detector.state_dict()
 
 
@@ -154,3 +155,38 @@ def test_checkpoint_of_devices_not_yet_judged_round_trips() -> None:
     assert det.process(later) == restored.process(later)
     assert det.device_view("d1") == restored.device_view("d1")
     assert det.state_dict() == restored.state_dict()
+
+
+def test_checkpoints_during_and_after_the_novelty_warm_up_resume_the_same() -> None:
+    rng = random.Random(3)
+    stream = [
+        Reading(f"w{d}", m * 300.0, m * 300.0, {"power_mw": 100.0 + d + rng.gauss(0, 2)},
+                {"model": "M", "site": "s"})
+        for m in range(12 * 24 * 4)
+        for d in range(6)
+    ]  # fmt: skip
+    for hours in (1, 30, 47, 48, 60):  # before, at and after the 48-point warm-up
+        cut = hours * 12 * 6
+        detector = PowerDetector()
+        detector.process(stream[:cut])
+        saved = orjson.loads(orjson.dumps(detector.state_dict()))
+        copy = PowerDetector()
+        copy.load_state(saved)
+        assert copy.state_dict() == saved
+        assert copy.process(stream[cut:]) == detector.process(stream[cut:])
+        assert copy.state_dict() == detector.state_dict()
+
+
+def test_fleet_members_loaded_without_a_device_count_once() -> None:
+    detector = PowerDetector()
+    for h in range(3):
+        detector.process([Reading("a", h * 3600.0, h * 3600.0, {"power_mw": 5.0}, {"model": "M"})])
+    state = detector.state_dict()
+    state["fleet"][0][2] = sorted({"a", "ghost"})
+    copy = PowerDetector()
+    copy.load_state(state)
+    assert copy.state_dict()["fleet"][0][2] == ["a", "ghost"]
+    copy.process([Reading("ghost", 3 * 3600.0, 3 * 3600.0, {"power_mw": 5.0}, {"model": "M"})])
+    copy.process([Reading("ghost", 4 * 3600.0, 4 * 3600.0, {"power_mw": 5.0}, {"model": "M"})])
+    assert copy.state_dict()["fleet"][0][2] == ["a", "ghost"]
+    assert copy._fleet[("M", None, "power_mw")].members == 2
