@@ -10,6 +10,12 @@ processed it, without a task, a future or a system call per message. Tokens carr
 connection they arrived on: after a reconnect, stale ones are not acknowledged (the broker
 sends those messages again, and duplicates are dropped downstream).
 
+Once connected, :class:`MqttClient` also frames what the socket delivers itself
+(:meth:`MqttClient._take_publishes`): a QoS 1 PUBLISH with a topic name and no properties,
+the common case, goes straight from the read buffer to the message handler; every other
+packet (acknowledgements, QoS 0 and 2, properties, topic aliases, anything malformed) is
+handed to gmqtt as a packet of its own, which handles it as it always does.
+
 What :class:`MqttClient` adds:
 
 - a persistent session (fixed client id, no clean start, session expiry), QoS 1
@@ -30,6 +36,9 @@ import logging
 import random
 import ssl
 import struct
+import sys
+import time
+from array import array
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
@@ -37,6 +46,7 @@ from typing import Any
 from gmqtt import Client, Message
 from gmqtt.mqtt.constants import MQTTv50, MQTTv311
 from gmqtt.mqtt.handler import MQTTConnectError
+from gmqtt.mqtt.package import Package
 
 from config.settings import MqttSettings
 
@@ -47,6 +57,8 @@ MessageHandler = Callable[[str, bytes, int, dict[str, Any], int | None], None]
 the handler must pass it to :meth:`MqttClient.acknowledge` once the message is processed."""
 
 _PUBACK = struct.Struct("!BBH")  # MQTT 3.1.1 and 5 (reason code 0 may be omitted)
+# a packet id's high and low byte within a token stored as an unsigned 64-bit integer
+_ID_HIGH, _ID_LOW = (1, 0) if sys.byteorder == "little" else (6, 7)
 
 _PROTOCOL_REFUSED = (1, 132)  # 3.1.1 "unacceptable protocol version", 5 "unsupported"
 
@@ -65,6 +77,28 @@ def tls_context(settings: MqttSettings) -> ssl.SSLContext | bool:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def puback_packets(tokens: Sequence[int], generation: int) -> bytes:
+    """The PUBACK packets for the ``tokens`` of connection ``generation``, in order
+    (tokens of other connections are left out).
+
+    >>> puback_packets([(3 << 16) | 1, (3 << 16) | 258], 3).hex(" ")
+    '40 02 00 01 40 02 01 02'
+    >>> puback_packets([(2 << 16) | 1, (3 << 16) | 7], 3).hex(" ")
+    '40 02 00 07'
+    """
+    if min(tokens) >> 16 != generation or max(tokens) >> 16 != generation:
+        pack = _PUBACK.pack
+        return b"".join(
+            pack(0x40, 2, token & 0xFFFF) for token in tokens if token >> 16 == generation
+        )
+    # all of this connection: four bytes each, 0x40 0x02 and the packet id (big-endian)
+    ids = array("Q", tokens).tobytes()
+    data = bytearray(b"\x40\x02\x00\x00" * len(tokens))
+    data[2::4] = ids[_ID_HIGH::8]
+    data[3::4] = ids[_ID_LOW::8]
+    return bytes(data)
 
 
 class Backoff:
@@ -187,13 +221,9 @@ class MqttClient:
         Tokens from an earlier connection are skipped: the broker redelivers those.
         """
         protocol = getattr(getattr(self._client, "_connection", None), "_protocol", None)
-        if protocol is None or not self.connected.is_set():
+        if protocol is None or not self.connected.is_set() or not tokens:
             return 0
-        generation = self._generation
-        pack = _PUBACK.pack
-        data = b"".join(
-            pack(0x40, 2, token & 0xFFFF) for token in tokens if token >> 16 == generation
-        )
+        data = puback_packets(tokens, self._generation)
         if data:
             protocol.write_data(data)
         return len(data) // 4
@@ -310,6 +340,8 @@ class MqttClient:
         if self.status_topic:
             client.publish(self.status_topic, b"online", qos=1, retain=True)
         self._gate_reads()
+        if self._on_message is not None:
+            self._take_publishes()
         if self._paused:
             self._set_reading(False)
         self.connected.set()
@@ -365,6 +397,95 @@ class MqttClient:
 
         protocol.read = gated_read
         protocol._fleetwatch_gated = True
+
+    def _take_publishes(self) -> None:
+        """Frame the connection's inbound bytes here, and hand each QoS 1 PUBLISH with a
+        topic name and no properties straight to the message handler.
+
+        gmqtt's reader makes a package object per packet, looks its handler up, logs it at
+        DEBUG, parses its properties into a dictionary and checks the connection for each
+        one; for the bulk of a drain (QoS 1 telemetry without properties) none of that
+        changes the outcome. What this reader does not take is passed, packet by packet
+        and in order, to gmqtt's own handling (``put_package``). Malformed lengths, and
+        buffers read by a connection that is no longer the client's, go to gmqtt's reader.
+        """
+        client = self._client
+        connection: Any = getattr(client, "_connection", None)
+        protocol = getattr(connection, "_protocol", None)
+        handler = getattr(client, "_package_handler", None)
+        if (
+            protocol is None
+            or handler is None
+            or getattr(protocol, "_fleetwatch_reader", False)
+            or not hasattr(protocol, "_read_packet")
+            or not hasattr(connection, "put_package")
+        ):
+            return  # gmqtt reads everything itself
+        assert self._on_message is not None
+        on_message = self._on_message
+        read_packets = protocol._read_packet
+        put_package = connection.put_package
+        has_properties = protocol.proto_ver >= MQTTv50
+        monotonic = time.monotonic
+
+        def take(data: bytes) -> int:
+            if handler.current_connection is not connection:
+                parsed: int = read_packets(data)
+                return parsed
+            connection._last_data_in = monotonic()
+            generation = self._generation << 16
+            size = len(data)
+            position = 0
+            while size - position >= 2:
+                # the remaining length: one to four bytes of seven bits each
+                start = position + 1
+                length = shift = 0
+                while True:
+                    if start >= size:
+                        return position  # the header is not complete yet
+                    byte = data[start]
+                    start += 1
+                    length |= (byte & 0x7F) << shift
+                    if byte < 0x80:
+                        break
+                    shift += 7
+                    if shift > 21:  # malformed: gmqtt decides what happens
+                        rest: int = read_packets(data[position:])
+                        return -1 if rest < 0 else position + rest
+                end = start + length
+                if end > size:
+                    return position  # the packet is not complete yet
+                command = data[position]
+                position = end
+                if command & 0xF6 == 0x32 and length >= 5:  # PUBLISH, QoS 1
+                    topic_end = start + 2 + ((data[start] << 8) | data[start + 1])
+                    payload_at = topic_end + 2 + has_properties
+                    if (
+                        topic_end > start + 2
+                        and payload_at <= end
+                        and not (has_properties and data[payload_at - 1])
+                    ):
+                        try:
+                            topic = data[start + 2 : topic_end].decode()
+                        except UnicodeDecodeError:
+                            pass  # gmqtt hands such a topic over as bytes
+                        else:
+                            mid = (data[topic_end] << 8) | data[topic_end + 1]
+                            properties = {"dup": (command & 0x08) >> 3, "retain": command & 1}
+                            try:
+                                on_message(
+                                    topic, data[payload_at:end], 1, properties, generation | mid
+                                )
+                            except Exception:  # as gmqtt does: log, go on with the next
+                                log.exception("error handling an MQTT message on %s", topic)
+                            continue
+                put_package(Package(command, data[start:end]))
+                generation = self._generation << 16  # a CONNACK may have begun a new one
+            handler._last_msg_in = monotonic()
+            return position
+
+        protocol._read_packet = take
+        protocol._fleetwatch_reader = True
 
     def _set_reading(self, reading: bool) -> None:
         if reading:

@@ -194,12 +194,8 @@ class Daemon:
     def _on_message(
         self, topic: str, payload: bytes, qos: int, properties: Any, token: int | None
     ) -> None:
-        content_type = None
-        if properties:
-            value = properties.get("content_type")
-            if value:
-                content_type = value[0]
-        message = RawMessage(topic, payload, self.clock(), "mqtt", content_type)
+        value = properties.get("content_type") if properties else None
+        message = RawMessage(topic, payload, self.clock(), "mqtt", value[0] if value else None)
         try:
             self.intake.offer(message, token)
         except RuntimeError:

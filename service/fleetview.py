@@ -75,10 +75,11 @@ class LatestValues:
     def process(self, batch: Sequence[Reading]) -> list[Any]:
         latest = self._latest
         telemetry = MessageKind.TELEMETRY
-        for reading in batch:
-            if reading.late or reading.kind is not telemetry or not reading.metrics:
+        # a Reading's fields in order: device_id, ts, received_at, metrics, meta, seq, kind, late
+        for device_id, ts, _, metrics, _, _, kind, late in batch:
+            if late or kind is not telemetry or not metrics:
                 continue
-            latest[reading.device_id] = (reading.ts, reading.metrics)
+            latest[device_id] = (ts, metrics)
         return []
 
     def tick(self, now: float) -> list[Any]:

@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
+from operator import itemgetter
 from typing import Any
 
 from config.settings import Settings
@@ -44,6 +45,10 @@ from service.sinks import Sink
 from service.topics import ContentTypeRules, TopicRouter
 
 log = logging.getLogger(__name__)
+
+_TS = itemgetter(1)  # Reading.ts
+_FIRST = itemgetter(0)
+_SECOND = itemgetter(1)
 
 
 @dataclass(slots=True)
@@ -94,6 +99,7 @@ class Pipeline:
         self.allow = AllowList(settings.ingest.allowed_devices, settings.ingest.allowed_sites)
         self.data_time = 0.0
         self.totals = BatchOutcome()
+        self._detector_counters: dict[str, Any] = {}
         metrics.queue_capacity.set(settings.pipeline.queue_size)
 
     @classmethod
@@ -307,10 +313,20 @@ class Pipeline:
 
     # -- detection ------------------------------------------------------------------
 
+    def _detector_seconds(self, detector: Detector) -> Any:
+        """The ``detector_seconds`` counter of ``detector`` (its labelled child, kept)."""
+        child = self._detector_counters.get(detector.name)
+        if child is None:
+            child = self._detector_counters[detector.name] = self.metrics.detector_seconds.labels(
+                detector=detector.name
+            )
+        return child
+
     def _run_detectors(self, readings: Sequence[Reading]) -> list[Signal]:
         signals: list[Signal] = []
+        clock = time.perf_counter
         for detector in self.detectors:
-            started = time.perf_counter()
+            started = clock()
             try:
                 signals.extend(detector.process(readings))
             except Exception:
@@ -318,9 +334,7 @@ class Pipeline:
                     "detector %s failed on a batch of %d readings", detector.name, len(readings)
                 )
                 self.metrics.detector_errors.labels(detector=detector.name).inc()
-            self.metrics.detector_seconds.labels(detector=detector.name).inc(
-                time.perf_counter() - started
-            )
+            self._detector_seconds(detector).inc(clock() - started)
         return signals
 
     def _publish_changes(self, changes: Sequence[AlertChange]) -> None:
@@ -355,7 +369,7 @@ class Pipeline:
         outcome = BatchOutcome(messages=len(messages))
         readings = self.decode(messages, outcome, outcomes)
         if readings:
-            newest = max(r.ts for r in readings)
+            newest = max(map(_TS, readings))
             if newest > self.data_time:
                 self.data_time = newest
             signals = self._run_detectors(readings)
@@ -455,9 +469,7 @@ class Pipeline:
             except Exception:
                 log.exception("detector %s failed on tick", detector.name)
                 self.metrics.detector_errors.labels(detector=detector.name).inc()
-            self.metrics.detector_seconds.labels(detector=detector.name).inc(
-                time.perf_counter() - started
-            )
+            self._detector_seconds(detector).inc(time.perf_counter() - started)
         changes = self._apply_signals(signals) if signals else []
         settled = self.alerts.tick(now)
         self._publish_changes(settled)
@@ -520,6 +532,8 @@ class Intake:
         self.has_room = asyncio.Event()
         self.has_room.set()
         self._closed = False
+        # queued entries whose token is not an integer (none, or a future to resolve)
+        self._untokened = 0
         self.processed = 0
         self.max_depth = 0
 
@@ -544,8 +558,12 @@ class Intake:
             raise RuntimeError("intake is closed")
         queue = self._queue
         queue.append((message, token))
-        self._ready.set()
+        if token is None:
+            self._untokened += 1
         depth = len(queue)
+        if depth == 1:
+            # the batch loop waits for this only once it has found the queue empty
+            self._ready.set()
         if depth > self.max_depth:
             self.max_depth = depth
             if depth >= self._capacity:
@@ -571,6 +589,7 @@ class Intake:
         if wait:
             future = asyncio.get_running_loop().create_future()
         self._queue.append((message, future))
+        self._untokened += 1
         self._ready.set()
         self._check_full()
         if future is None:
@@ -606,11 +625,18 @@ class Intake:
     def _process_next(self) -> None:
         queue = self._queue
         count = min(self._max_batch, len(queue))
-        batch = [queue.popleft() for _ in range(count)]
-        messages = [message for message, _ in batch]
+        if count == len(queue):
+            batch = list(queue)
+            queue.clear()
+        else:
+            popleft = queue.popleft
+            batch = [popleft() for _ in range(count)]
+        messages = list(map(_FIRST, batch))
+        # integer tokens only (the common case): acknowledged as they are
+        plain = not self._untokened
         # per-message outcomes only when a request/response transport waits for them
         outcomes: list[MessageOutcome] | None = None
-        if any(token is not None and type(token) is not int for _, token in batch):
+        if not plain and any(token is not None and type(token) is not int for _, token in batch):
             outcomes = []
         journaled = True
         try:
@@ -629,26 +655,43 @@ class Intake:
         finally:
             now = self._clock()
             self.pipeline.metrics.lag_seconds.observe(max(0.0, now - messages[0].received_at))
-            tokens: list[int] = []
-            complete = outcomes is not None and len(outcomes) == count
-            for index, (_, token) in enumerate(batch):
-                if token is None:
-                    continue
-                if type(token) is int:
-                    if journaled:
-                        tokens.append(token)
-                elif not token.done():  # type: ignore[union-attr]
-                    if journaled:
-                        token.set_result(  # type: ignore[union-attr]
-                            outcomes[index] if complete and outcomes is not None else None
-                        )
-                    else:
-                        token.set_exception(  # type: ignore[union-attr]
-                            StateError("the message could not be journaled")
-                        )
+            if plain:
+                tokens: list[int] = list(map(_SECOND, batch)) if journaled else []
+            else:
+                tokens = self._settle(batch, outcomes, journaled)
             if tokens and self.acknowledge is not None:
                 self.acknowledge(tokens)
             self.processed += count
+
+    def _settle(
+        self,
+        batch: Sequence[tuple[RawMessage, Token]],
+        outcomes: list[MessageOutcome] | None,
+        journaled: bool,
+    ) -> list[int]:
+        """Resolve the futures of a processed batch; return its integer tokens to
+        acknowledge (none when it was not journaled)."""
+        tokens: list[int] = []
+        complete = outcomes is not None and len(outcomes) == len(batch)
+        for index, (_, token) in enumerate(batch):
+            if token is None:
+                self._untokened -= 1
+                continue
+            if type(token) is int:
+                if journaled:
+                    tokens.append(token)
+                continue
+            self._untokened -= 1
+            if not token.done():  # type: ignore[union-attr]
+                if journaled:
+                    token.set_result(  # type: ignore[union-attr]
+                        outcomes[index] if complete and outcomes is not None else None
+                    )
+                else:
+                    token.set_exception(  # type: ignore[union-attr]
+                        StateError("the message could not be journaled")
+                    )
+        return tokens
 
     async def drain(self, timeout: float) -> bool:
         """Process what is queued (after :meth:`close`); ``False`` if time ran out."""

@@ -286,3 +286,50 @@ def test_counts_per_protocol_are_the_same_with_and_without_outcomes() -> None:
         (1, 0, 1),
     ]
     assert all(isinstance(o, MessageOutcome) for o in outcomes)
+
+
+async def test_mixed_tokens_acknowledge_integers_and_resolve_futures_in_every_batch() -> None:
+    recorder = Recorder()
+    pipeline, _, _ = build(recorder)
+    acked: list[list[int]] = []
+    journal_ok = [True]
+
+    def journal(messages: object) -> None:
+        if not journal_ok[0]:
+            raise OSError("disk full")
+
+    intake = Intake(
+        pipeline, queue_size=100, max_batch=4, acknowledge=acked.append, journal=journal
+    )
+
+    def message(i: int) -> RawMessage:
+        body = f'{{"ts": {NOW + i}, "battery_v": 3.6}}'.encode()
+        return RawMessage("fleet/plant-a/d1/telemetry", body, NOW)
+
+    # batch 1: an integer, nothing, a waiting submitter, an integer
+    intake.offer(message(0), token=7)
+    intake.offer(message(1))
+    waiter = asyncio.create_task(intake.submit(message(2), wait=True))
+    await asyncio.sleep(0)
+    intake.offer(message(3), token=8)
+    # batch 2: integers only
+    for i in range(4, 8):
+        intake.offer(message(i), token=100 + i)
+    intake._process_next()
+    outcome = await asyncio.wait_for(waiter, 1)
+    assert outcome is not None and outcome.accepted == 1
+    intake._process_next()
+    assert acked == [[7, 8], [104, 105, 106, 107]]
+    # a batch that cannot be journaled: nothing acknowledged, the waiter is told
+    journal_ok[0] = False
+    intake.offer(message(8), token=9)
+    waiter = asyncio.create_task(intake.submit(message(9), wait=True))
+    await asyncio.sleep(0)
+    intake._process_next()
+    with pytest.raises(Exception, match="journaled"):
+        await asyncio.wait_for(waiter, 1)
+    journal_ok[0] = True
+    intake.offer(message(10), token=11)
+    intake._process_next()
+    assert acked == [[7, 8], [104, 105, 106, 107], [11]]
+    assert intake.processed == 11 and len(recorder.seen) == 11

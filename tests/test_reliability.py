@@ -267,3 +267,132 @@ async def test_poison_messages_are_acknowledged_once_dead_lettered(
         await asyncio.wait_for(_until(lambda: daemon.intake.processed >= 1), 10)
         assert daemon.intake.processed == 1
         assert daemon.pipeline.totals.rejected == 0
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _publish(
+    topic: bytes, payload: bytes, mid: int, *, qos: int = 1, props: bytes = b"", flags: int = 0
+) -> bytes:
+    body = len(topic).to_bytes(2, "big") + topic
+    if qos:
+        body += mid.to_bytes(2, "big")
+    body += _varint(len(props)) + props + payload
+    return bytes([0x30 | qos << 1 | flags]) + _varint(len(body)) + body
+
+
+def test_mqtt_reader_delivers_what_gmqtt_delivers_for_any_split_of_the_stream() -> None:
+    """The client's own framing of inbound bytes hands over the same messages, tokens and
+    properties, in the same order, as gmqtt's packet-by-packet handling."""
+    from gmqtt.mqtt.package import Package
+    from gmqtt.mqtt.protocol import MQTTProtocol
+
+    from config.settings import MqttSettings
+    from protocols.mqtt import MqttClient
+
+    content_type = b"\x03" + len(b"application/cbor").to_bytes(2, "big") + b"application/cbor"
+    packets = [
+        _publish(b"f/a/d1/telemetry", b'{"t": 1}', 1),
+        _publish(b"f/a/d2/telemetry", b"\xa1", 2, props=content_type),
+        _publish(b"f/a/d3/telemetry", b"x" * 300, 3, flags=0x08 | 0x01),  # dup, retain
+        _publish(b"f/a/d4/telemetry", b"qos 0", 0, qos=0),
+        b"\xd0\x00",  # PINGRESP
+        _publish(b"f/a/d5/telemetry", b"aliased", 4, props=b"\x23\x00\x01"),
+        _publish(b"", b"by alias", 5, props=b"\x23\x00\x01"),
+        _publish(b"f/\xff/bad", b"not UTF-8", 6),
+        _publish(b"f/a/d6/telemetry", b"", 7),
+        _publish(b"f/a/d7/telemetry", b"y" * 20_000, 65535),
+    ]
+    stream = b"".join(packets)
+
+    class Protocol:
+        """gmqtt's reader, counting when the client hands a buffer to it."""
+
+        proto_ver = 5
+
+        def __init__(self, connection: Any) -> None:
+            self._connection = connection
+            self.fallbacks = 0
+
+        def _read_packet(self, data: bytes) -> int:
+            self.fallbacks += 1
+            return MQTTProtocol._read_packet(self, data)  # type: ignore[arg-type]
+
+    def wired(seen: list[tuple[Any, ...]]) -> tuple[MqttClient, Any, Any]:
+        mqtt = MqttClient(
+            MqttSettings(client_id="framing"),
+            on_message=lambda t, p, q, props, token: seen.append((t, p, q, props, token)),
+        )
+        client = mqtt._client = mqtt._make_client()
+        handler = client._package_handler
+
+        class Connection:
+            def __init__(self) -> None:
+                self._protocol = Protocol(self)
+                self._last_data_in = 0.0
+
+            def put_package(self, package: Package) -> None:
+                if handler.current_connection is self:
+                    handler(package)
+
+        connection = client._connection = Connection()
+        handler.set_connection(connection)
+        mqtt._generation = 3
+        return mqtt, connection, handler
+
+    def run(chunk: int | None) -> list[tuple[Any, ...]]:
+        seen: list[tuple[Any, ...]] = []
+        mqtt, connection, handler = wired(seen)
+        if chunk is None:  # gmqtt's own handling, packet by packet
+            for packet in packets:
+                size = 2 + (len(packet) > 129) + (len(packet) > 16386)
+                handler(Package(packet[0], packet[size:]))
+            return seen
+        mqtt._take_publishes()
+        buffer = b""
+        for start in range(0, len(stream), chunk):
+            buffer += stream[start : start + chunk]
+            parsed = connection._protocol._read_packet(buffer)
+            assert parsed >= 0
+            buffer = buffer[parsed:]
+        assert buffer == b"" and connection._protocol.fallbacks == 0
+        return seen
+
+    expected = run(None)
+    assert [m[0] for m in expected] == [
+        "f/a/d1/telemetry", "f/a/d2/telemetry", "f/a/d3/telemetry", "f/a/d4/telemetry",
+        "f/a/d5/telemetry", "f/a/d5/telemetry", b"f/\xff/bad", "f/a/d6/telemetry",
+        "f/a/d7/telemetry",
+    ]  # fmt: skip
+    assert expected[0][2:] == (1, {"dup": 0, "retain": 0}, (3 << 16) | 1)
+    assert expected[3][4] is None and expected[-1][4] == (3 << 16) | 65535
+    for chunk in (1, 2, 3, 5, 64, 4096, len(stream)):
+        assert run(chunk) == expected, chunk
+
+    # a malformed remaining length, and a superseded connection: as gmqtt decides
+    seen: list[tuple[Any, ...]] = []
+    mqtt, connection, handler = wired(seen)
+    mqtt._take_publishes()
+    read = connection._protocol._read_packet
+    # (gmqtt waits for more bytes before it looks at the fifth byte of the length)
+    assert read(packets[0] + b"\x32\xff\xff\xff\xff\x01") == len(packets[0])
+    assert len(seen) == 1 and connection._protocol.fallbacks == 1
+    handler.set_connection(object())
+    assert read(packets[0]) == len(packets[0])
+    assert len(seen) == 1 and connection._protocol.fallbacks == 2
+
+
+def test_pubacks_are_built_for_the_current_connection_only() -> None:
+    from protocols.mqtt import puback_packets
+
+    tokens = [(5 << 16) | mid for mid in (1, 255, 256, 65535)]
+    assert puback_packets(tokens, 5) == bytes.fromhex("40020001 400200ff 40020100 4002ffff")
+    assert puback_packets([(4 << 16) | 9, *tokens[:1]], 5) == bytes.fromhex("40020001")
+    assert puback_packets([(4 << 16) | 9], 5) == b""
