@@ -62,9 +62,11 @@ class Severity(enum.IntEnum):
             raise ValueError(f"unknown severity {text!r} (expected one of {allowed})") from None
 
 
-@dataclass(frozen=True, slots=True)
-class RawMessage:
-    """Bytes from a transport, with where and when they came from."""
+class RawMessage(NamedTuple):
+    """Bytes from a transport, with where and when they came from (immutable).
+
+    A typed named tuple, like :class:`Reading`: one is made for every message received.
+    """
 
     topic: str
     payload: bytes
