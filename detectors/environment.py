@@ -80,47 +80,66 @@ _FAILED = frozenset(("failed", "failure", "error"))
 
 
 class _Fleet:
-    """Every device's state as one fixed-size record in a single buffer, in order of first
-    sight (records never move).
+    """Every device's state as fixed-size rows in a few typed columns, in order of first
+    sight (rows never move).
 
-    A record holds: the smoothed environment (one value per metric), hours of stress (hot,
-    humid, shaking), the last arrival, the recent gaps (oldest first), the battery fit (first
-    ts, last ts, last volts, then n, St, Sv, Stt, Stv over days since the first ts), lost and
-    expected reports, the site and zone as codes into one shared table of names, a set flag
-    per environment metric, and the number of gaps. Update outcomes are kept only for the
-    devices that reported an update.
+    ``values`` holds per row: the smoothed environment (one value per metric), hours of
+    stress (hot, humid, shaking), the last arrival, the rhythm (the median of the recent
+    gaps), the recent gaps (a ring, see :meth:`gaps`), and the battery fit (first ts, last
+    ts, last volts, then n, St, Sv, Stt, Stv over days since the first ts). ``counts`` holds
+    lost and expected reports; ``places`` the site and zone as codes into one shared table
+    of names; ``flags`` a set flag per environment metric and the state of the gap ring
+    (0-9: that many gaps, oldest first; 10-17: nine gaps, the oldest at that minus nine).
+    ``metas`` is the metadata each device's site and zone were last read from. Update
+    outcomes are kept only for the devices that reported an update.
     """
 
     __slots__ = (
-        "battery", "blank", "blank_bytes", "codes", "counts", "data", "env_set", "gap_count",
-        "gaps", "last_rx", "names", "places", "record", "rows", "stress", "updates", "width",
+        "battery", "battery_record", "blank_flags", "blank_values", "codes", "count_record",
+        "counts", "flag_record", "flags", "gap_ring", "gaps", "interval", "last_rx", "metas",
+        "names", "place_record", "places", "rows", "stress", "stride", "updates",
+        "value_record", "values", "views", "width",
     )  # fmt: skip
 
     def __init__(self, width: int) -> None:
         self.width = width  # environment metrics per device
-        # positions in an unpacked record
+        # positions in a row of ``values``
         self.stress = width
         self.last_rx = width + 3
-        self.gaps = width + 4
+        self.interval = width + 4
+        self.gaps = width + 5
         self.battery = self.gaps + _GAPS
-        self.counts = self.battery + 8
-        self.places = self.counts + 2
-        self.env_set = self.places + 2
-        self.gap_count = self.env_set + width
-        self.record = struct.Struct(f"<{self.counts}d2q2I{width + 1}B")
-        self.blank_bytes = bytes(self.record.size)
-        self.blank = self.record.unpack(self.blank_bytes)
-        self.data = array("B")  # grows by less than a bytearray does
-        self.rows: dict[str, int] = {}  # device id -> record number
+        self.stride = self.battery + 8
+        self.gap_ring = width  # position in a row of ``flags``
+        self.value_record = struct.Struct(f"<{self.stride}d")
+        self.count_record = struct.Struct("<2q")
+        self.place_record = struct.Struct("<2I")
+        self.flag_record = struct.Struct(f"<{width + 1}B")
+        self.battery_record = struct.Struct("<8d")
+        self.views: dict[tuple[int, int], struct.Struct] = {}
+        self.blank_values = array("d", bytes(self.value_record.size))
+        self.blank_flags = array("B", bytes(width + 1))
+        self.values = array("d")
+        self.counts = array("q")
+        self.places = array("I")
+        self.flags = array("B")
+        self.metas: list[Mapping[str, str] | None] = []
+        self.rows: dict[str, int] = {}  # device id -> row
         self.names: list[str | None] = [None]  # site and zone names by code
         self.codes: dict[str | None, int] = {None: 0}
-        self.updates: dict[int, list[int]] = {}  # record number -> [succeeded, failed]
+        self.updates: dict[int, list[int]] = {}  # row -> [succeeded, failed]
 
-    def add(self, device_id: str) -> int:
-        """A record for a new device, all zeros (see :attr:`blank`)."""
+    def add(self, device_id: str, last_rx: float) -> int:
+        """A row for a new device, all zeros but its last arrival."""
         row = len(self.rows)
         self.rows[device_id] = row
-        self.data.frombytes(self.blank_bytes)
+        values = self.values
+        values.extend(self.blank_values)
+        values[row * self.stride + self.last_rx] = last_rx
+        self.counts.extend(_ZEROS)
+        self.places.extend(_ZEROS_I)
+        self.flags.extend(self.blank_flags)
+        self.metas.append(None)
         return row
 
     def code(self, name: str | None) -> int:
@@ -131,12 +150,38 @@ class _Fleet:
             self.names.append(name)
         return code
 
-    def records(self) -> Iterator[tuple[Any, ...]]:
-        return self.record.iter_unpack(self.data)
+    def records(
+        self,
+    ) -> Iterator[tuple[tuple[float, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+        """Each row as (values, counts, places, flags)."""
+        return zip(
+            self.value_record.iter_unpack(self.values),
+            self.count_record.iter_unpack(self.counts),
+            self.place_record.iter_unpack(self.places),
+            self.flag_record.iter_unpack(self.flags),
+            strict=True,
+        )
 
-    def lost_share(self, record: tuple[Any, ...]) -> tuple[int, int] | None:
+    def columns(self, start: int, count: int) -> Iterator[tuple[float, ...]]:
+        """Each row's ``count`` values from position ``start`` of a row of ``values``."""
+        view = self.views.get((start, count))
+        if view is None:
+            after = self.stride - start - count
+            view = self.views[(start, count)] = struct.Struct(f"<{8 * start}x{count}d{8 * after}x")
+        return view.iter_unpack(self.values)
+
+    def gaps_of(self, values: tuple[float, ...], ring: int) -> list[float]:
+        """The recent gaps of a row, oldest first."""
+        at = self.gaps
+        if ring <= _GAPS:
+            return list(values[at : at + ring])
+        oldest = at + ring - _GAPS
+        return list(values[oldest : at + _GAPS] + values[at:oldest])
+
+    @staticmethod
+    def lost_share(counts: tuple[int, ...]) -> tuple[int, int] | None:
         """(lost, expected) reports, or ``None`` before the interval is known."""
-        lost, expected = record[self.counts : self.counts + 2]
+        lost, expected = counts
         if expected < 10:
             return None
         return lost, expected
@@ -149,9 +194,10 @@ class _Fleet:
         ok, failed = tally
         return (failed, ok + failed) if ok + failed else None
 
-    def drain_per_day(self, record: tuple[Any, ...]) -> float | None:
+    @staticmethod
+    def drain_per_day(battery: tuple[float, ...]) -> float | None:
         """Volts lost per day: the least-squares slope over every reading of this battery."""
-        first, last, _, n, st, sv, stt, stv = record[self.battery : self.battery + 8]
+        first, last, _, n, st, sv, stt, stv = battery
         if n == 0 or last - first < 6 * 3600:
             return None
         denominator = n * stt - st * st
@@ -159,6 +205,10 @@ class _Fleet:
             return None
         result: float = -(n * stv - st * sv) / denominator
         return result
+
+
+_ZEROS = array("q", (0, 0))
+_ZEROS_I = array("I", (0, 0))
 
 
 class EnvironmentDetector:
@@ -184,88 +234,126 @@ class EnvironmentDetector:
         config = self.config
         alpha = config.smoothing
         fleet = self._fleet
-        rows, names, data = fleet.rows, fleet.names, fleet.data
-        size, blank = fleet.record.size, fleet.blank
-        unpack, pack = fleet.record.unpack_from, fleet.record.pack_into
-        at_last, at_gaps, at_battery, at_count = (
-            fleet.last_rx, fleet.gaps, fleet.battery, fleet.gap_count
-        )  # fmt: skip
-        at_lost, at_site, at_set = fleet.counts, fleet.places, fleet.env_set
-        (hot_env, humid_env, shaking_env), at_stress = self._stress_columns, fleet.stress
+        rows, names, metas, updates = fleet.rows, fleet.names, fleet.metas, fleet.updates
+        values, counts, places, flags = fleet.values, fleet.counts, fleet.places, fleet.flags
+        stride, width = fleet.stride, fleet.width
+        flag_stride = width + 1
+        at_last, at_interval, at_gaps = fleet.last_rx, fleet.interval, fleet.gaps
+        at_battery, at_stress = fleet.battery, fleet.stress
+        unpack_battery = fleet.battery_record.unpack_from
+        pack_battery = fleet.battery_record.pack_into
+        hot_env, humid_env, shaking_env = self._stress_columns
         hot_c, humid_pct, shaking_g = config.hot_c, config.humid_pct, config.shaking_g
         band_columns = tuple(enumerate(config.bands))
         firmware = MessageKind.FIRMWARE
         for device_id, ts, received, metrics, meta, _, kind, late in batch:
             row = rows.get(device_id)
             if row is None:
-                row = fleet.add(device_id)
-                record = list(blank)
-                record[at_last] = received
-            else:
-                record = list(unpack(data, row * size))
-            if received - record[at_last] > 2.0 and not late:
-                gap = received - record[at_last]
-                # the rhythm is the median of recent gaps: lost reports do not stretch it
-                count = record[at_count]
-                if count < _GAPS:
-                    record[at_gaps + count] = gap
-                    count = record[at_count] = count + 1
+                row = fleet.add(device_id, received)
+            base = row * stride
+            at = base + at_last
+            gap = received - values[at]
+            if gap > 2.0 and not late:
+                values[at] = received
+                fb = row * flag_stride
+                ring = flags[fb + width]  # the gap ring's state
+                gaps = base + at_gaps
+                if ring < _GAPS:
+                    # filling: the rhythm is the median of the gaps so far, which stays put
+                    # when an even count gains a gap above it or an odd count one below it
+                    values[gaps + ring] = gap
+                    count = ring + 1
+                    flags[fb + width] = count
+                    if ring == 0:
+                        interval = values[base + at_interval] = gap
+                    else:
+                        interval = values[base + at_interval]
+                        if gap > interval if ring & 1 else gap < interval:
+                            interval = sorted(values[gaps : gaps + count])[count // 2]
+                            values[base + at_interval] = interval
                 else:
-                    del record[at_gaps]
-                    record.insert(at_gaps + _GAPS - 1, gap)
-                interval = sorted(record[at_gaps : at_gaps + count])[count // 2]
+                    # the gap replaces the oldest; the median moves only when the two lie
+                    # on different sides of it
+                    oldest = ring - _GAPS
+                    leaving = values[gaps + oldest]
+                    values[gaps + oldest] = gap
+                    flags[fb + width] = ring + 1 if oldest < _GAPS - 1 else _GAPS
+                    count = _GAPS
+                    interval = values[base + at_interval]
+                    if (gap < interval and not leaving < interval) or (
+                        gap > interval and not leaving > interval
+                    ):
+                        interval = sorted(values[gaps : gaps + _GAPS])[_GAPS // 2]
+                        values[base + at_interval] = interval
                 if count >= 5:
-                    missed = max(0, round(gap / interval) - 1)
-                    record[at_lost] += missed
-                    record[at_lost + 1] += missed + 1
-                hours = min(gap, 2 * interval) / 3600
-                # hours * (condition) as a sum: an infinite hour count adds NaN when not hot
-                finite = hours - hours == 0.0
-                hot = record[at_set + hot_env] and record[hot_env] > hot_c
-                if hot or not finite:
-                    record[at_stress] += hours * hot
-                hot = record[at_set + humid_env] and record[humid_env] > humid_pct
-                if hot or not finite:
-                    record[at_stress + 1] += hours * hot
-                hot = record[at_set + shaking_env] and record[shaking_env] > shaking_g
-                if hot or not finite:
-                    record[at_stress + 2] += hours * hot
-                record[at_last] = received
-            if meta:
-                current = names[record[at_site]]
-                site = meta.get("site", current)
-                if site is not current and site != current:
-                    record[at_site] = fleet.code(site)
-                current = names[record[at_site + 1]]
-                zone = meta.get("zone", current)
-                if zone is not current and zone != current:
-                    record[at_site + 1] = fleet.code(zone)
+                    # the rhythm is the median of recent gaps: lost reports do not stretch it
+                    share = gap / interval
+                    cb = 2 * row
+                    if share < 1.5:  # rounds to at most one interval: nothing missed
+                        counts[cb + 1] += 1
+                    else:
+                        missed = max(0, round(share) - 1)
+                        counts[cb] += missed
+                        counts[cb + 1] += missed + 1
+                limit = 2 * interval
+                hours = (limit if limit < gap else gap) / 3600
+                at = base + at_stress
+                if hours - hours == 0.0:
+                    if values[base + hot_env] > hot_c and flags[fb + hot_env]:
+                        values[at] += hours
+                    if values[base + humid_env] > humid_pct and flags[fb + humid_env]:
+                        values[at + 1] += hours
+                    if values[base + shaking_env] > shaking_g and flags[fb + shaking_env]:
+                        values[at + 2] += hours
+                else:
+                    # hours * (condition) as a sum: an infinite hour count adds NaN when not hot
+                    values[at] += hours * (flags[fb + hot_env] and values[base + hot_env] > hot_c)
+                    values[at + 1] += hours * (
+                        flags[fb + humid_env] and values[base + humid_env] > humid_pct
+                    )
+                    values[at + 2] += hours * (
+                        flags[fb + shaking_env] and values[base + shaking_env] > shaking_g
+                    )
+            if meta is not metas[row]:
+                # the registry hands out one (immutable) mapping while metadata is unchanged
+                metas[row] = meta
+                if meta:
+                    at = 2 * row
+                    current = names[places[at]]
+                    site = meta.get("site", current)
+                    if site is not current and site != current:
+                        places[at] = fleet.code(site)
+                    current = names[places[at + 1]]
+                    zone = meta.get("zone", current)
+                    if zone is not current and zone != current:
+                        places[at + 1] = fleet.code(zone)
+            fb = row * flag_stride
             for column, metric in band_columns:
                 value = metrics.get(metric)
                 if value is not None:
-                    if record[at_set + column]:
-                        old = record[column]
-                        record[column] = old + alpha * (value - old)
+                    at = base + column
+                    if flags[fb + column]:
+                        old = values[at]
+                        values[at] = old + alpha * (value - old)
                     else:
-                        record[column] = value
-                        record[at_set + column] = 1
+                        values[at] = value
+                        flags[fb + column] = 1
             volts = metrics.get("battery_v")
             if volts is not None and not late:
-                at = at_battery
-                first, _, last_volts, n, st, sv, stt, stv = record[at : at + 8]
+                offset = 8 * (base + at_battery)
+                first, _, last_volts, n, st, sv, stt, stv = unpack_battery(values, offset)
                 if n == 0 or volts > last_volts + 0.3:
                     # first reading, or a new battery
                     first, n, st, sv, stt, stv = ts, 0.0, 0.0, 0.0, 0.0, 0.0
                 days = (ts - first) / 86_400
-                record[at : at + 8] = (first, ts, volts, n + 1, st + days, sv + volts,
-                                       stt + days * days, stv + days * volts)  # fmt: skip
-            pack(data, row * size, *record)
+                pack_battery(values, offset, first, ts, volts, n + 1, st + days, sv + volts,
+                             stt + days * days, stv + days * volts)  # fmt: skip
             if kind is firmware:
                 event = meta.get("event")
                 if event in _SUCCEEDED:
-                    fleet.updates.setdefault(row, [0, 0])[0] += 1
+                    updates.setdefault(row, [0, 0])[0] += 1
                 elif event in _FAILED:
-                    fleet.updates.setdefault(row, [0, 0])[1] += 1
+                    updates.setdefault(row, [0, 0])[1] += 1
         return []
 
     # -- evaluation ---------------------------------------------------------------------
@@ -309,18 +397,22 @@ class EnvironmentDetector:
         """Significant bands, most significant first."""
         config = self.config
         fleet = self._fleet
-        names, at_site, at_set = fleet.names, fleet.places, fleet.env_set
+        names = fleet.names
         bands = tuple(enumerate(config.bands.items()))
         groups: dict[tuple[str, str, str, str], list[int]] = {}
-        records = list(fleet.records())
-        for row, record in enumerate(records):
-            site, zone = names[record[at_site]], names[record[at_site + 1]]
+        places = fleet.place_record.iter_unpack(fleet.places)
+        flag_rows = fleet.flag_record.iter_unpack(fleet.flags)
+        environment = fleet.columns(0, fleet.width)
+        for row, (values, (site_code, zone_code), flags) in enumerate(
+            zip(environment, places, flag_rows, strict=True)
+        ):
+            site, zone = names[site_code], names[zone_code]
             if site is None or zone is None:
                 continue
             for column, (metric, metric_bands) in bands:
-                if not record[at_set + column]:
+                if not flags[column]:
                     continue
-                value = record[column]
+                value = values[column]
                 for label, low, high in metric_bands:
                     if low <= value < high:
                         groups.setdefault((site, zone, metric, label), []).append(row)
@@ -330,9 +422,9 @@ class EnvironmentDetector:
             return []
         tests = max(1, 3 * len(candidates))
         out: list[dict[str, Any]] = []
-        lost = _Counts([fleet.lost_share(record) for record in records])
-        failures = _Counts([fleet.failures(row) for row in range(len(records))])
-        drains = [fleet.drain_per_day(record) for record in records]
+        lost = _Counts([fleet.lost_share(c) for c in fleet.count_record.iter_unpack(fleet.counts)])
+        failures = _Counts([fleet.failures(row) for row in range(len(fleet.rows))])
+        drains = [fleet.drain_per_day(battery) for battery in fleet.columns(fleet.battery, 8)]
         drained = [(row, d) for row, d in enumerate(drains) if d is not None]
         for (site, zone, metric, label), members in candidates.items():
             inside = set(members)
@@ -353,10 +445,9 @@ class EnvironmentDetector:
     def report(self, now: float) -> dict[str, Any]:
         config = self.config
         fleet = self._fleet
-        names, at_site, at_stress = fleet.names, fleet.places, fleet.stress
+        names = fleet.names
         limit = config.report_limit
-        records = list(fleet.records())
-        stress = [record[at_stress : at_stress + 3] for record in records]
+        stress = list(fleet.columns(fleet.stress, 3))
         totals = [sum(hours) for hours in stress]
         ordered = sorted(totals)
         median = ordered[len(ordered) // 2] if ordered else 0.0
@@ -372,8 +463,8 @@ class EnvironmentDetector:
             ranked.sort()
             top = [(-t, device_id, row) for t, device_id, row in ranked[:limit]]
         maintenance = [
-            {"device_id": device_id, "site": names[records[row][at_site]],
-             "zone": names[records[row][at_site + 1]], "stress_hours": round(total, 1),
+            {"device_id": device_id, "site": names[fleet.places[2 * row]],
+             "zone": names[fleet.places[2 * row + 1]], "stress_hours": round(total, 1),
              "hot_hours": round(stress[row][0], 1), "humid_hours": round(stress[row][1], 1),
              "shaking_hours": round(stress[row][2], 1),
              "vs_fleet_median": round(total / median, 1) if median > 0 else None}
@@ -398,20 +489,19 @@ class EnvironmentDetector:
         and expected reports, the battery fit (first ts, last ts, last volts, n, St, Sv,
         Stt, Stv) or ``None``, and (succeeded, failed) updates or ``None``."""
         fleet = self._fleet
-        metrics, names = self._metrics, fleet.names
-        at_stress, at_gaps, at_battery = fleet.stress, fleet.gaps, fleet.battery
-        at_lost, at_site, at_set = fleet.counts, fleet.places, fleet.env_set
+        metrics, names, ring = self._metrics, fleet.names, fleet.gap_ring
+        at_stress, at_battery = fleet.stress, fleet.battery
         devices = {}
-        for device_id, record in zip(fleet.rows, fleet.records(), strict=True):
-            battery = record[at_battery : at_battery + 8]
+        for (device_id, row), (values, (lost, expected), (site, zone), flags) in zip(
+            fleet.rows.items(), fleet.records(), strict=True
+        ):
+            battery = values[at_battery : at_battery + 8]
             devices[device_id] = [
-                names[record[at_site]], names[record[at_site + 1]],
-                {m: record[k] for k, m in enumerate(metrics) if record[at_set + k]},
-                list(record[at_stress : at_stress + 3]), record[fleet.last_rx],
-                list(record[at_gaps : at_gaps + record[fleet.gap_count]]),
-                record[at_lost], record[at_lost + 1],
-                list(battery) if battery[3] else None,
-                fleet.updates.get(fleet.rows[device_id]),
+                names[site], names[zone],
+                {m: values[k] for k, m in enumerate(metrics) if flags[k]},
+                list(values[at_stress : at_stress + 3]), values[fleet.last_rx],
+                fleet.gaps_of(values, flags[ring]), lost, expected,
+                list(battery) if battery[3] else None, fleet.updates.get(row),
             ]  # fmt: skip
         return {
             "version": self.STATE_VERSION,
@@ -432,23 +522,27 @@ class EnvironmentDetector:
         for device_id, saved in state["devices"].items():
             row_state = _from_v1(saved) if version == 1 else saved
             site, zone, env, stress, last_rx, gaps, lost, expected, battery, updates = row_state
-            row = fleet.add(device_id)
-            record = list(fleet.blank)
-            record[fleet.last_rx] = float(last_rx)
-            record[fleet.places] = fleet.code(site)
-            record[fleet.places + 1] = fleet.code(zone)
+            row = fleet.add(device_id, float(last_rx))
+            values, flags = fleet.values, fleet.flags
+            base, flag_base = row * fleet.stride, row * (fleet.width + 1)
+            fleet.places[2 * row] = fleet.code(site)
+            fleet.places[2 * row + 1] = fleet.code(zone)
             for metric, value in env.items():
                 if metric in column:
-                    record[column[metric]] = float(value)
-                    record[fleet.env_set + column[metric]] = 1
-            record[fleet.stress : fleet.stress + 3] = map(float, stress)
+                    values[base + column[metric]] = float(value)
+                    flags[flag_base + column[metric]] = 1
+            values[base + fleet.stress : base + fleet.stress + 3] = array("d", map(float, stress))
             recent = [float(g) for g in gaps][-_GAPS:]
-            record[fleet.gaps : fleet.gaps + len(recent)] = recent
-            record[fleet.gap_count] = len(recent)
-            record[fleet.counts : fleet.counts + 2] = int(lost), int(expected)
+            at = base + fleet.gaps
+            values[at : at + len(recent)] = array("d", recent)
+            flags[flag_base + fleet.gap_ring] = len(recent)
+            if recent:
+                values[base + fleet.interval] = sorted(recent)[len(recent) // 2]
+            fleet.counts[2 * row] = int(lost)
+            fleet.counts[2 * row + 1] = int(expected)
             if battery:
-                record[fleet.battery : fleet.battery + 8] = map(float, battery)
-            fleet.record.pack_into(fleet.data, row * fleet.record.size, *record)
+                at = base + fleet.battery
+                values[at : at + 8] = array("d", map(float, battery))
             if updates is not None:
                 fleet.updates[row] = [int(updates[0]), int(updates[1])]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,6 +169,13 @@ class _Check:
 
 _MAX_PLANS = 4096  # (model, site) pairs whose applicable rules are remembered
 
+# A plan: the rules that apply to some devices, as (plain, rate) entries in rule order.
+# plain: (metric, low, high, open pairs, check); rate: (metric, high, -high, open pairs,
+# previous values, check).
+_PlainEntry = tuple[str, float, float, dict[str, _State], _Check]
+_RateEntry = tuple[str, float, float, dict[str, _State], "array[float]", _Check]
+_Plan = tuple[tuple[_PlainEntry, ...], tuple[_RateEntry, ...]]
+
 
 class RuleEngine:
     """Runs rules over readings.
@@ -203,21 +210,29 @@ class RuleEngine:
 
     def _reset(self) -> None:
         self._checks = tuple(_Check(index, rule) for index, rule in enumerate(self.rules))
-        self._by_metric = self._plan(self._checks)
-        self._metrics = frozenset(self._by_metric)
+        self._rate_checks = tuple(check for check in self._checks if check.rate)
+        self._plan_all = self._plan(self._checks)
         self._filtered = any(rule.models or rule.sites for rule in self.rules)
-        # (model, site) -> the rules that apply there, by metric
-        self._plans: dict[tuple[str | None, str | None], dict[str, tuple[_Check, ...]]] = {}
-        self._rows: dict[str, int] = {}  # device -> row of the rate rules' previous values
+        # (model, site) -> the rules that apply there
+        self._plans: dict[tuple[str | None, str | None], _Plan] = {}
+        # device -> row of the rate rules' previous values; every rate rule has a row for
+        # every device here
+        self._rows: dict[str, int] = {}
+        self._open: dict[str, int] = {}  # device -> its open pairs, over every rule
 
     @staticmethod
-    def _plan(checks: Sequence[_Check]) -> dict[str, tuple[_Check, ...]]:
-        by_metric: dict[str, list[_Check]] = {}
+    def _plan(checks: Sequence[_Check]) -> _Plan:
+        plain: list[_PlainEntry] = []
+        rate: list[_RateEntry] = []
         for check in checks:
-            by_metric.setdefault(check.rule.metric, []).append(check)
-        return {metric: tuple(group) for metric, group in by_metric.items()}
+            metric = check.rule.metric
+            if check.rate:
+                rate.append((metric, check.high, -check.high, check.active, check.previous, check))
+            else:
+                plain.append((metric, check.low, check.high, check.active, check))
+        return tuple(plain), tuple(rate)
 
-    def _plan_for(self, model: str | None, site: str | None) -> dict[str, tuple[_Check, ...]]:
+    def _plan_for(self, model: str | None, site: str | None) -> _Plan:
         """The rules that apply to devices of ``model`` at ``site``, decided once per pair."""
         if len(self._plans) >= _MAX_PLANS:
             self._plans.clear()
@@ -227,66 +242,107 @@ class RuleEngine:
         self._plans[(model, site)] = plan
         return plan
 
+    def _add_row(self, device_id: str) -> int:
+        """A row of previous values, unseen in every rate rule, for a new device."""
+        row = self._rows[device_id] = len(self._rows)
+        for check in self._rate_checks:
+            previous = check.previous
+            previous.extend(_UNSEEN * (row + 1 - len(previous) // 2))
+        return row
+
     def process(self, batch: Sequence[Reading]) -> list[Signal]:
         signals: list[Signal] = []
-        watched = self._metrics
+        plain, rate = self._plan_all
         plans = self._plans if self._filtered else None
+        rows, open_pairs = self._rows, self._open
+        step = self._step
         telemetry, batch_kind = _WATCHED_KINDS
-        for reading in batch:
-            device_id, ts, _, metrics, meta, _, kind, late = reading
+        for device_id, ts, _, metrics, meta, _, kind, late in batch:
             if kind is not telemetry and kind is not batch_kind:
                 continue
-            if watched.isdisjoint(metrics):
-                continue
-            by_metric = self._by_metric
             if plans is not None:
                 model, site = meta.get("model"), meta.get("site")
                 plan = plans.get((model, site))
-                by_metric = self._plan_for(model, site) if plan is None else plan
-            for metric, value in metrics.items():
-                checks = by_metric.get(metric)
-                if checks is None:
-                    continue
-                for check in checks:
-                    observed = value
-                    if check.rate:
-                        if late:
-                            continue  # late readings are not used for rates
-                        row = self._rows.get(device_id)
-                        if row is None:
-                            row = self._rows[device_id] = len(self._rows)
-                        previous = check.previous
-                        at = 2 * row
-                        if len(previous) <= at:
-                            previous.extend(_UNSEEN * (row + 1 - len(previous) // 2))
+                plain, rate = self._plan_for(model, site) if plan is None else plan
+            found: list[tuple[str, int, Signal]] | None = None
+            opened = device_id in open_pairs
+            for metric, low, high, active, check in plain:
+                if metric in metrics:
+                    value = metrics[metric]
+                    # a pair that is open, or a value past the limits, is judged in full
+                    if value > high or value < low or (opened and device_id in active):
+                        signal = step(check, active, device_id, ts, meta, value)
+                        if signal is not None:
+                            if found is None:
+                                found = []
+                            found.append((metric, check.index, signal))
+            if rate and not late:  # late readings are not used for rates
+                at = -1
+                for metric, high, low, active, previous, check in rate:
+                    if metric in metrics:
+                        value = metrics[metric]
+                        if at < 0:
+                            try:
+                                at = 2 * rows[device_id]
+                            except KeyError:
+                                at = 2 * self._add_row(device_id)
                         last_value, last_ts = previous[at], previous[at + 1]
-                        previous[at], previous[at + 1] = value, ts
+                        previous[at] = value
+                        previous[at + 1] = ts
                         dt = ts - last_ts
-                        if dt <= 0 or math.isnan(last_value):
+                        if dt <= 0 or last_value != last_value:
                             continue
                         observed = (value - last_value) / dt
-                        active = check.active
-                        state = active.get(device_id)
-                        if state is None:
-                            if not abs(observed) > check.high:
-                                continue
-                            state = active[device_id] = _State()
-                    else:
-                        active = check.active
-                        state = active.get(device_id)
-                        if state is None:
-                            if not (observed > check.high or observed < check.low):
-                                continue
-                            state = active[device_id] = _State()
-                    signal = self._judge(check.rule, state, reading, observed)
-                    if not state.firing and state.since is None:
-                        del active[device_id]
-                    if signal is not None:
-                        signals.append(signal)
+                        if observed > high or observed < low or (opened and device_id in active):
+                            signal = step(check, active, device_id, ts, meta, observed)
+                            if signal is not None:
+                                if found is None:
+                                    found = []
+                                found.append((metric, check.index, signal))
+            if found is not None:
+                if len(found) > 1:
+                    # in the order of the reading's metrics, then of the rules
+                    position = {metric: k for k, metric in enumerate(metrics)}
+                    found.sort(key=lambda item: (position[item[0]], item[1]))
+                signals.extend(signal for _, _, signal in found)
         return signals
 
-    def _judge(self, rule: Rule, state: _State, reading: Reading, observed: float) -> Signal | None:
-        ts = reading.ts
+    def _step(
+        self,
+        check: _Check,
+        active: dict[str, _State],
+        device_id: str,
+        ts: float,
+        meta: Mapping[str, str],
+        observed: float,
+    ) -> Signal | None:
+        """Judge a pair that is open or whose value passed the limits of a fresh pair."""
+        state = active.get(device_id)
+        if state is None:
+            if check.rate:
+                if not abs(observed) > check.high:
+                    return None
+            elif not (observed > check.high or observed < check.low):
+                return None
+            state = active[device_id] = _State()
+            self._open[device_id] = self._open.get(device_id, 0) + 1
+        signal = self._judge(check.rule, state, device_id, ts, meta, observed)
+        if not state.firing and state.since is None:
+            del active[device_id]
+            left = self._open.pop(device_id) - 1
+            if left:
+                self._open[device_id] = left
+        return signal
+
+    def _judge(
+        self,
+        rule: Rule,
+        state: _State,
+        device_id: str,
+        ts: float,
+        meta: Mapping[str, str],
+        observed: float,
+    ) -> Signal | None:
         breached = rule.breaches(observed, state.firing)
         if breached:
             if state.firing:
@@ -296,19 +352,26 @@ class RuleEngine:
             if ts - state.since < rule.for_s:
                 return None
             state.firing = True
-            return self._signal(rule, reading, observed, True, state.since)
+            return self._signal(rule, device_id, ts, meta, observed, True, state.since)
         state.since = None
         if state.firing:
             state.firing = False
-            return self._signal(rule, reading, observed, False, None)
+            return self._signal(rule, device_id, ts, meta, observed, False, None)
         return None
 
     def _signal(
-        self, rule: Rule, reading: Reading, value: float, firing: bool, since: float | None
+        self,
+        rule: Rule,
+        device_id: str,
+        ts: float,
+        meta: Mapping[str, str],
+        value: float,
+        firing: bool,
+        since: float | None,
     ) -> Signal:
         limit = rule.limit_text()
         fields = {
-            "device": reading.device_id,
+            "device": device_id,
             "metric": rule.metric,
             "value": value,
             "limit": limit,
@@ -323,7 +386,7 @@ class RuleEngine:
         try:
             summary = template.format(**fields)
         except (KeyError, ValueError, IndexError):
-            summary = f"{reading.device_id}: rule {rule.name} on {rule.metric}"
+            summary = f"{device_id}: rule {rule.name} on {rule.metric}"
         evidence: dict[str, Any] = {"rule": rule.name, "metric": rule.metric, "value": value}
         if rule.kind == "outside":
             evidence["min"], evidence["max"] = rule.min, rule.max
@@ -339,16 +402,16 @@ class RuleEngine:
         action = (rule.action or _DEFAULT_ACTION[rule.kind]).replace("{metric}", rule.metric)
         return Signal(
             kind=rule.signal_kind,
-            subject=reading.device_id,
+            subject=device_id,
             firing=firing,
-            at=reading.ts,
+            at=ts,
             severity=rule.severity,
             subject_type=SubjectType.DEVICE,
             summary=summary,
             evidence=evidence,
             action=action,
-            site=reading.meta.get("site"),
-            zone=reading.meta.get("zone"),
+            site=meta.get("site"),
+            zone=meta.get("zone"),
         )
 
     def tick(self, now: float) -> list[Signal]:
@@ -392,6 +455,7 @@ class RuleEngine:
                 entry = check.active[device] = _State()
                 entry.firing = bool(firing)
                 entry.since = since
+                self._open[device] = self._open.get(device, 0) + 1
             if check.rate:
                 row = self._rows.get(device)
                 if row is None:
@@ -401,3 +465,6 @@ class RuleEngine:
                     previous.extend(_UNSEEN * (row + 1 - len(previous) // 2))
                 previous[2 * row] = math.nan if last_value is None else float(last_value)
                 previous[2 * row + 1] = -math.inf if last_ts is None else float(last_ts)
+        for check in self._rate_checks:
+            previous = check.previous
+            previous.extend(_UNSEEN * (len(self._rows) - len(previous) // 2))

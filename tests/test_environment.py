@@ -125,3 +125,33 @@ def test_report_ranks_the_most_stressed_devices_first_within_the_limit() -> None
     top = detector.report(T0)["maintenance_by_stress"]
     assert [row["device_id"] for row in top] == ["d1", "d3", "d5"]
     assert all(row["hot_hours"] == row["stress_hours"] > 0 for row in top)
+
+
+def test_recent_gaps_are_saved_oldest_first_and_rhythm_survives_a_reload() -> None:
+    detector = EnvironmentDetector()
+    gaps = [60.0, 61.0, 59.0, 300.0, 60.5, 58.0, 62.0, 60.0, 59.5, 61.5, 600.0, 60.0, 58.5]
+    t = T0
+    for gap in [0.0, *gaps]:
+        t += gap
+        detector.process([Reading("d1", t, t, {"temperature_c": 45.0}, {"site": "s"})])
+    state = detector.state_dict()
+    assert state["devices"]["d1"][5] == gaps[-9:]
+    restored = EnvironmentDetector()
+    restored.load_state(orjson.loads(orjson.dumps(state)))
+    assert restored.state_dict() == state
+    for later in (detector, restored):  # a gap of three reports: two lost
+        later.process([Reading("d1", t + 180, t + 180, {"temperature_c": 45.0}, {"site": "s"})])
+    assert restored.state_dict() == detector.state_dict()
+    assert detector.state_dict()["devices"]["d1"][6] == state["devices"]["d1"][6] + 2
+
+
+def test_changed_metadata_moves_a_device_and_shared_metadata_is_read_once() -> None:
+    detector = EnvironmentDetector()
+    meta = {"site": "s", "zone": "z1"}
+    for step in range(3):
+        detector.process([Reading("d1", T0 + 60 * step, T0 + 60 * step, {}, meta)])
+    assert detector.state_dict()["devices"]["d1"][:2] == ["s", "z1"]
+    t = T0 + 600
+    detector.process([Reading("d1", t, t, {}, {"site": "s", "zone": "z2"})])
+    detector.process([Reading("d1", t + 60, t + 60, {}, {})])  # no metadata: stays put
+    assert detector.state_dict()["devices"]["d1"][:2] == ["s", "z2"]

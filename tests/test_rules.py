@@ -192,3 +192,31 @@ def test_filters_follow_the_model_and_site_of_each_reading() -> None:
     assert feed(engine, [(0, 60)]) == []  # model M1
     assert feed(engine, [(1, 60)], model="M2") == [(1, True)]  # same device, now an M2
     assert feed(engine, [(2, 40)], model="M2") == [(2, False)]
+
+
+def test_signals_of_one_reading_follow_its_metrics_then_the_rules() -> None:
+    engine = RuleEngine(
+        [Rule("fast", "temperature_c", "rate", max_rate_per_s=1.0),
+         Rule("low", "battery_v", "below", threshold=3.3),
+         Rule("hot", "temperature_c", "above", threshold=50)]
+    )  # fmt: skip
+    engine.process([Reading("d1", 0, 0, {"temperature_c": 20.0}, {})])
+    signals = engine.process([Reading("d1", 10, 10, {"battery_v": 3.0, "temperature_c": 60.0}, {})])
+    assert [s.kind for s in signals] == ["rule.low", "rule.fast", "rule.hot"]
+    signals = engine.process([Reading("d1", 60, 60, {"temperature_c": 50.0, "battery_v": 3.9}, {})])
+    assert [(s.kind, s.firing) for s in signals] == [
+        ("rule.fast", False), ("rule.hot", False), ("rule.low", False)
+    ]  # fmt: skip
+
+
+def test_a_rate_rule_added_later_starts_unseen_for_known_devices() -> None:
+    rules = [Rule("hot", "temperature_c", "above", threshold=50),
+             Rule("fast", "temperature_c", "rate", max_rate_per_s=1.0),
+             Rule("jerky", "vibration_g", "rate", max_rate_per_s=0.1)]  # fmt: skip
+    engine = RuleEngine(rules[:2])
+    feed(engine, [(0, 20), (10, 21)], device="a")
+    grown = RuleEngine(rules)
+    grown.load_state(engine.state_dict())
+    assert grown.state_dict()["state"] == engine.state_dict()["state"]
+    assert grown.process([reading(20, 5.0, metric="vibration_g", device="a")]) == []
+    assert grown.process([reading(30, 9.0, metric="vibration_g", device="a")])
