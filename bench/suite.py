@@ -8,6 +8,8 @@ One command runs it all and prints one Markdown table plus the machine it ran on
   drained by FleetWatch (acknowledging after processing and journaling) and by a bare
   ``mosquitto_sub``; every throughput is also given as a ratio to that QoS 1
   ``mosquitto_sub`` drain rate, measured in the same run;
+- the same drain by two daemons sharded by site, one process each (``bench/sharded_live.py``),
+  next to one daemon on the same queue;
 - ingest-to-alert latency (p50, p99) at a steady 10,000 readings/s: a paced publisher stamps
   each reading with its publish time, every 50th device alternates above and below a rule
   threshold, and a ``mosquitto_sub`` stamps the arrival of each alert message;
@@ -57,6 +59,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 import live_throughput  # noqa: E402
+import sharded_live  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 
 from config.settings import Settings, settings_from_mapping  # noqa: E402
@@ -652,6 +655,21 @@ def run_suite(sizes: Sizes, repeats: int, only: set[str] | None = None) -> tuple
         baseline = bare.median
         rows += [bare, bare0, q1, q0]
 
+    if wanted("sharded"):
+        one = Row(f"live QoS 1, one daemon, {sizes.live_messages:,} queued messages from devices at 10 sites (`bench/sharded_live.py`)", "readings/s", throughput=True)  # fmt: skip
+        two = Row("live QoS 1, two daemons sharded by site, one process each, the same queue", "readings/s", throughput=True)  # fmt: skip
+        own = []
+        for run in range(repeats):
+            log(f"sharded live throughput, run {run + 1}/{repeats}")
+            sharded = asyncio.run(sharded_live.one_run(sizes.live_messages, sizes.live_devices, 2, run))  # fmt: skip
+            one.values.append(sharded.one_daemon)
+            two.values.append(sharded.sharded)
+            own.append(sharded.sharded / sharded.mosquitto_sub)
+        two.note = (
+            f"{statistics.median(own):.2f} of the `mosquitto_sub` drain measured in the same runs"
+        )
+        rows += [one, two]
+
     if wanted("replay"):
         row = Row(f"`replay`, {sizes.replay_messages:,} simulated messages from {sizes.replay_devices:,} devices, all default detectors", "readings/s", throughput=True)  # fmt: skip
         for run in range(repeats):
@@ -747,7 +765,7 @@ def run_suite(sizes: Sizes, repeats: int, only: set[str] | None = None) -> tuple
     return rows, baseline
 
 
-PARTS = ("live", "replay", "latency", "memory", "detectors", "analysis")
+PARTS = ("live", "sharded", "replay", "latency", "memory", "detectors", "analysis")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
