@@ -101,8 +101,6 @@ _SLOT_S = 30.0
 # a device's standing in its gateway's tally
 _UNCOUNTED, _ACTIVE, _SILENT = 0, 1, 2
 
-_NO_SIGNAL = array("d")  # shared by devices that have no signal points yet; never written
-
 _STATUS = MessageKind.STATUS
 _WARNING = Severity.WARNING
 _CRITICAL = Severity.CRITICAL
@@ -110,13 +108,11 @@ _CRITICAL = Severity.CRITICAL
 
 class _Device:
     __slots__ = (
-        "acc_n", "acc_t", "alerted", "gaps", "gateway", "intermittent", "intervals", "last_rx",
-        "meta", "offline", "order", "severity", "signal", "signal_alert", "site", "switches", "tech", "zone",
+        "acc_n", "alerted", "gaps", "gateway", "intermittent", "meta", "offline", "order",
+        "severity", "signal", "signal_alert", "site", "switches", "tech", "zone",
     )  # fmt: skip
 
-    def __init__(self, now: float, order: int = 0) -> None:
-        self.last_rx = now
-        self.intervals = 0  # arrivals its expected interval was learned from
+    def __init__(self, order: int = 0) -> None:
         self.offline = False
         self.alerted = False
         self.severity = _WARNING
@@ -127,10 +123,11 @@ class _Device:
         self.tech: str | None = None
         self.switches = 0
         self.intermittent = False
-        self.signal = _NO_SIGNAL  # (t, value) pairs, oldest first, bounded
+        # its signal points, (t, value) pairs oldest first, until the window is full (then
+        # they are in its row of the detector's signal column)
+        self.signal: array[float] | None = None
         self.signal_alert = False
-        self.acc_n = 0  # signal readings averaged so far (their sum is in the detector's column)
-        self.acc_t = 0.0
+        self.acc_n = 0  # signal readings averaged so far (their sum and start: detector columns)
         # position among the detector's devices (first heard first), and its row in the
         # detector's per-device columns
         self.order = order
@@ -147,28 +144,51 @@ class ConnectivityDetector:
         self.config = config or ConnectivityConfig()
         self._devices: dict[str, _Device] = {}
         self._new_columns()
-        self._gateways: dict[str, set[str]] = {}
+        self._gateways: dict[str, list[str]] = {}  # gateway -> its devices, first joined first
         self._gateway_down: dict[str, float] = {}
         self._gateway_recovered: dict[str, float] = {}
         self.now = 0.0
         self._reset_deadlines()
 
     def _new_columns(self) -> None:
-        """Per-device values kept unboxed, one row per device (its ``order``): its expected
-        interval between arrivals, the sum of its signal readings not yet averaged, what it adds to its gateway's tally at the last tick
-        (its standing) and when its standing or offline state may next change (its due)."""
+        """Per-device values kept unboxed, one row per device (its ``order``): when it was
+        last heard, its expected interval between arrivals and how many arrivals it was learned
+        from, the sum of its signal readings not yet averaged and when the first of them came,
+        what it adds to its gateway's tally at the last tick (its standing), when its standing
+        or offline state may next change (its due) and its row of signal points (``-1``: none).
+
+        Signal rows are ``2 * signal_window`` floats each in one shared column, taken by a
+        device once its window is full (see :meth:`_track_signal`).
+        """
+        self._last_rx = array("d")
         self._interval = array("d")
+        self._count = array("q")
         self._acc_sum = array("d")
+        self._acc_t = array("d")
         self._standing = bytearray()
         self._due = array("d")
+        self._signal_row = array("i")
+        self._points = array("d")
 
     def _add_device(self, device_id: str, received: float) -> _Device:
-        device = self._devices[device_id] = _Device(received, len(self._devices))
+        device = self._devices[device_id] = _Device(len(self._devices))
+        self._last_rx.append(received)
         self._interval.append(0.0)
+        self._count.append(0)
         self._acc_sum.append(0.0)
+        self._acc_t.append(0.0)
         self._standing.append(_UNCOUNTED)
         self._due.append(math.inf)
+        self._signal_row.append(-1)
         return device
+
+    def _signal_points(self, device: _Device) -> array[float]:
+        """The signal points of ``device``: (t, value) pairs, oldest first (a copy)."""
+        row = self._signal_row[device.order]
+        if row < 0:
+            return array("d") if device.signal is None else device.signal[:]
+        width = 2 * self.config.signal_window
+        return self._points[row * width : (row + 1) * width]
 
     def _reset_deadlines(self) -> None:
         """Forget the silence bookkeeping; the next tick rebuilds it from the devices.
@@ -200,12 +220,13 @@ class ConnectivityDetector:
             gateways = self._gateways
             if device.gateway is not None:
                 old = gateways.get(device.gateway)
-                if old is not None:
-                    old.discard(device_id)
+                if old is not None and device_id in old:
+                    old.remove(device_id)
             members = gateways.get(gateway)
             if members is None:
-                members = gateways[gateway] = set()
-            members.add(device_id)
+                gateways[gateway] = [device_id]
+            elif device_id not in members:
+                members.append(device_id)
             standing = self._standing[device.order]
             if standing != _UNCOUNTED and not self._stale:
                 self._set_standing(device, _UNCOUNTED)
@@ -229,6 +250,8 @@ class ConnectivityDetector:
         spacing = config.signal_spacing_s
         devices = self._devices
         acc_sums = self._acc_sum
+        acc_ts = self._acc_t
+        last_rx = self._last_rx
         status = _STATUS
         signal_metrics = SIGNAL_METRICS
         signals: list[Signal] = []
@@ -252,7 +275,7 @@ class ConnectivityDetector:
             else:
                 if meta is not device.meta:
                     self._follow_meta(device_id, device, meta)
-                silence = received - device.last_rx
+                silence = received - last_rx[device.order]
                 if silence > burst:
                     self._arrival(device_id, device, received, silence, signals)
             # the first signal metric present: averaged into one point per signal_spacing_s
@@ -264,10 +287,10 @@ class ConnectivityDetector:
                     continue
                 row = device.order
                 if device.acc_n == 0:
-                    device.acc_t = received
+                    acc_ts[row] = received
                 acc_sums[row] += value
                 device.acc_n += 1
-                if received - device.acc_t >= spacing:
+                if received - acc_ts[row] >= spacing:
                     self._track_signal(reading, device, metric, loss_level, signals)
                 break
         return signals
@@ -279,12 +302,12 @@ class ConnectivityDetector:
         row = device.order
         intervals = self._interval
         interval = intervals[row]
-        count = device.intervals
+        count = self._count[row]
         if count and silence > config.gap_factor * interval:
             # the gap starts when the first report went missing
             if not device.gaps:
                 device.gaps = deque(maxlen=config.history)
-            device.gaps.append((device.last_rx + interval, silence))
+            device.gaps.append((self._last_rx[row] + interval, silence))
         # learn the interval; long silences are outages, not the device's rhythm
         if count == 0:
             learned = silence
@@ -297,8 +320,8 @@ class ConnectivityDetector:
             weight = 0.5 if count < 4 else 0.1
             learned = interval + weight * (clipped - interval)
         intervals[row] = learned
-        count = device.intervals = count + 1
-        device.last_rx = received
+        count = self._count[row] = count + 1
+        self._last_rx[row] = received
         if count >= 2 and not self._stale:
             gap_limit = config.gateway_factor * learned
             offline_limit = config.offline_factor * learned
@@ -379,19 +402,38 @@ class ConnectivityDetector:
         ``signal_spacing_s``, so the trend spans hours whatever the reporting rate, and noise
         averages out.
         """
-        flat = device.signal
-        if flat is _NO_SIGNAL:
-            flat = device.signal = array("d")
         row = device.order
-        flat.append(device.acc_t)
-        flat.append(self._acc_sum[row] / device.acc_n)
+        width = 2 * self.config.signal_window
+        t, mean = self._acc_t[row], self._acc_sum[row] / device.acc_n
         self._acc_sum[row], device.acc_n = 0.0, 0
-        if len(flat) > 2 * self.config.signal_window:
-            del flat[0:2]
-        if len(flat) < self.config.signal_window:
+        at = self._signal_row[row]
+        if at < 0:  # still filling its own window
+            column = device.signal
+            if column is None:
+                column = device.signal = array("d")
+            column.append(t)
+            column.append(mean)
+            start, used = 0, len(column)
+            if used >= width:  # full: into a row of the shared column, exactly sized
+                at = self._signal_row[row] = len(self._points) // width
+                self._points.extend(column[used - width :])
+                device.signal = None
+                column, start, used = self._points, at * width, width
+        else:  # full: the oldest point leaves
+            column = self._points
+            start = at * width
+            end = start + width
+            column[start : end - 2] = column[start + 2 : end]
+            column[end - 2] = t
+            column[end - 1] = mean
+            used = width
+        if used < self.config.signal_window:
             return
-        if not device.signal_alert and (flat[1] - flat[-1] < self.config.signal_min_drop_db / 2):
+        if not device.signal_alert and (
+            column[start + 1] - column[start + used - 1] < self.config.signal_min_drop_db / 2
+        ):
             return  # not falling: no trend to fit
+        flat = column[start : start + used]
         window = list(zip(flat[0::2], flat[1::2], strict=True))
         slope, level, t_stat = _trend(window)
         config = self.config
@@ -438,9 +480,9 @@ class ConnectivityDetector:
         device = self._devices.get(device_id)
         if device is None:
             return None
-        signal = device.signal
+        signal = self._signal_points(device)
         return {
-            "last_heard": iso_utc(device.last_rx),
+            "last_heard": iso_utc(self._last_rx[device.order]),
             "interval_s": round(self._interval[device.order], 3),
             "offline": device.offline,
             "intermittent": device.intermittent,
@@ -490,7 +532,7 @@ class ConnectivityDetector:
     def _reassess(self, device_id: str, device: _Device, now: float) -> None:
         """Bring the device's standing up to ``now``; watch it once it may be offline."""
         config = self.config
-        silence = now - device.last_rx
+        silence = now - self._last_rx[device.order]
         interval = self._interval[device.order]
         if silence > config.active_window_s:
             self._set_standing(device, _UNCOUNTED)
@@ -506,7 +548,7 @@ class ConnectivityDetector:
         """The first receive time after ``now`` at which the device's standing or offline
         state can change (a hair early, so rounding never makes it late)."""
         config = self.config
-        silence = now - device.last_rx
+        silence = now - self._last_rx[device.order]
         interval = self._interval[device.order]
         nearest = math.inf
         for limit in (
@@ -518,8 +560,9 @@ class ConnectivityDetector:
                 nearest = limit
         if nearest == math.inf:
             return math.inf
-        due = device.last_rx + nearest
-        return due - 1e-12 * (abs(device.last_rx) + abs(nearest)) - 1e-9
+        last_rx = self._last_rx[device.order]
+        due = last_rx + nearest
+        return due - 1e-12 * (abs(last_rx) + abs(nearest)) - 1e-9
 
     def _push(self, device_id: str, slot: int) -> None:
         bucket = self._wheel.get(slot)
@@ -565,7 +608,7 @@ class ConnectivityDetector:
         for device_id, device in self._devices.items():
             standing[device.order] = _UNCOUNTED
             due_at[device.order] = math.inf
-            if device.intervals < 2:
+            if self._count[device.order] < 2:
                 continue
             self._reassess(device_id, device, now)
             due = due_at[device.order] = self._next_due(device, now)
@@ -589,7 +632,7 @@ class ConnectivityDetector:
         order = sorted(watch, key=lambda d: devices[d].order) if len(watch) > 1 else list(watch)
         for device_id in order:
             device = devices[device_id]
-            silence = now - device.last_rx
+            silence = now - self._last_rx[device.order]
             if silence > active_window:
                 offline = device.alerted
             else:
@@ -597,7 +640,7 @@ class ConnectivityDetector:
                     silence > offline_factor * self._interval[device.order]
                     and silence > min_offline
                 )
-            if not offline or device.intervals < 2:
+            if not offline or self._count[device.order] < 2:
                 watch.discard(device_id)
                 continue
             device.offline = True
@@ -637,7 +680,7 @@ class ConnectivityDetector:
             "device_offline", device_id, device, True, now, severity=severity,
             summary=(f"{device_id} silent for {silence / 60:.0f} min "
                      f"(expected every {self._interval[device.order] / 60:.1f} min), {shape}"),
-            evidence={"silent_s": round(silence, 1), "last_seen": iso_utc(device.last_rx),
+            evidence={"silent_s": round(silence, 1), "last_seen": iso_utc(self._last_rx[device.order]),
                       "expected_interval_s": round(self._interval[device.order], 1), "class": shape,
                       "gaps_recent": len(recent), "gateway": device.gateway,
                       "technology": device.tech},
@@ -653,6 +696,7 @@ class ConnectivityDetector:
         config = self.config
         down = self._gateway_down
         standing = self._standing
+        last_rx = self._last_rx
         judged = self._dirty
         judged.update(down)
         self._dirty = set()
@@ -670,7 +714,11 @@ class ConnectivityDetector:
                 ):
                     self._gateway_down[gateway] = now
                     first_silent = min(
-                        (d.last_rx for d in self._members(gateway) if standing[d.order] == _SILENT),
+                        (
+                            last_rx[d.order]
+                            for d in self._members(gateway)
+                            if standing[d.order] == _SILENT
+                        ),
                         default=math.inf,
                     )
                     site = self._gateway_site(gateway)
@@ -691,7 +739,7 @@ class ConnectivityDetector:
             heard = sum(
                 1
                 for d in self._members(gateway)
-                if standing[d.order] != _UNCOUNTED and d.last_rx > since
+                if standing[d.order] != _UNCOUNTED and last_rx[d.order] > since
             )
             if heard / active >= config.gateway_resolve_fraction:
                 del self._gateway_down[gateway]
@@ -754,7 +802,9 @@ class ConnectivityDetector:
 
     def expected_interval(self, device_id: str) -> float | None:
         device = self._devices.get(device_id)
-        return self._interval[device.order] if device is not None and device.intervals else None
+        if device is None or not self._count[device.order]:
+            return None
+        return self._interval[device.order]
 
     def report(self, now: float) -> dict[str, Any]:
         """Outage patterns over ``pattern_window_s``: by hour of day, zone and technology."""
@@ -797,10 +847,11 @@ class ConnectivityDetector:
             "gateways_recovered": self._gateway_recovered,
             "devices": {
                 device_id: [
-                    d.last_rx, self._interval[d.order], d.intervals, d.offline, d.alerted, int(d.severity),
-                    [list(g) for g in d.gaps], d.gateway, d.site, d.zone, d.tech, d.switches,
-                    d.intermittent, list(d.signal), d.signal_alert,
-                    self._acc_sum[d.order], d.acc_n, d.acc_t,
+                    self._last_rx[d.order], self._interval[d.order], self._count[d.order],
+                    d.offline, d.alerted, int(d.severity), [list(g) for g in d.gaps], d.gateway,
+                    d.site, d.zone, d.tech, d.switches, d.intermittent,
+                    self._signal_points(d).tolist(), d.signal_alert, self._acc_sum[d.order],
+                    d.acc_n, self._acc_t[d.order],
                 ]
                 for device_id, d in self._devices.items()
             },
@@ -825,7 +876,7 @@ class ConnectivityDetector:
              acc_t) = row  # fmt: skip
             device = self._add_device(device_id, float(last_rx))
             self._interval[device.order] = float(interval)
-            device.intervals = int(intervals)
+            self._count[device.order] = int(intervals)
             device.offline = bool(offline)
             device.alerted = bool(alerted)
             device.severity = Severity(int(severity))
@@ -837,12 +888,25 @@ class ConnectivityDetector:
             device.gateway, device.site, device.zone, device.tech = gateway, site, zone, tech
             device.switches = int(switches)
             device.intermittent = bool(intermittent)
-            device.signal = array("d", (float(x) for x in signal)) if signal else _NO_SIGNAL
+            if signal:
+                self._load_signal(device, [float(x) for x in signal])
             device.signal_alert = bool(signal_alert)
             self._acc_sum[device.order] = float(acc_sum)
-            device.acc_n, device.acc_t = int(acc_n), float(acc_t)
+            device.acc_n, self._acc_t[device.order] = int(acc_n), float(acc_t)
             if gateway is not None:
-                self._gateways.setdefault(gateway, set()).add(device_id)
+                members = self._gateways.setdefault(gateway, [])
+                if device_id not in members:
+                    members.append(device_id)
+
+    def _load_signal(self, device: _Device, points: list[float]) -> None:
+        """Give ``device`` a signal row holding ``points`` (the newest that fit)."""
+        width = 2 * self.config.signal_window
+        points = points[len(points) - width :] if len(points) > width else points
+        if len(points) < width:
+            device.signal = array("d", points)
+        else:
+            self._signal_row[device.order] = len(self._points) // width
+            self._points.extend(array("d", points))
 
 
 def _by_switches(row: Mapping[str, Any]) -> tuple[int, str]:

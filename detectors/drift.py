@@ -99,6 +99,7 @@ _DAY = 86_400.0
 _MAD = 1.4826
 _SQRT2 = math.sqrt(2.0)
 _DATA_KINDS = (MessageKind.TELEMETRY, MessageKind.BATCH)
+_UNSEEN = array("d", [math.nan])  # repeated to make room for a device's environment EWMAs
 _CALIBRATION = MessageKind.CALIBRATION
 _PRIORITY = {"out_of_range": 6, "stuck": 5, "noisy": 4, "spikes": 3, "step": 2, "ageing": 1}
 _SEVERITY = {
@@ -400,7 +401,7 @@ class _Track:
         self.cpos = 0.0
         self.cneg = 0.0
         self.buckets = 0
-        self.last5: list[float] = []  # the last 5 drifts, oldest first
+        self.last5 = array("d")  # the last 5 drifts, oldest first
         self.diffs = FloatRing(config.recent_buckets)
         self.step_win = FloatRing(config.step_window)
         self.spikes: list[int] = []  # bucket indices, at most 4 * spike_count, oldest first
@@ -466,8 +467,9 @@ class _Sensor:
         self.last_peers = 0
         self.last_ts = 0.0
         self.bucket_index = 0
-        # the bucket of its group with the highest index it has an entry in, and where
-        self.pend: Bucket | None = None
+        # the index of the bucket of its group with the highest index it has an entry in
+        # (None: none open), and where in that bucket
+        self.pend: int | None = None
         self.pend_pos = 0
         self.reset_detection()
 
@@ -511,7 +513,7 @@ class _Sensor:
         track = self.track if self.track is not None else cold
         for name in _TRACK_PLAIN:
             values[name] = getattr(track, name)
-        values["last5"] = list(track.last5)
+        values["last5"] = track.last5.tolist()
         values["diffs"] = track.diffs.ordered()
         values["step_win"] = track.step_win.ordered()
         values["spikes"] = list(track.spikes)
@@ -541,7 +543,7 @@ class _Sensor:
             if name in state:
                 setattr(track, name, state[name])
                 learned = learned or state[name] != getattr(cold, name)
-        track.last5 = [float(x) for x in state.get("last5", [])][-5:]
+        track.last5 = array("d", [float(x) for x in state.get("last5", [])][-5:])
         track.diffs = FloatRing(config.recent_buckets, state.get("diffs", []))
         track.step_win = FloatRing(config.step_window, state.get("step_win", []))
         spikes = [int(x) for x in state.get("spikes", [])]
@@ -608,8 +610,9 @@ class _Device:
         self.key: tuple[Any, ...] = ()
         # kind -> [shape, severity, metric, out_of_tolerance]; allocated at the first signal
         self.published: dict[str, list[Any]] | None = None
-        # one EWMA per environment metric (None: not seen), allocated at the first value
-        self.env: list[float | None] | None = None
+        # where its EWMAs, one per environment metric (NaN: not seen), start in the
+        # detector's environment column; -1 until its first value
+        self.env = -1
         self.sensors: tuple[_Sensor, ...] = ()  # in the order they were first seen
 
     def sensor(self, metric: str) -> _Sensor | None:
@@ -660,7 +663,10 @@ class DriftDetector:
         self._sensors: list[_Sensor] = []  # every sensor, in the order first seen
         # the sensors' hour-of-day profiles, 24 values (and counts) each (see _Sensor.prof)
         self._profile = array("d")
-        self._profile_n = array("i")
+        # (unsigned 16-bit while every count fits, else 32-bit)
+        self._profile_n = array("H")
+        # each device's environment EWMAs (see _Device.env)
+        self._env_column = array("d")
         self._devices: dict[str, _Device] = {}
         # group_by values by themselves: devices with equal values share one tuple
         self._keys: dict[tuple[Any, ...], tuple[Any, ...]] = {}
@@ -700,6 +706,7 @@ class DriftDetector:
         calibration = _CALIBRATION
         data_kinds = _DATA_KINDS
         keys = self._keys
+        env_column = self._env_column
         for reading in batch:
             kind = reading.kind
             if kind == calibration:
@@ -736,12 +743,14 @@ class DriftDetector:
                 if value is None or not isfinite(value):
                     continue
                 if env_position >= 0:
-                    env = device.env
-                    if env is None:
-                        env = device.env = [None] * env_size
-                    previous = env[env_position]
-                    env[env_position] = (
-                        value if previous is None else previous + env_alpha * (value - previous)
+                    at = device.env
+                    if at < 0:
+                        at = device.env = len(env_column)
+                        env_column.extend(_UNSEEN * env_size)
+                    at += env_position
+                    previous = env_column[at]
+                    env_column[at] = (
+                        value if previous != previous else previous + env_alpha * (value - previous)
                     )
                 if not watched:
                     continue
@@ -775,18 +784,20 @@ class DriftDetector:
                     if end < group.first_end:
                         group.first_end = end
                 pend = sensor.pend
-                if pend is bucket:
-                    position = sensor.pend_pos
-                    if ts >= bucket.ts[position]:
-                        bucket.ts[position] = ts
-                        bucket.values[position] = value
-                elif pend is None or pend.index < index:
+                if pend == index:  # (an index at or below ``closed`` never reopens)
+                    position = 2 * sensor.pend_pos
+                    data = bucket.data
+                    if ts >= data[position]:
+                        data[position] = ts
+                        data[position + 1] = value
+                elif pend is None or pend < index:
                     # past its newest entry in the group: not in this bucket yet
-                    sensor.pend = bucket
+                    sensor.pend = bucket.index
                     sensor.pend_pos = len(bucket.sensors)
                     bucket.sensors.append(sensor)
-                    bucket.ts.append(ts)
-                    bucket.values.append(value)
+                    data = bucket.data
+                    data.append(ts)
+                    data.append(value)
                 else:
                     bucket.put(sensor, ts, value)
                 if ts > group.watermark:
@@ -816,7 +827,7 @@ class DriftDetector:
             for index in sorted(group.buckets):
                 position = group.buckets[index].position(sensor)
                 if position >= 0:
-                    sensor.pend = group.buckets[index]
+                    sensor.pend = index
                     sensor.pend_pos = position
         return group
 
@@ -863,7 +874,6 @@ class DriftDetector:
             bucket = buckets.pop(index)
             group.closed = index
             self._close_bucket(group, bucket, out)
-            bucket.release()
         group.first_end = (min(buckets) + 1) * bucket_s if buckets else math.inf
 
     # -- one closed bucket ---------------------------------------------------------------------
@@ -874,7 +884,7 @@ class DriftDetector:
         metric = group.metric
         low, high = config.ranges.get(metric, (-math.inf, math.inf))
         references = self._references
-        members = [(s, s.device, v) for s, v in zip(bucket.sensors, bucket.values, strict=True)]
+        members = [(s, s.device, v) for s, v in zip(bucket.sensors, bucket.data[1::2], strict=True)]
         t_end = (index + 1) * config.bucket_s
         # peers that report less often than a bucket: their latest value, while recent,
         # still counts in the consensus (they are judged only in buckets they report in)
@@ -1115,6 +1125,8 @@ class DriftDetector:
         profile = self._profile
         profile_n = self._profile_n
         n = profile_n[at] + 1
+        if n > 65_535 and profile_n.typecode == "H":
+            profile_n = self._profile_n = array("i", profile_n)
         profile_n[at] = min(n, 1_000_000)
         alpha = max(1.0 / n, config.profile_alpha)
         profile[at] += alpha * (value - level - profile[at])
@@ -1132,6 +1144,8 @@ class DriftDetector:
         """Room for one sensor's hour-of-day profile (zeros unless given): where it starts."""
         at = len(self._profile_n)
         self._profile.extend(values if len(values) == 24 else [0.0] * 24)
+        if self._profile_n.typecode == "H" and any(not 0 <= c <= 65_535 for c in counts):
+            self._profile_n = array("i", self._profile_n)
         self._profile_n.extend(counts if len(counts) == 24 else [0] * 24)
         return at
 
@@ -1326,7 +1340,7 @@ class DriftDetector:
                 at = sensor.prof
                 if at >= 0:
                     self._profile[at : at + 24] = array("d", [0.0]) * 24
-                    self._profile_n[at : at + 24] = array("i", [0]) * 24
+                    self._profile_n[at : at + 24] = array(self._profile_n.typecode, [0]) * 24
                 else:
                     sensor.prof = -1
                 sensor.level = None
@@ -1732,13 +1746,13 @@ class DriftDetector:
                         )
         return report
 
-    @staticmethod
-    def _env(device: _Device, env_metrics: Sequence[str]) -> dict[str, float]:
+    def _env(self, device: _Device, env_metrics: Sequence[str]) -> dict[str, float]:
         """The environment EWMAs of ``device`` by metric (those seen)."""
-        env = device.env
-        if env is None:
+        at = device.env
+        if at < 0:
             return {}
-        return {m: v for m, v in zip(env_metrics, env, strict=True) if v is not None}
+        env = self._env_column[at : at + len(env_metrics)]
+        return {m: v for m, v in zip(env_metrics, env, strict=True) if v == v}
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -1758,7 +1772,7 @@ class DriftDetector:
                     "buckets": {
                         str(index): {
                             s.device: [ts, v]
-                            for s, ts, v in zip(b.sensors, b.ts, b.values, strict=True)
+                            for s, ts, v in zip(b.sensors, b.data[0::2], b.data[1::2], strict=True)
                         }
                         for index, b in g.buckets.items()
                     },
@@ -1804,7 +1818,8 @@ class DriftDetector:
             device.published = published or None
             env = {str(k): float(v) for k, v in row.get("env", {}).items()}
             if env:
-                device.env = [env.get(m) for m in env_metrics]
+                device.env = len(self._env_column)
+                self._env_column.extend(array("d", [env.get(m, math.nan) for m in env_metrics]))
             self._devices[str(device_id)] = device
         by_key: dict[tuple[str, str], _Sensor] = {}
         for row in state.get("sensors", []):
@@ -1844,7 +1859,7 @@ class DriftDetector:
                 bucket = group.buckets[index]
                 for position, entry in enumerate(bucket.sensors):
                     if entry.grp is group:
-                        entry.pend = bucket
+                        entry.pend = bucket.index
                         entry.pend_pos = position
             if group.buckets:
                 group.first_end = (min(group.buckets) + 1) * bucket_s

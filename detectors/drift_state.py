@@ -35,6 +35,8 @@ class FloatRing:
         buf = self.buf
         if len(buf) < self.capacity:
             buf.append(value)
+            if len(buf) == self.capacity:
+                self.buf = array("d", buf)  # full: no room kept for growth
         else:
             head = self.head
             buf[head] = value
@@ -58,7 +60,7 @@ class FloatRing:
 
 class Bucket:
     """One open time bucket of a peer group: each sensor's latest ``(ts, value)`` in it, in
-    the order the sensors first reported in the bucket.
+    the order the sensors first reported in the bucket (``data`` holds the pairs flat).
 
     >>> b = Bucket(7)
     >>> b.put("s1", 10.0, 1.5); b.put("s2", 11.0, 2.5); b.put("s1", 12.0, 1.75)
@@ -66,25 +68,35 @@ class Bucket:
     [('s1', 12.0, 1.75), ('s2', 11.0, 2.5)]
     """
 
-    __slots__ = ("index", "sensors", "ts", "values")
+    __slots__ = ("data", "index", "sensors")
 
     def __init__(self, index: int) -> None:
         self.index = index
         self.sensors: list[Any] = []
-        self.ts = array("d")
-        self.values = array("d")
+        self.data = array("d")  # ts, value of the first sensor, then of the second, ...
+
+    @property
+    def ts(self) -> array[float]:
+        """The entries' times (a copy)."""
+        return self.data[0::2]
+
+    @property
+    def values(self) -> array[float]:
+        """The entries' values (a copy)."""
+        return self.data[1::2]
 
     def add(self, sensor: Any, ts: float, value: float) -> None:
         """Append an entry for a sensor known not to be in the bucket yet."""
         self.sensors.append(sensor)
-        self.ts.append(ts)
-        self.values.append(value)
+        self.data.append(ts)
+        self.data.append(value)
 
     def set(self, position: int, ts: float, value: float) -> None:
         """Keep the newer of the entry at ``position`` and ``(ts, value)``."""
-        if ts >= self.ts[position]:
-            self.ts[position] = ts
-            self.values[position] = value
+        data = self.data
+        if ts >= data[2 * position]:
+            data[2 * position] = ts
+            data[2 * position + 1] = value
 
     def put(self, sensor: Any, ts: float, value: float) -> None:
         """Add or update the entry of ``sensor`` (found by identity)."""
@@ -100,9 +112,3 @@ class Bucket:
             if known is sensor:
                 return position
         return -1
-
-    def release(self) -> None:
-        """Drop the entries of a closed bucket (sensors may still refer to its index)."""
-        empty = array("d")
-        self.sensors = []
-        self.ts = self.values = empty

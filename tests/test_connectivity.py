@@ -304,3 +304,36 @@ def test_per_device_columns_follow_each_device_through_a_checkpoint() -> None:
     assert [(s.subject, s.firing) for s in later] == [("d3", False)]
     assert feed(second, range(15, 25)) == later
     assert second.state_dict() == first.state_dict()
+
+
+def test_signal_windows_keep_each_devices_newest_points_in_order() -> None:
+    config = ConnectivityConfig(signal_spacing_s=60, signal_window=4)
+    detector = ConnectivityDetector(config)
+    for step in range(12):
+        t = 60.0 * step
+        batch = [
+            Reading(f"d{i}", t + i, t + i, {"rssi_dbm": -70.0 - i - step}, {}) for i in range(3)
+        ]
+        detector.process(batch)
+    state = detector.state_dict()
+    for i in range(3):
+        points = state["devices"][f"d{i}"][13]
+        assert len(points) == 2 * config.signal_window
+        times = points[0::2]
+        assert times == sorted(times) and times[-1] == 60.0 * 10 + i
+        assert points[-1] == -70.0 - i - 10.5  # the mean of the last two readings
+        assert detector.device_view(f"d{i}")["signal_dbm"] == round(points[-1], 2)  # type: ignore[index]
+    again = ConnectivityDetector(config)
+    again.load_state(orjson.loads(orjson.dumps(state)))
+    assert again.state_dict() == state
+    t = 60.0 * 12
+    detector.process([Reading("d1", t, t, {"rssi_dbm": -90.0}, {})])
+    again.process([Reading("d1", t, t, {"rssi_dbm": -90.0}, {})])
+    assert again.state_dict() == detector.state_dict()
+
+
+def test_devices_without_signal_have_no_signal_points() -> None:
+    detector = ConnectivityDetector()
+    detector.process([Reading("d1", 0.0, 0.0, {"temp": 1.0}, {"gateway": "g"})])
+    assert detector.device_view("d1")["signal_dbm"] is None  # type: ignore[index]
+    assert detector.state_dict()["devices"]["d1"][13] == []

@@ -584,3 +584,26 @@ def test_site_from_metadata_that_comes_back_reaches_every_sensor_of_the_device()
     assert [s.evidence["reason"] for s in fired] == []  # nothing was flagged: nothing to clear
     status = detector.sensor_status("d", "temperature_c")
     assert status is not None and status["calibration_history"] == [[T0 + 5, "calibrated"]]
+
+
+def test_hour_counts_past_16_bits_and_environment_values_survive_a_round_trip() -> None:
+    detector, _ = _warmed_detector()
+    saved = json.loads(json.dumps(detector.state_dict(), allow_nan=False))
+    sensor = next(s for s in saved["sensors"] if s["device"] == "L-0")
+    counts = list(sensor["profile_n"])
+    counts[3] = 70_000  # an hour counted for longer than 16 bits hold
+    changed = dict(sensor, profile_n=counts)
+    state = dict(saved, sensors=[changed if s is sensor else s for s in saved["sensors"]])
+    loaded = DriftDetector(detector.config)
+    loaded.load_state(json.loads(json.dumps(state)))
+    again = json.loads(json.dumps(loaded.state_dict(), allow_nan=False))
+    assert again == json.loads(json.dumps(state))
+    assert any(row["env"] for row in again["devices"].values())
+    # counting on from there: past 65,535 in a cell that was below it
+    t = T0 + 10 * DAY + 3 * 3_600
+    meta = {"site": "plant", "zone": "L"}
+    for i in range(3):
+        loaded.process([Reading("L-0", t + 300 * i, t + 300 * i, {"temperature_c": 20.0}, meta)])
+    loaded.tick(t + 3 * DAY)
+    after = next(s for s in loaded.state_dict()["sensors"] if s["device"] == "L-0")
+    assert after["profile_n"][3] >= 70_000
