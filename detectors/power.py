@@ -330,7 +330,7 @@ class PowerDetector:
     """Spikes, steps, creep and fleet outliers in a device's power draw or drain rate."""
 
     name = "power"
-    STATE_VERSION = 2
+    STATE_VERSION = 3
 
     def __init__(self, config: PowerConfig | None = None) -> None:
         self.config = config or PowerConfig()
@@ -623,8 +623,10 @@ class PowerDetector:
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        if state.get("version") != self.STATE_VERSION:
-            raise ValueError(f"power state format {state.get('version')} is not 2")
+        """Restore a checkpoint of format 3, or of format 2 (whose drain rows lack the
+        running sums: they are summed afresh from the points)."""
+        if state.get("version") not in (2, self.STATE_VERSION):
+            raise ValueError(f"power state format {state.get('version')} is not 2 or 3")
 
         def stats(row: list[float], s: _Stats) -> None:
             s.mean, s.mad, s.n = float(row[0]), float(row[1]), int(row[2])
@@ -679,14 +681,19 @@ class PowerDetector:
 
 
 def _drain_state(drain: _Drain | None) -> list[Any] | None:
+    """A drain as plain data: its points, and its running sums and update count as they
+    stand (sums rebuilt from the points could differ in the last bits, and so could every
+    rate computed from them)."""
     if drain is None:
         return None
     points = [[t, v] for t, v in zip(drain.times, drain.values, strict=True)]
     return [drain.bucket, list(drain.levels), points, drain.error,
-            drain.origin, drain.window]  # fmt: skip
+            drain.origin, drain.window, list(drain.sums), drain.updates]  # fmt: skip
 
 
 def _drain_from_state(row: list[Any] | None) -> _Drain | None:
+    """The drain of :func:`_drain_state`; a row of format 2 (six fields) gets its sums
+    summed afresh from its points."""
     if row is None:
         return None
     drain = _Drain(float(row[5]))
@@ -697,7 +704,11 @@ def _drain_from_state(row: list[Any] | None) -> _Drain | None:
         drain.values.append(float(v))
     drain.error = float(row[3])
     drain.origin = None if row[4] is None else float(row[4])
-    drain.resum()
+    if len(row) > 7:
+        drain.sums = [float(x) for x in row[6]]
+        drain.updates = int(row[7])
+    else:
+        drain.resum()
     return drain
 
 
