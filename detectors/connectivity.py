@@ -47,12 +47,12 @@ from array import array
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from heapq import heappop, heappush
 from typing import Any
 
 from scipy import stats
 
 from detectors.base import reject_unknown
+from detectors.wheel import SlotWheel
 from service.model import MessageKind, Reading, Severity, Signal, SubjectType, iso_utc
 
 # what a status message says when the device (or its broker's last will) announces it is gone
@@ -202,8 +202,7 @@ class ConnectivityDetector:
         not yet at their worst alert), and the gateways whose tally changed or that are down.
         """
         self._tally: dict[str, list[int]] = {}  # gateway -> [active, silent]
-        self._wheel: dict[int, list[str]] = {}  # slot -> device ids (stale ones are skipped)
-        self._slots: list[int] = []  # heap of the wheel's slots
+        self._wheel = SlotWheel()  # device ids by deadline slot (stale ones are skipped)
         self._watch: set[str] = set()
         self._dirty: set[str] = set()  # gateways whose tally changed since the last tick
         self._clock = -math.inf  # the last tick's time
@@ -343,13 +342,7 @@ class ConnectivityDetector:
                 due = self._next_due(device, received)
             self._due[row] = due
             if due < math.inf:
-                slot = int(due // _SLOT_S)
-                waiting = self._wheel.get(slot)
-                if waiting is None:
-                    self._wheel[slot] = [device_id]
-                    heappush(self._slots, slot)
-                else:
-                    waiting.append(device_id)
+                self._wheel.push(device_id, int(due // _SLOT_S))
         if device.offline:
             device.offline = False
             if device.alerted:
@@ -564,24 +557,15 @@ class ConnectivityDetector:
         due = last_rx + nearest
         return due - 1e-12 * (abs(last_rx) + abs(nearest)) - 1e-9
 
-    def _push(self, device_id: str, slot: int) -> None:
-        bucket = self._wheel.get(slot)
-        if bucket is None:
-            self._wheel[slot] = [device_id]
-            heappush(self._slots, slot)
-        else:
-            bucket.append(device_id)
-
     def _advance(self, now: float) -> None:
         """Visit the devices whose deadline is at or before ``now``."""
         devices = self._devices
         due_at = self._due
-        wheel, slots = self._wheel, self._slots
+        push = self._wheel.push
         current = int(now // _SLOT_S)
         later: dict[str, int] = {}  # devices still due in a slot that has come up
-        while slots and slots[0] <= current:
-            slot = heappop(slots)
-            for device_id in wheel.pop(slot):
+        for slot, device_ids in self._wheel.pop_through(current):
+            for device_id in device_ids:
                 device = devices[device_id]
                 due = due_at[device.order]
                 if due == math.inf or int(due // _SLOT_S) != slot:
@@ -596,9 +580,9 @@ class ConnectivityDetector:
                     if next_slot <= current:
                         later[device_id] = next_slot
                     else:
-                        self._push(device_id, next_slot)
+                        push(device_id, next_slot)
         for device_id, slot in later.items():
-            self._push(device_id, slot)
+            push(device_id, slot)
 
     def _rebuild(self, now: float) -> None:
         """Recount every device's standing at ``now`` and put it back on the wheel."""
@@ -613,7 +597,7 @@ class ConnectivityDetector:
             self._reassess(device_id, device, now)
             due = due_at[device.order] = self._next_due(device, now)
             if math.isfinite(due):
-                self._push(device_id, int(due // _SLOT_S))
+                self._wheel.push(device_id, int(due // _SLOT_S))
         self._dirty.update(self._tally)
         if not math.isfinite(now):
             self._stale = True  # no deadline can follow an infinite clock

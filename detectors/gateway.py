@@ -35,10 +35,10 @@ import math
 from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from heapq import heappop, heappush
 from typing import Any
 
 from detectors.base import reject_unknown
+from detectors.wheel import SlotWheel
 from service.model import MessageKind, Reading, Severity, Signal, SubjectType, iso_utc
 
 GATEWAY_METRICS = ("cpu_pct", "mem_pct", "queue_depth", "uplink_latency_ms", "packet_loss_pct")
@@ -140,8 +140,7 @@ class GatewayDetector:
         the horizon visits only the devices that fall out of the window.
         """
         self._horizon = -math.inf
-        self._wheel: dict[int, list[str]] = {}  # slot -> device ids (stale ones are skipped)
-        self._slots: list[int] = []  # heap of the wheel's slots
+        self._wheel = SlotWheel()  # device ids by last-heard slot (stale ones are skipped)
         self._stale = True
 
     def _gateway(self, name: str) -> _Gateway:
@@ -192,22 +191,14 @@ class GatewayDetector:
                         if received < horizon:
                             gateway.active -= 1
                         else:  # it must wait in a slot no later than its last-heard time
-                            self._push(device_id, int(received // _SLOT_S))
+                            self._wheel.push(device_id, int(received // _SLOT_S))
                 elif received >= horizon:  # counted from now on
                     gateway.active += 1
-                    self._push(device_id, int(received // _SLOT_S))
+                    self._wheel.push(device_id, int(received // _SLOT_S))
             gateway.arrivals += 1
             if gateway.site is None:
                 gateway.site = meta.get("site")
         return []
-
-    def _push(self, device_id: str, slot: int) -> None:
-        bucket = self._wheel.get(slot)
-        if bucket is None:
-            self._wheel[slot] = [device_id]
-            heappush(self._slots, slot)
-        else:
-            bucket.append(device_id)
 
     # -- judging ----------------------------------------------------------------------
 
@@ -243,7 +234,7 @@ class GatewayDetector:
                 if last >= horizon:
                     active += 1
                     if last < math.inf:
-                        self._push(device_id, int(last // _SLOT_S))
+                        self._wheel.push(device_id, int(last // _SLOT_S))
             gateway.active = active
 
     def _advance(self, horizon: float) -> None:
@@ -257,12 +248,12 @@ class GatewayDetector:
             return
         old = self._horizon
         gateways, device_gateway = self._gateways, self._device_gateway
-        wheel, slots = self._wheel, self._slots
-        current = int(horizon // _SLOT_S) if horizon < math.inf else max(slots, default=0)
+        wheel = self._wheel
+        current = int(horizon // _SLOT_S) if horizon < math.inf else (wheel.latest() or 0)
         seen: set[str] = set()
         kept: list[tuple[str, int]] = []
-        while slots and slots[0] <= current:
-            for device_id in wheel.pop(heappop(slots)):
+        for _slot, device_ids in wheel.pop_through(current):
+            for device_id in device_ids:
                 if device_id in seen:
                     continue
                 seen.add(device_id)
@@ -278,9 +269,9 @@ class GatewayDetector:
                 if slot <= current:
                     kept.append((device_id, slot))
                 else:
-                    self._push(device_id, slot)
+                    wheel.push(device_id, slot)
         for device_id, slot in kept:
-            self._push(device_id, slot)
+            wheel.push(device_id, slot)
         self._horizon = horizon
 
     def tick(self, now: float) -> list[Signal]:
