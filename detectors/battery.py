@@ -186,6 +186,23 @@ class Chemistry:
         )
 
 
+def power_source_settings(values: dict[str, Any]) -> None:
+    """Convert the plain-data ``model_chemistry`` and ``charging_sources`` settings shared by
+    the battery and power detectors, in place.
+
+    >>> values = {"model_chemistry": {"TH-9": "li_socl2"}, "charging_sources": "mains"}
+    >>> power_source_settings(values); values
+    {'model_chemistry': {'TH-9': 'li_socl2'}, 'charging_sources': ('mains',)}
+    """
+    if "model_chemistry" in values:
+        values["model_chemistry"] = {
+            str(k): str(v) for k, v in dict(values["model_chemistry"]).items()
+        }
+    if "charging_sources" in values:
+        raw = values["charging_sources"]
+        values["charging_sources"] = (raw,) if isinstance(raw, str) else tuple(str(x) for x in raw)
+
+
 def chemistry_name(
     model: str | None,
     meta: Mapping[str, str],
@@ -309,10 +326,7 @@ class BatteryConfig:
         known = {f.name for f in fields(cls)}
         reject_unknown(data, known, "battery")
         values: dict[str, Any] = dict(data)
-        if "model_chemistry" in values:
-            values["model_chemistry"] = {
-                str(k): str(v) for k, v in dict(values["model_chemistry"]).items()
-            }
+        power_source_settings(values)
         if "chemistries" in values:
             merged = dict(CHEMISTRIES)
             for name, spec in dict(values["chemistries"]).items():
@@ -320,11 +334,6 @@ class BatteryConfig:
                     spec if isinstance(spec, Chemistry) else Chemistry.from_mapping(str(name), spec)
                 )
             values["chemistries"] = merged
-        if "charging_sources" in values:
-            raw = values["charging_sources"]
-            values["charging_sources"] = (
-                (raw,) if isinstance(raw, str) else tuple(str(x) for x in raw)
-            )
         for name in ("min_samples", "max_rejects", "swap_history"):
             if name in values:
                 values[name] = int(values[name])

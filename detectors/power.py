@@ -58,7 +58,7 @@ from typing import Any
 
 from detectors.anomaly import NoveltyScorer, ScorerConfig
 from detectors.base import reject_unknown
-from detectors.battery import CHEMISTRIES, Chemistry, chemistry_name
+from detectors.battery import CHEMISTRIES, Chemistry, chemistry_name, power_source_settings
 from service.model import Reading, Severity, Signal, iso_utc
 
 # a device's hourly points are few: the novelty grid is set after two days of them
@@ -110,12 +110,7 @@ class PowerConfig:
         known = {f.name for f in fields(cls)}
         reject_unknown(data, known, "power")
         values = dict(data)
-        if "model_chemistry" in values:
-            values["model_chemistry"] = {
-                str(k): str(v) for k, v in dict(values["model_chemistry"]).items()
-            }
-        if "charging_sources" in values:
-            values["charging_sources"] = tuple(str(v) for v in values["charging_sources"])
+        power_source_settings(values)
         return cls(**values)
 
 
