@@ -22,9 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from aiohttp import web
@@ -32,9 +32,13 @@ from aiohttp import web
 from service.fleetview import FILTERS, STATUSES, FleetView
 from service.model import AlertRecord, DeadLetter, Severity
 
+if TYPE_CHECKING:
+    from service.fleetview_shards import ShardedFleetView
+
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_LIMIT = 100_000
 HEARTBEAT_S = 15.0
+_T = TypeVar("_T")
 
 
 class BadRequest(ValueError):
@@ -43,11 +47,23 @@ class BadRequest(ValueError):
         self.parameter = parameter
 
 
+def alert_event(view: FleetView, alert: AlertRecord) -> dict[str, Any]:
+    """The event the page gets for one alert change: the alert, the device it is about and
+    that device's status now (both ``None`` for an alert about no device)."""
+    device = view.device_of(alert)
+    status = None
+    if device is not None:
+        status = view.status_of(view.alerts_of(device))
+    return {"type": "alert", "alert": alert.to_json_dict(), "device": device,
+            "status": status}  # fmt: skip
+
+
 class FleetEvents:
     """A sink that fans alert changes out to the page's event streams.
 
     Each subscriber has a bounded queue; one that falls behind is sent ``resync`` (reload
-    everything) instead of an ever-growing backlog.
+    everything) instead of an ever-growing backlog. Events built elsewhere (forwarded from
+    the worker processes' pipelines) go out through :meth:`deliver`.
     """
 
     name = "fleet-events"
@@ -68,12 +84,10 @@ class FleetEvents:
         view = self._view
         if not isinstance(item, AlertRecord) or not self._subscribers or view is None:
             return
-        device = view.device_of(item)
-        status = None
-        if device is not None:
-            status = view.status_of(view.alerts_of(device))
-        event = {"type": "alert", "alert": item.to_json_dict(), "device": device,
-                 "status": status}  # fmt: skip
+        self.deliver(alert_event(view, item))
+
+    def deliver(self, event: dict[str, Any]) -> None:
+        """Send one event to every open stream (call it on the event loop's thread)."""
         for queue in list(self._subscribers):
             try:
                 queue.put_nowait(event)
@@ -105,6 +119,13 @@ def _json(data: Any, status: int = 200) -> web.Response:
         status=status,
         content_type="application/json",
     )
+
+
+async def _settled(value: _T | Awaitable[_T]) -> _T:
+    """A view's answer: as it is from a :class:`FleetView`, awaited from a sharded one."""
+    if isinstance(value, Awaitable):
+        return await value
+    return value
 
 
 def _int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
@@ -153,11 +174,12 @@ async def _errors(
 
 
 class FleetApi:
-    """The routes; built over a :class:`FleetView` and a :class:`FleetEvents`."""
+    """The routes; built over a :class:`FleetView` (or, in a multi-process daemon, a
+    :class:`~service.fleetview_shards.ShardedFleetView`) and a :class:`FleetEvents`."""
 
     def __init__(
         self,
-        view: FleetView,
+        view: FleetView | ShardedFleetView,
         events: FleetEvents,
         *,
         tile_url: str | None = None,
@@ -207,11 +229,12 @@ class FleetApi:
         shape = request.query.get("format", "full")
         if shape not in ("full", "compact"):
             raise BadRequest("format", "format must be full or compact")
-        return _json(self.view.devices(_filters(request), limit, offset, shape == "compact"))
+        filters = _filters(request)
+        return _json(await _settled(self.view.devices(filters, limit, offset, shape == "compact")))
 
     async def device(self, request: web.Request) -> web.Response:
         device_id = request.match_info["device_id"]
-        twin = self.view.twin(device_id)
+        twin = await _settled(self.view.twin(device_id))
         if twin is None:
             return _json({"error": f"no device {device_id!r}"}, status=404)
         return _json(twin)
@@ -227,34 +250,34 @@ class FleetApi:
             k: request.query[k] for k in ("kind", "severity", "site") if request.query.get(k)
         }
         limit = _int(request, "limit", 1000, 1, MAX_LIMIT)
-        return _json(self.view.alert_list(filters, state, limit))
+        return _json(await _settled(self.view.alert_list(filters, state, limit)))
 
     async def report_names(self, request: web.Request) -> web.Response:
-        return _json({"reports": sorted(self.view.reports())})
+        return _json({"reports": sorted(await _settled(self.view.reports()))})
 
     async def report(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        reports = self.view.reports()
+        reports = await _settled(self.view.reports())
         if name not in reports:
             return _json({"error": f"no report {name!r}", "known": sorted(reports)}, status=404)
         return _json(reports[name])
 
     async def geo_devices(self, request: web.Request) -> web.Response:
-        return _json(self.view.geojson(_filters(request)))
+        return _json(await _settled(self.view.geojson(_filters(request))))
 
     async def geo_near(self, request: web.Request) -> web.Response:
         lat = _float(request, "lat", -90.0, 90.0)
         lon = _float(request, "lon", -180.0, 180.0)
         radius = _float(request, "radius_m", 0.0, 20_037_509.0)
         limit = _int(request, "limit", 1000, 1, MAX_LIMIT)
-        return _json(self.view.near(lat, lon, radius, limit))
+        return _json(await _settled(self.view.near(lat, lon, radius, limit)))
 
     async def geo_tree(self, request: web.Request) -> web.Response:
-        return _json(self.view.tree())
+        return _json(await _settled(self.view.tree()))
 
     async def geo_hotspots(self, request: web.Request) -> web.Response:
         min_devices = _int(request, "min_devices", 5, 2, 10**6)
-        return _json(self.view.hotspots(min_devices=min_devices))
+        return _json(await _settled(self.view.hotspots(min_devices=min_devices)))
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(

@@ -19,6 +19,10 @@ alert belongs to a device when its subject is the device or ``<device>/<metric>`
 Sites are placed and grouped into regions by configuration (:class:`SiteInfo`); devices by
 their ``lat``/``lon`` metadata, or on a facility floor plan by ``pos_x``/``pos_y``.
 
+The hierarchy and the hotspot test are built from counts by :func:`build_tree` and
+:func:`find_hotspots`, which the view of a daemon split into worker processes
+(:mod:`service.fleetview_shards`) builds from the workers' merged counts.
+
 >>> round(haversine_m(52.0, 4.0, 52.0, 4.01))
 685
 """
@@ -28,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 from service.alerts import AlertManager
@@ -131,6 +136,28 @@ class DeviceRow:
             "lat": self.lat, "lon": self.lon, "x": self.x, "y": self.y,
             "last_seen": iso_utc(self.last_seen),
         }  # fmt: skip
+
+
+ZoneRow = tuple[DeviceInfo, str, str, str, str, float | None, float | None]
+"""A device in the hierarchy: info, region, site, zone, status, latitude, longitude."""
+
+
+def alert_filter(filters: Mapping[str, str]) -> Callable[[AlertRecord], bool]:
+    """A test for alerts matching ``filters``: exact ``kind``, ``severity`` and ``site``."""
+
+    def keep(alert: AlertRecord) -> bool:
+        if filters.get("kind") and alert.kind != filters["kind"]:
+            return False
+        if filters.get("severity") and alert.severity.label != filters["severity"]:
+            return False
+        return not (filters.get("site") and alert.site != filters["site"])
+
+    return keep
+
+
+def near_entry(distance_m: float, row: DeviceRow) -> dict[str, Any]:
+    """One device of a radius query: its row and its distance in metres."""
+    return {**row.to_json(), "distance_m": round(distance_m, 1)}
 
 
 def _float(text: str | None) -> float | None:
@@ -315,22 +342,26 @@ class FleetView:
 
     # -- alerts and reports ------------------------------------------------------------
 
-    def alert_list(self, filters: Mapping[str, str], state: str, limit: int) -> dict[str, Any]:
-        def keep(alert: AlertRecord) -> bool:
-            if filters.get("kind") and alert.kind != filters["kind"]:
-                return False
-            if filters.get("severity") and alert.severity.label != filters["severity"]:
-                return False
-            return not (filters.get("site") and alert.site != filters["site"])
+    def active_alerts(self, filters: Mapping[str, str]) -> list[AlertRecord]:
+        """Open alerts matching ``filters`` (``kind``, ``severity``, ``site``), by kind and
+        subject."""
+        keep = alert_filter(filters)
+        active = [a for a in self.alerts.active() if keep(a)]
+        active.sort(key=lambda a: (a.kind, a.subject))
+        return active
 
+    def recent_alerts(self, filters: Mapping[str, str]) -> Iterator[AlertRecord]:
+        """Resolved alerts matching ``filters``, the most recently resolved first."""
+        keep = alert_filter(filters)
+        return (a for a in reversed(self.alerts.recent) if keep(a))
+
+    def alert_list(self, filters: Mapping[str, str], state: str, limit: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if state in ("active", "all"):
-            active = [a for a in self.alerts.active() if keep(a)]
-            active.sort(key=lambda a: (a.kind, a.subject))
-            out["active"] = [a.to_json_dict() for a in active[:limit]]
+            out["active"] = [a.to_json_dict() for a in self.active_alerts(filters)[:limit]]
         if state in ("recent", "all"):
-            recent = [a for a in reversed(self.alerts.recent) if keep(a)]
-            out["recent"] = [a.to_json_dict() for a in recent[:limit]]
+            recent = islice(self.recent_alerts(filters), limit)
+            out["recent"] = [a.to_json_dict() for a in recent]
         return out
 
     def reports(self) -> dict[str, dict[str, Any]]:
@@ -339,12 +370,16 @@ class FleetView:
     # -- geography -----------------------------------------------------------------------
 
     def geojson(self, filters: Mapping[str, str]) -> dict[str, Any]:
-        """Devices with coordinates as a GeoJSON FeatureCollection (``[lon, lat]``).
+        """Devices with coordinates as a GeoJSON FeatureCollection (``[lon, lat]``)."""
+        return {"type": "FeatureCollection",
+                "features": [feature for _, feature in self.features(filters)]}  # fmt: skip
 
-        Each device's feature is kept while its metadata is unchanged; only its status and
+    def features(self, filters: Mapping[str, str]) -> Iterator[tuple[DeviceInfo, dict[str, Any]]]:
+        """Each device matching ``filters`` that has coordinates, with its GeoJSON feature.
+
+        A device's feature is kept while its metadata is unchanged; only its status and
         alert count are refreshed per request.
         """
-        features = []
         cache = self._features
         for info, alerts in self._matching(filters):
             cached = cache.get(info.device_id)
@@ -367,11 +402,21 @@ class FleetView:
             properties: dict[str, Any] = feature["properties"]
             properties["status"] = self.status_of(alerts) if alerts else "ok"
             properties["alerts"] = len(alerts)
-            features.append(feature)
-        return {"type": "FeatureCollection", "features": features}
+            yield info, feature
 
     def near(self, lat: float, lon: float, radius_m: float, limit: int) -> dict[str, Any]:
         """Devices within ``radius_m`` of a point, nearest first."""
+        found = self.nearby(lat, lon, radius_m)
+        return {
+            "center": {"lat": lat, "lon": lon},
+            "radius_m": radius_m,
+            "total": len(found),
+            "devices": [near_entry(d, row) for d, row in found[:limit]],
+        }
+
+    def nearby(self, lat: float, lon: float, radius_m: float) -> list[tuple[float, DeviceRow]]:
+        """Devices within ``radius_m`` of a point with their distance, nearest first (devices
+        at the same distance in registry order)."""
         found: list[tuple[float, DeviceRow]] = []
         # a cheap box first: a degree of latitude is about 111 km everywhere
         dlat = radius_m / 111_000.0
@@ -385,23 +430,22 @@ class FleetView:
             if distance <= radius_m:
                 found.append((distance, row))
         found.sort(key=lambda pair: pair[0])
-        return {
-            "center": {"lat": lat, "lon": lon},
-            "radius_m": radius_m,
-            "total": len(found),
-            "devices": [{**row.to_json(), "distance_m": round(d, 1)} for d, row in found[:limit]],
-        }
+        return found
+
+    def zone_rows(self) -> Iterator[ZoneRow]:
+        """Every device as the hierarchy counts it: region, site and zone (``unknown`` when
+        not set), status and coordinates, in registry order."""
+        for info, alerts in self._matching(None):
+            region, lat, lon, _, _ = self._place(info)
+            meta = info.meta
+            yield (info, region, meta.get("site") or "unknown", meta.get("zone") or "unknown",
+                   self.status_of(alerts) if alerts else "ok", lat, lon)  # fmt: skip
 
     def tree(self) -> dict[str, Any]:
         """Region > facility > zone, each with device counts by status and a position."""
         counts: dict[tuple[str, str, str], dict[str, int]] = {}
         sums: dict[tuple[str, str], list[float]] = {}  # (site, zone) -> n, sum lat, sum lon
-        for info, alerts in self._matching(None):
-            region, lat, lon, _, _ = self._place(info)
-            meta = info.meta
-            site = meta.get("site") or "unknown"
-            zone = meta.get("zone") or "unknown"
-            status = self.status_of(alerts) if alerts else "ok"
+        for _, region, site, zone, status, lat, lon in self.zone_rows():
             tally = counts.get((region, site, zone))
             if tally is None:
                 tally = counts[(region, site, zone)] = {}
@@ -413,77 +457,112 @@ class FleetView:
                 acc[0] += 1
                 acc[1] += lat
                 acc[2] += lon
-
-        def node(name: str, **extra: Any) -> dict[str, Any]:
-            return {"name": name, "devices": 0, "status": {}, **extra}
-
-        def add(target: dict[str, Any], tally: dict[str, int]) -> None:
-            for status, n in tally.items():
-                target["devices"] += n
-                target["status"][status] = target["status"].get(status, 0) + n
-
-        regions: dict[str, dict[str, Any]] = {}
-        for (region_name, site_name, zone_name), tally in counts.items():
-            region_node = regions.setdefault(region_name, node(region_name, sites={}))
-            site_info = self.sites.get(site_name, SiteInfo())
-            site_node = region_node["sites"].get(site_name)
-            if site_node is None:
-                site_node = region_node["sites"][site_name] = node(
-                    site_name, title=site_info.name or site_name, lat=site_info.lat,
-                    lon=site_info.lon, zones={},
-                )  # fmt: skip
-            acc = sums.get((site_name, zone_name))
-            zone_node = site_node["zones"].setdefault(
-                zone_name,
-                node(zone_name, lat=acc[1] / acc[0] if acc else None,
-                     lon=acc[2] / acc[0] if acc else None),
-            )  # fmt: skip
-            for target in (region_node, site_node, zone_node):
-                add(target, tally)
-        for region_node in regions.values():
-            for site_name, site_node in region_node["sites"].items():
-                if site_node["lat"] is None:
-                    parts = [a for (s_name, _), a in sums.items() if s_name == site_name]
-                    n = sum(a[0] for a in parts)
-                    if n:
-                        site_node["lat"] = sum(a[1] for a in parts) / n
-                        site_node["lon"] = sum(a[2] for a in parts) / n
-        return {"regions": regions}
+        return build_tree(counts, sums, self.sites)
 
     def hotspots(self, min_devices: int = 5, alpha: float = 0.01) -> dict[str, Any]:
-        """Zones whose share of devices with open alerts is significantly above the rest's.
-
-        One-sided two-proportion z-test per zone against all other devices, Bonferroni-
-        corrected over the zones tested; a finding also needs at least twice the rate.
-        """
+        """Zones whose share of devices with open alerts is significantly above the rest's
+        (see :func:`find_hotspots`)."""
         counts: dict[tuple[str, str], list[int]] = {}
         for row in self.rows():
             key = (row.site or "unknown", row.zone or "unknown")
             entry = counts.setdefault(key, [0, 0])
             entry[0] += 1
             entry[1] += row.status != "ok"
-        total = sum(n for n, _ in counts.values())
-        bad = sum(b for _, b in counts.values())
-        tested = [k for k, (n, _) in counts.items() if n >= min_devices and total - n > 0]
-        threshold = alpha / max(1, len(tested))
-        findings: list[dict[str, Any]] = []
-        for key in tested:
-            n, b = counts[key]
-            rest_n, rest_b = total - n, bad - b
-            p1, p2 = b / n, rest_b / rest_n
-            pooled = (b + rest_b) / (n + rest_n)
-            se = math.sqrt(pooled * (1 - pooled) * (1 / n + 1 / rest_n))
-            if se == 0 or p1 < 2 * p2 or p1 == 0:
-                continue
-            z = (p1 - p2) / se
-            p_value = 0.5 * math.erfc(z / math.sqrt(2))
-            if p_value < threshold:
-                findings.append({
-                    "site": key[0], "zone": key[1], "devices": n, "in_trouble": b,
-                    "rate": round(p1, 4), "rest_rate": round(p2, 4),
-                    "ratio": round(p1 / p2, 2) if p2 > 0 else None,
-                    "p_value": p_value, "z": round(z, 2),
-                })  # fmt: skip
-        findings.sort(key=lambda f: f["p_value"])
-        return {"zones_tested": len(tested), "fleet_rate": bad / total if total else 0.0,
-                "hotspots": findings}  # fmt: skip
+        return find_hotspots(counts, min_devices, alpha)
+
+
+def build_tree(
+    counts: Mapping[tuple[str, str, str], Mapping[str, int]],
+    sums: Mapping[tuple[str, str], Sequence[float]],
+    sites: Mapping[str, SiteInfo],
+) -> dict[str, Any]:
+    """The hierarchy region > facility > zone from device counts by status per
+    ``(region, site, zone)`` and ``[devices, sum of lat, sum of lon]`` of the devices with
+    coordinates per ``(site, zone)``; nodes come in the order of ``counts``.
+
+    A zone is placed at its devices' mean position; a facility at its configured position,
+    else at the mean of its devices'.
+
+    >>> tree = build_tree({("North", "s1", "z1"): {"ok": 2, "critical": 1}},
+    ...                   {("s1", "z1"): [2.0, 104.0, 8.0]}, {})
+    >>> site = tree["regions"]["North"]["sites"]["s1"]
+    >>> site["devices"], site["status"], site["lat"], site["zones"]["z1"]["lon"]
+    (3, {'ok': 2, 'critical': 1}, 52.0, 4.0)
+    """
+
+    def node(name: str, **extra: Any) -> dict[str, Any]:
+        return {"name": name, "devices": 0, "status": {}, **extra}
+
+    def add(target: dict[str, Any], tally: Mapping[str, int]) -> None:
+        for status, n in tally.items():
+            target["devices"] += n
+            target["status"][status] = target["status"].get(status, 0) + n
+
+    regions: dict[str, dict[str, Any]] = {}
+    for (region_name, site_name, zone_name), tally in counts.items():
+        region_node = regions.setdefault(region_name, node(region_name, sites={}))
+        site_info = sites.get(site_name, SiteInfo())
+        site_node = region_node["sites"].get(site_name)
+        if site_node is None:
+            site_node = region_node["sites"][site_name] = node(
+                site_name, title=site_info.name or site_name, lat=site_info.lat,
+                lon=site_info.lon, zones={},
+            )  # fmt: skip
+        acc = sums.get((site_name, zone_name))
+        zone_node = site_node["zones"].setdefault(
+            zone_name,
+            node(zone_name, lat=acc[1] / acc[0] if acc else None,
+                 lon=acc[2] / acc[0] if acc else None),
+        )  # fmt: skip
+        for target in (region_node, site_node, zone_node):
+            add(target, tally)
+    for region_node in regions.values():
+        for site_name, site_node in region_node["sites"].items():
+            if site_node["lat"] is None:
+                parts = [a for (s_name, _), a in sums.items() if s_name == site_name]
+                n = sum(a[0] for a in parts)
+                if n:
+                    site_node["lat"] = sum(a[1] for a in parts) / n
+                    site_node["lon"] = sum(a[2] for a in parts) / n
+    return {"regions": regions}
+
+
+def find_hotspots(
+    counts: Mapping[tuple[str, str], Sequence[int]], min_devices: int = 5, alpha: float = 0.01
+) -> dict[str, Any]:
+    """Zones whose share of devices in trouble is significantly above the rest's, from
+    ``[devices, devices in trouble]`` per ``(site, zone)``.
+
+    One-sided two-proportion z-test per zone against all other devices, Bonferroni-
+    corrected over the zones tested; a finding also needs at least twice the rate. Findings
+    come by p-value, zones with equal p-values in the order of ``counts``.
+
+    >>> found = find_hotspots({("s", "hot"): [10, 8], ("s", "cold"): [90, 3]})
+    >>> found["zones_tested"], [(h["zone"], h["rate"]) for h in found["hotspots"]]
+    (2, [('hot', 0.8)])
+    """
+    total = sum(n for n, _ in counts.values())
+    bad = sum(b for _, b in counts.values())
+    tested = [k for k, (n, _) in counts.items() if n >= min_devices and total - n > 0]
+    threshold = alpha / max(1, len(tested))
+    findings: list[dict[str, Any]] = []
+    for key in tested:
+        n, b = counts[key]
+        rest_n, rest_b = total - n, bad - b
+        p1, p2 = b / n, rest_b / rest_n
+        pooled = (b + rest_b) / (n + rest_n)
+        se = math.sqrt(pooled * (1 - pooled) * (1 / n + 1 / rest_n))
+        if se == 0 or p1 < 2 * p2 or p1 == 0:
+            continue
+        z = (p1 - p2) / se
+        p_value = 0.5 * math.erfc(z / math.sqrt(2))
+        if p_value < threshold:
+            findings.append({
+                "site": key[0], "zone": key[1], "devices": n, "in_trouble": b,
+                "rate": round(p1, 4), "rest_rate": round(p2, 4),
+                "ratio": round(p1 / p2, 2) if p2 > 0 else None,
+                "p_value": p_value, "z": round(z, 2),
+            })  # fmt: skip
+    findings.sort(key=lambda f: f["p_value"])
+    return {"zones_tested": len(tested), "fleet_rate": bad / total if total else 0.0,
+            "hotspots": findings}  # fmt: skip
