@@ -38,6 +38,7 @@ from live_throughput import RULES, drain_mosquitto_sub, publisher_command, regis
 from config.settings import Settings, settings_from_mapping
 from service.broker import EmbeddedBroker
 from service.daemon import Daemon
+from service.workers import Coordinator
 
 SITES = 10
 
@@ -158,11 +159,54 @@ def drain_shards(
     return count / span
 
 
+def workers_settings(host: str, port: int, prefix: str, workers: int, state_dir: Path) -> Settings:
+    """One daemon with ``workers`` worker processes, subscribed to every site."""
+    return settings_from_mapping(
+        {
+            "mqtt": {"host": host, "port": port, "client_id": f"fw-{prefix}-workers",
+                     "subscriptions": [{"filter": f"{prefix}/fleet/+/+/+", "qos": 1}]},
+            "topics": {"templates": [f"{prefix}/fleet/{{site}}/{{device_id}}/{{kind}}"],
+                       "alerts_prefix": f"{prefix}/alerts",
+                       "status": f"{prefix}/fleetwatch/status"},
+            "pipeline": {"workers": workers},
+            "http": {"enabled": False},
+            "state": {"path": str(state_dir / f"fw-{prefix}-workers.db")},
+            "rules": RULES,
+        }
+    )  # fmt: skip
+
+
+async def drain_workers(settings: Settings, count: int, timeout: float = 600) -> float:
+    """Readings/s of one daemon with worker processes draining ``count`` queued messages:
+    from its first routed message until the broker has all ``count`` acknowledgements sent
+    (each after a worker processed and journaled the message)."""
+    coordinator = Coordinator(settings, settings.pipeline.workers)
+    task = asyncio.create_task(coordinator.run())
+    deadline = time.monotonic() + timeout
+    try:
+        while coordinator.routed == 0 and time.monotonic() < deadline and not task.done():
+            await asyncio.sleep(0.001)
+        started = time.perf_counter()
+        while coordinator.acknowledged < count and time.monotonic() < deadline:
+            if task.done():
+                task.result()
+                raise RuntimeError("the daemon stopped before draining its queue")
+            await asyncio.sleep(0.005)
+        elapsed = time.perf_counter() - started
+    finally:
+        coordinator.stop()
+        await task
+    if coordinator.acknowledged < count:
+        raise RuntimeError(f"workers acknowledged {coordinator.acknowledged} of {count}")
+    return count / elapsed
+
+
 @dataclass(frozen=True, slots=True)
 class ShardedRun:
     mosquitto_sub: float
     one_daemon: float
     sharded: float
+    workers: float
 
 
 async def one_run(count: int, devices: int, shards: int, run: int) -> ShardedRun:
@@ -175,6 +219,10 @@ async def one_run(count: int, devices: int, shards: int, run: int) -> ShardedRun
             drain_shards(host, port, prefix, 1, SITES, 0, devices, state)
             drain_shards(host, port, prefix, shards, SITES, 0, devices, state)
             await register_session(host, port, f"sub-{prefix}", f"{prefix}/fleet/#")
+            in_daemon = workers_settings(host, port, prefix, shards, state)
+            await register_session(
+                host, port, in_daemon.mqtt.client_id, in_daemon.mqtt.subscriptions[0].filter
+            )
             subprocess.run(
                 [*publisher_command(host, port, count, devices, prefix), "--sites", str(SITES)],
                 check=True,
@@ -185,7 +233,8 @@ async def one_run(count: int, devices: int, shards: int, run: int) -> ShardedRun
             )
             single = drain_shards(host, port, prefix, 1, SITES, count, devices, state)
             sharded = drain_shards(host, port, prefix, shards, SITES, count, devices, state)
-    return ShardedRun(bare, single, sharded)
+            workers = await drain_workers(in_daemon, count)
+    return ShardedRun(bare, single, sharded, workers)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -210,12 +259,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(
             f"run {run + 1}: mosquitto_sub {result.mosquitto_sub:,.0f} msg/s, one daemon "
             f"{result.one_daemon:,.0f}, {args.shards} daemons sharded by site "
-            f"{result.sharded:,.0f} readings/s",
+            f"{result.sharded:,.0f}, one daemon with {args.shards} worker processes "
+            f"{result.workers:,.0f} readings/s",
             flush=True,
         )
     bare = statistics.median(r.mosquitto_sub for r in runs)
     single = statistics.median(r.one_daemon for r in runs)
     sharded = statistics.median(r.sharded for r in runs)
+    workers = statistics.median(r.workers for r in runs)
     print()
     print("| path | median rate | ratio to mosquitto_sub |")
     print("|---|---|---|")
@@ -224,6 +275,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     print(f"| one daemon, all detectors, ack after processing and journaling | {single:,.0f} readings/s | {single / bare:.2f} |")  # fmt: skip
     print(f"| {args.shards} daemons sharded by site, one process each, the same | {sharded:,.0f} readings/s | {sharded / bare:.2f} |")  # fmt: skip
+    print(f"| one daemon with {args.shards} worker processes sharded by site, the same | {workers:,.0f} readings/s | {workers / bare:.2f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ One command runs it all and prints one Markdown table plus the machine it ran on
   drained by FleetWatch (acknowledging after processing and journaling) and by a bare
   ``mosquitto_sub``; every throughput is also given as a ratio to that QoS 1
   ``mosquitto_sub`` drain rate, measured in the same run;
-- the same drain by two daemons sharded by site, one process each (``bench/sharded_live.py``),
-  next to one daemon on the same queue;
+- the same drain by two daemons sharded by site, one process each, and by one daemon with
+  two worker processes (``bench/sharded_live.py``), next to one daemon on the same queue;
 - ingest-to-alert latency (p50, p99) at a steady 10,000 readings/s: a paced publisher stamps
   each reading with its publish time, every 50th device alternates above and below a rule
   threshold, and a ``mosquitto_sub`` stamps the arrival of each alert message;
@@ -660,17 +660,24 @@ def run_suite(sizes: Sizes, repeats: int, only: set[str] | None = None) -> tuple
     if wanted("sharded"):
         one = Row(f"live QoS 1, one daemon, {sizes.live_messages:,} queued messages from devices at 10 sites (`bench/sharded_live.py`)", "readings/s", throughput=True)  # fmt: skip
         two = Row("live QoS 1, two daemons sharded by site, one process each, the same queue", "readings/s", throughput=True)  # fmt: skip
+        workers = Row("live QoS 1, **one daemon with two worker processes** sharded by site (`pipeline.workers = 2`), the same queue", "readings/s", throughput=True)  # fmt: skip
         own = []
+        own_workers = []
         for run in range(repeats):
             log(f"sharded live throughput, run {run + 1}/{repeats}")
             sharded = asyncio.run(sharded_live.one_run(sizes.live_messages, sizes.live_devices, 2, run))  # fmt: skip
             one.values.append(sharded.one_daemon)
             two.values.append(sharded.sharded)
+            workers.values.append(sharded.workers)
             own.append(sharded.sharded / sharded.mosquitto_sub)
+            own_workers.append(sharded.workers / sharded.mosquitto_sub)
         two.note = (
             f"{statistics.median(own):.2f} of the `mosquitto_sub` drain measured in the same runs"
         )
-        rows += [one, two]
+        workers.note = (
+            f"{statistics.median(own_workers):.2f} of the same runs' `mosquitto_sub` drain"
+        )
+        rows += [one, two, workers]
 
     if wanted("replay"):
         row = Row(f"`replay`, {sizes.replay_messages:,} simulated messages from {sizes.replay_devices:,} devices, all default detectors", "readings/s", throughput=True)  # fmt: skip

@@ -45,10 +45,15 @@ def _install_stop_handlers(stop: Callable[[], None]) -> None:
 async def _run_daemon(config: Path | None) -> int:
     from config.settings import load_settings
     from service.daemon import Daemon
+    from service.shards import worker_count
+    from service.workers import Coordinator
 
     settings = load_settings(config)
     _setup_logging(settings.logging.level)
-    daemon = Daemon(settings)
+    workers = worker_count(settings)
+    daemon: Daemon | Coordinator = (
+        Coordinator(settings, workers) if workers > 1 else Daemon(settings)
+    )
     _install_stop_handlers(daemon.stop)
     await daemon.run()
     return 0

@@ -43,6 +43,7 @@ from service.http import HttpServer, server_ssl_context
 from service.metrics import FleetMetrics
 from service.model import AlertRecord, AlertState, DeadLetter, RawMessage
 from service.pipeline import Intake, Pipeline
+from service.shards import check_state_layout
 from service.sinks import Item, QueuedSink, Sink
 from service.state import RestoreSummary, StateStore, outbox_items, outbox_state
 from service.wire import alert_payload, alert_topic, deadletter_payload
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 
 
 class Daemon:
-    """One running FleetWatch.
+    """One running FleetWatch (one process; see :mod:`service.workers` for several).
 
     Parameters
     ----------
@@ -66,6 +67,9 @@ class Daemon:
     extra_sinks
         More outbound sinks beside the MQTT ones (the demo's console view).
     """
+
+    checks_state_layout = True
+    """Whether start-up refuses state saved by worker processes (a worker's own is not)."""
 
     def __init__(
         self,
@@ -133,7 +137,7 @@ class Daemon:
         if self.fleet_events is not None:
             self.fleet_events.bind(self.fleet_view)
         self.store = (
-            StateStore(settings.state.path, synchronous=settings.state.synchronous)
+            StateStore(settings.state.path, synchronous=settings.state.synchronous, exclusive=True)
             if settings.state.enabled
             else None
         )
@@ -145,9 +149,9 @@ class Daemon:
             queue_size=settings.pipeline.queue_size,
             max_batch=settings.pipeline.max_batch,
             clock=clock,
-            on_full=self.mqtt.pause_reading,
-            on_room=self.mqtt.resume_reading,
-            acknowledge=self.mqtt.acknowledge,
+            on_full=self._pause_ingest,
+            on_room=self._resume_ingest,
+            acknowledge=self._acknowledge,
             journal=self._journal if self.store is not None and settings.state.journal else None,
         )
         # CoAP telemetry goes through the same intake (and so journal and pipeline) as MQTT
@@ -201,6 +205,15 @@ class Daemon:
         except RuntimeError:
             # shutting down: not acknowledged, so the broker delivers it again later
             log.debug("intake closed; %s left for redelivery", topic)
+
+    def _pause_ingest(self) -> None:
+        self.mqtt.pause_reading()
+
+    def _resume_ingest(self) -> None:
+        self.mqtt.resume_reading()
+
+    def _acknowledge(self, tokens: list[int]) -> None:
+        self.mqtt.acknowledge(tokens)
 
     def _coap_response(self, method: str, code: str) -> None:
         self.metrics.coap_requests.labels(method=method, code=code).inc()
@@ -304,6 +317,8 @@ class Daemon:
         """Open the state store; load the checkpoint; run the journal; checkpoint afresh."""
         if self.store is None:
             return
+        if self.checks_state_layout:
+            check_state_layout(self.settings.state.path, 1)
         store = self.store.open()
         started = time.perf_counter()
         summary = RestoreSummary()

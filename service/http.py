@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import inspect
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -25,7 +26,11 @@ from service.model import AlertRecord
 
 
 class HttpServer:
-    """An aiohttp server (async context manager)."""
+    """An aiohttp server (async context manager).
+
+    ``active_alerts`` and ``status`` may be coroutines; ``exposition``, when given, makes
+    ``/metrics`` serve what it returns instead of the registry (several processes merged).
+    """
 
     def __init__(
         self,
@@ -34,11 +39,14 @@ class HttpServer:
         registry: CollectorRegistry,
         *,
         healthy: Callable[[], bool] = lambda: True,
-        active_alerts: Callable[[], Iterable[AlertRecord]] = lambda: (),
-        status: Callable[[], dict[str, Any]] = dict,
+        active_alerts: Callable[[], Iterable[AlertRecord] | Awaitable[Iterable[AlertRecord]]] = (
+            lambda: ()
+        ),
+        status: Callable[[], dict[str, Any] | Awaitable[dict[str, Any]]] = dict,
         credentials: tuple[str, str] | None = None,
         ssl_context: ssl.SSLContext | None = None,
         fleet_api: FleetApi | None = None,
+        exposition: Callable[[], Awaitable[bytes]] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -49,6 +57,7 @@ class HttpServer:
         self._credentials = credentials
         self._ssl = ssl_context
         self._fleet_api = fleet_api
+        self._exposition = exposition
         self._runner: web.AppRunner | None = None
 
     @web.middleware
@@ -85,7 +94,10 @@ class HttpServer:
         return app
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self._registry)
+        if self._exposition is not None:
+            body = await self._exposition()
+        else:
+            body = generate_latest(self._registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _health(self, request: web.Request) -> web.Response:
@@ -93,12 +105,18 @@ class HttpServer:
         return web.json_response({"status": "ok" if ok else "degraded"}, status=200 if ok else 503)
 
     async def _alerts(self, request: web.Request) -> web.Response:
-        rows = [alert.to_json_dict() for alert in self._active_alerts()]
+        active = self._active_alerts()
+        if inspect.isawaitable(active):
+            active = await active
+        rows = [alert.to_json_dict() for alert in active]
         rows.sort(key=lambda row: (row["kind"], row["subject"]))
         return web.Response(body=orjson.dumps({"active": rows}), content_type="application/json")
 
     async def _status_view(self, request: web.Request) -> web.Response:
-        return web.Response(body=orjson.dumps(self._status()), content_type="application/json")
+        status = self._status()
+        if inspect.isawaitable(status):
+            status = await status
+        return web.Response(body=orjson.dumps(status), content_type="application/json")
 
     async def __aenter__(self) -> HttpServer:
         runner = web.AppRunner(self._app(), access_log=None)

@@ -36,6 +36,7 @@ written by a newer FleetWatch is refused with a clear message instead of being m
 from __future__ import annotations
 
 import base64
+import os
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -95,11 +96,22 @@ class Checkpoint:
 class StateStore:
     """One SQLite state file: open it, load what it holds, save checkpoints, journal."""
 
-    def __init__(self, path: Path | str, *, synchronous: str = "normal") -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        synchronous: str = "normal",
+        exclusive: bool = False,
+        lock_timeout_s: float = 30.0,
+    ) -> None:
         self.path = Path(path)
         self._synchronous = "FULL" if synchronous == "full" else "NORMAL"
         self._db: sqlite3.Connection | None = None
         self.journal_length = 0
+        # a running daemon holds <path>.lock while the file is open (see _lock)
+        self._exclusive = exclusive
+        self._lock_timeout_s = lock_timeout_s
+        self._lock_fd: int | None = None
 
     # -- lifetime -----------------------------------------------------------------------
 
@@ -107,6 +119,8 @@ class StateStore:
         if self._db is not None:
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._exclusive:
+            self._lock()
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
@@ -126,6 +140,38 @@ class StateStore:
         if self._db is not None:
             self._db.close()
             self._db = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
+
+    def _lock(self) -> None:
+        """Hold ``<path>.lock`` so that no other daemon uses the file meanwhile.
+
+        A daemon restarted while its predecessor is still saving its last checkpoint (a
+        worker finishing after its coordinator was killed) waits for it, up to
+        ``lock_timeout_s``; then start-up is refused, naming the file.
+        """
+        try:
+            import fcntl
+        except ImportError:  # not on this platform: no lock
+            return
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + self._lock_timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise StateError(
+                        f"state file {self.path} is in use by another FleetWatch process "
+                        f"(it holds {lock_path}); stop it, or give this one another state path"
+                    ) from None
+                time.sleep(0.05)
+                continue
+            self._lock_fd = fd
+            return
 
     def __enter__(self) -> StateStore:
         return self.open()

@@ -74,6 +74,7 @@ deadletter = "{topic_prefix}/deadletter"
 port = 0
 [pipeline]
 tick_interval_s = 0.2
+workers = 1
 [state]
 path = "{tmp_path / "state.db"}"
 [[rules]]

@@ -23,6 +23,7 @@ import pytest
 
 from service.broker import free_port
 from service.model import RawMessage, Reading, Signal
+from service.shards import worker_state_path
 from service.state import StateStore
 from tests.daemon_helpers import daemon_settings, running_daemon
 
@@ -61,7 +62,7 @@ async def wait_status(
     raise TimeoutError(f"status never matched within {timeout} s; last: {last}")
 
 
-def run_config(tmp_path: Path, broker: Any, prefix: str, http_port: int) -> Path:
+def run_config(tmp_path: Path, broker: Any, prefix: str, http_port: int, workers: int = 1) -> Path:
     config = tmp_path / "fleetwatch.toml"
     config.write_text(
         f"""
@@ -83,6 +84,7 @@ deadletter = "{prefix}/deadletter"
 port = {http_port}
 [pipeline]
 max_batch = 200
+workers = {workers}
 [state]
 path = "{tmp_path / "state.db"}"
 checkpoint_interval_s = 3600
@@ -95,21 +97,24 @@ async def start_daemon(config: Path) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         *FLEETWATCH, "run", "--config", str(config),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        env=os.environ.copy(),
+        env=os.environ.copy(), start_new_session=True,
     )  # fmt: skip
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_kill_9_mid_stream_loses_nothing_and_counts_exactly(
-    tmp_path: Path, broker, topic_prefix, mqtt_client
+    tmp_path: Path, broker, topic_prefix, mqtt_client, workers
 ) -> None:  # type: ignore[no-untyped-def]
+    """The daemon (with its worker processes, if any) is killed mid-stream and restarted."""
     total = 12_000
     http_port = free_port()
-    config = run_config(tmp_path, broker, topic_prefix, http_port)
+    config = run_config(tmp_path, broker, topic_prefix, http_port, workers)
 
     async def publish_all() -> None:
         for seq in range(total):
             device, payload = reading(seq)
-            await mqtt_client.publish(f"{topic_prefix}/fleet/s1/{device}/telemetry", payload)
+            site = f"s{int(device[1:]) % 5}"  # five sites, on both workers when there are two
+            await mqtt_client.publish(f"{topic_prefix}/fleet/{site}/{device}/telemetry", payload)
             if seq % 100 == 99:
                 await asyncio.sleep(0.005)  # about 20,000 messages/s: a steady stream
 
@@ -118,7 +123,8 @@ async def test_kill_9_mid_stream_loses_nothing_and_counts_exactly(
         await wait_status(http_port, lambda s: s["connected"], 30)
         publisher = asyncio.create_task(publish_all())
         at_kill = await wait_status(http_port, lambda s: s["readings"] >= 2_000, 30)
-        process.kill()  # SIGKILL: no shutdown, no checkpoint, PUBACKs in flight lost
+        # SIGKILL to the daemon and its workers: no shutdown, no checkpoint, PUBACKs lost
+        os.killpg(process.pid, signal.SIGKILL)
         await process.wait()
         await asyncio.wait_for(publisher, 60)
         assert at_kill["readings"] < total  # the crash happened mid-stream
@@ -136,14 +142,22 @@ async def test_kill_9_mid_stream_loses_nothing_and_counts_exactly(
         if process.returncode is None:
             process.kill()
             await process.wait()
-    with StateStore(tmp_path / "state.db") as store:
-        checkpoint = store.load_checkpoint()
-        assert list(store.journal()) == []  # folded into the shutdown checkpoint
-    assert checkpoint is not None
-    totals = checkpoint.components["pipeline"]["totals"]
-    assert totals["accepted"] == total
-    assert totals["rejected"] == 0
-    assert totals["messages"] == total + totals["duplicates"]
+    paths = (
+        [tmp_path / "state.db"]
+        if workers == 1
+        else [worker_state_path(tmp_path / "state.db", index, workers) for index in range(workers)]
+    )
+    summed = {"accepted": 0, "rejected": 0, "messages": 0, "duplicates": 0}
+    for path in paths:
+        with StateStore(path) as store:
+            checkpoint = store.load_checkpoint()
+            assert list(store.journal()) == []  # folded into the shutdown checkpoint
+        assert checkpoint is not None
+        for key in summed:
+            summed[key] += checkpoint.components["pipeline"]["totals"][key]
+    assert summed["accepted"] == total
+    assert summed["rejected"] == 0
+    assert summed["messages"] == total + summed["duplicates"]
 
 
 async def test_broker_outage_reconnects_and_delivers_alerts_raised_meanwhile(

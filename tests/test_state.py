@@ -197,3 +197,17 @@ def test_a_corrupt_journal_batch_is_refused_naming_it(tmp_path: Path) -> None:
         db.execute("UPDATE journal_batch SET data = x'9f01'")
     with StateStore(path) as store, pytest.raises(StateError, match=r"journal batch 1 .* corrupt"):
         list(store.journal())
+
+
+def test_a_state_file_is_used_by_one_daemon_at_a_time(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    first = StateStore(path, exclusive=True).open()
+    second = StateStore(path, exclusive=True, lock_timeout_s=0.1)
+    with pytest.raises(StateError, match="in use by another FleetWatch process"):
+        second.open()
+    # reading it (as tools and tests do) takes no lock
+    with StateStore(path) as reader:
+        assert reader.load_checkpoint() is None
+    first.close()
+    second.open()  # free once the first has closed it
+    second.close()

@@ -1,0 +1,179 @@
+"""The daemon as a coordinator and worker processes sharded by site, on a real broker.
+
+Every reading is processed by exactly one worker and acknowledged to the broker once it
+is journaled; every alert is raised once; ``/metrics`` and ``/api/status`` add the workers
+up; state survives a restart per worker; a lost worker stops the daemon loudly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from config.settings import Settings
+from service.errors import ConfigError, FleetWatchError
+from service.shards import shard_of, worker_state_path
+from service.workers import Coordinator
+from tests.daemon_helpers import daemon_settings, scrape
+
+pytestmark = pytest.mark.broker
+
+NOW = 1_767_225_600
+SITES = ["plant-a", "plant-b", "plant-c", "plant-d"]
+
+
+def settings_for(broker: Any, prefix: str, state: Path | None, **overrides: Any) -> Settings:
+    sections: dict[str, Any] = {
+        "pipeline": {"tick_interval_s": 0.2, "shutdown_timeout_s": 5.0, "workers": 2},
+        "state": {"enabled": state is not None, "path": str(state or "unused.db"),
+                  "checkpoint_interval_s": 3600},
+        "fleetview": {"enabled": False},
+    }  # fmt: skip
+    sections.update(overrides)
+    return daemon_settings(broker.host, broker.port, prefix, **sections)
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings, timeout: float = 60.0) -> AsyncIterator[Coordinator]:
+    coordinator = Coordinator(settings, settings.pipeline.workers)
+    task = asyncio.create_task(coordinator.run())
+    ready = asyncio.create_task(coordinator.ready.wait())
+    done, _ = await asyncio.wait({task, ready}, timeout=timeout, return_when="FIRST_COMPLETED")
+    if task in done:
+        ready.cancel()
+        task.result()
+        raise RuntimeError("coordinator stopped before it was ready")
+    assert ready in done, "coordinator did not become ready"
+    try:
+        yield coordinator
+    finally:
+        coordinator.stop()
+        await asyncio.wait_for(task, 30)
+
+
+async def get_json(port: int, path: str) -> Any:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}{path}") as response,
+    ):
+        assert response.status == 200
+        return orjson.loads(await response.read())
+
+
+def devices() -> dict[str, list[str]]:
+    return {site: [f"{site[-1]}{n}" for n in range(3)] for site in SITES}
+
+
+async def publish_round(client: Any, prefix: str, seq: int, volts: float) -> int:
+    sent = 0
+    for site, names in devices().items():
+        for name in names:
+            payload = orjson.dumps({"ts": NOW + 60 * seq, "seq": seq, "battery_v": volts})
+            await client.publish(f"{prefix}/fleet/{site}/{name}/telemetry", payload)
+            sent += 1
+    return sent
+
+
+async def until(predicate: Any, timeout: float = 20.0) -> None:
+    """Poll ``predicate`` (a coroutine function) until true; bounded."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_workers_split_sites_alert_once_and_add_up(
+    broker, topic_prefix, mqtt_client, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    # the four sites land on both workers (else this test would not test sharding)
+    assert {shard_of(site, 2) for site in SITES} == {0, 1}
+    settings = settings_for(
+        broker, topic_prefix, tmp_path / "state.db", fleetview={"enabled": True}
+    )
+    alerts = f"{topic_prefix}/fleetwatch/alerts/#"
+    async with running(settings) as coordinator:
+        await mqtt_client.subscribe(alerts)
+        sent = await publish_round(mqtt_client, topic_prefix, 1, 3.7)
+        sent += await publish_round(mqtt_client, topic_prefix, 2, 3.0)
+        all_devices = {name for names in devices().values() for name in names}
+        firing: list[tuple[str, str]] = []
+        while {subject for _, subject in firing} != all_devices:
+            _, payload, _ = await mqtt_client.expect(alerts, lambda p: b'"firing"' in p)
+            alert = orjson.loads(payload)
+            firing.append((alert["kind"], alert["subject"]))
+        marker = f"{topic_prefix}/fleetwatch/alerts/marker"
+        for topic, payload, _ in await mqtt_client.collect_until_marker(alerts, marker):
+            if payload and topic != marker and b'"firing"' in payload:
+                alert = orjson.loads(payload)
+                firing.append((alert["kind"], alert["subject"]))
+        assert len(firing) == len(set(firing)), firing
+
+        async def all_acknowledged() -> bool:
+            return coordinator.acknowledged == sent
+
+        await until(all_acknowledged)
+        assert coordinator.routed == sent
+        status = await get_json(coordinator.http_port, "/api/status")
+        assert status["readings"] == sent and status["devices"] == len(all_devices)
+        per_worker = [w["devices"] for w in status["workers"]]
+        assert sorted(per_worker) == sorted(
+            3 * sum(1 for site in SITES if shard_of(site, 2) == index) for index in (0, 1)
+        )
+        active = await get_json(coordinator.http_port, "/api/alerts?state=active")
+        assert {row["subject"] for row in active["active"]} == all_devices
+        listed = await get_json(coordinator.http_port, "/api/devices?limit=100")
+        assert sorted(row["id"] for row in listed["devices"]) == sorted(all_devices)
+        twin = await get_json(coordinator.http_port, "/api/devices/c2")
+        assert twin["id"] == "c2" and twin["site"] == "plant-c"
+        text = await scrape(coordinator.http_port)
+        assert f'fleetwatch_readings_total{{protocol="mqtt",result="accepted"}} {sent}.0' in text
+        assert "fleetwatch_mqtt_connected 1.0" in text
+        assert text.count("# TYPE fleetwatch_readings_total counter") == 1
+    # each worker saved its own sites
+    for index in (0, 1):
+        assert worker_state_path(tmp_path / "state.db", index, 2).exists()
+
+
+async def test_worker_state_survives_a_restart_and_the_count_is_checked(
+    broker, topic_prefix, mqtt_client, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "state.db"
+    settings = settings_for(broker, topic_prefix, path)
+    async with running(settings) as coordinator:
+        sent = await publish_round(mqtt_client, topic_prefix, 1, 3.7)
+
+        async def acknowledged() -> bool:
+            return coordinator.acknowledged == sent
+
+        await until(acknowledged)
+    async with running(settings) as coordinator:
+        status = await get_json(coordinator.http_port, "/api/status")
+        assert status["readings"] == sent
+        assert status["devices"] == sum(len(names) for names in devices().values())
+        assert all(w["restored"]["devices"] > 0 for w in status["workers"])
+    three = settings.model_copy(
+        update={"pipeline": settings.pipeline.model_copy(update={"workers": 3})}
+    )
+    with pytest.raises(ConfigError, match="saved by 2 worker"):
+        await Coordinator(three, 3).run()
+
+
+async def test_a_lost_worker_stops_the_daemon_loudly(broker, topic_prefix, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    coordinator = Coordinator(settings_for(broker, topic_prefix, None), 2)
+    task = asyncio.create_task(coordinator.run())
+    await asyncio.wait_for(coordinator.ready.wait(), 60)
+    pid = coordinator.workers[1].process.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(FleetWatchError, match="worker 1"):
+        await asyncio.wait_for(task, 30)
+    assert not coordinator.workers[0].process.is_alive()
