@@ -233,12 +233,17 @@ async def _serve_worker(settings: Settings, index: int, count: int, sock: socket
                 seqs.frombytes(seqs_raw)
                 times = array("d")
                 times.frombytes(times_raw)
-                for seq, message in zip(
-                    seqs,
-                    map(RawMessage, topics, payloads, times, protocols, content_types),
-                    strict=True,
-                ):
-                    offer(message, seq)
+                try:
+                    for seq, message in zip(
+                        seqs,
+                        map(RawMessage, topics, payloads, times, protocols, content_types),
+                        strict=True,
+                    ):
+                        offer(message, seq)
+                except RuntimeError:
+                    # stopping on its own (SIGTERM to the whole group): what is not
+                    # acknowledged, the broker delivers again
+                    log.info("worker %d is stopping; batch left for redelivery", index)
                 if not daemon._reading.is_set():
                     await daemon._reading.wait()
             elif kind == CALL:
@@ -478,8 +483,7 @@ class Coordinator:
             if token is not None:
                 tokens.append(token)
         if tokens:
-            self.mqtt.acknowledge(tokens)
-            self.acknowledged += len(tokens)
+            self.acknowledged += self.mqtt.acknowledge(tokens)
         if self._paused and self._in_flight <= self._capacity // 2:
             self._paused = False
             self.mqtt.resume_reading()
@@ -488,10 +492,9 @@ class Coordinator:
         self.metrics.mqtt_connected.set(1 if connected else 0)
         if connected and self.mqtt.connections > 1:
             self.metrics.mqtt_reconnects.inc()
-            # the previous connection's deliveries cannot be acknowledged any more: the
-            # broker sends them again, and the workers' duplicate windows drop repeats
-            self._pending.clear()
-            self._done.clear()
+            # the previous connection's deliveries stay in order in _pending; their
+            # acknowledgements are skipped (the broker sends them again, and the workers'
+            # duplicate windows drop the repeats)
 
     # -- calls into workers ------------------------------------------------------------
 

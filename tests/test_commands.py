@@ -126,3 +126,78 @@ async def test_run_refuses_a_bad_config(tmp_path: Path) -> None:
     output, _ = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 2
     assert b"pipeline.queue_size" in output
+
+
+@pytest.mark.parametrize(
+    "target, signum",
+    [("daemon", signal.SIGTERM), ("group", signal.SIGTERM), ("group", signal.SIGINT)],
+    ids=["sigterm-to-daemon", "sigterm-to-group", "ctrl-c"],
+)
+async def test_run_with_workers_stops_cleanly(
+    tmp_path: Path, broker, topic_prefix, mqtt_client, target, signum
+) -> None:  # type: ignore[no-untyped-def]
+    """``docker stop`` signals the daemon only; systemd and Ctrl-C signal every process.
+    Either way each worker saves its state and the daemon exits 0."""
+    config = tmp_path / "fleetwatch.toml"
+    config.write_text(
+        f"""
+[mqtt]
+host = "{broker.host}"
+port = {broker.port}
+client_id = "fw-{topic_prefix}"
+[[mqtt.subscriptions]]
+filter = "{topic_prefix}/fleet/+/+/+"
+[topics]
+templates = ["{topic_prefix}/fleet/{{site}}/{{device_id}}/{{kind}}"]
+alerts_prefix = "{topic_prefix}/alerts"
+status = "{topic_prefix}/status"
+[http]
+port = 0
+[pipeline]
+workers = 2
+[state]
+path = "{tmp_path / "state.db"}"
+[[rules]]
+name = "hot"
+metric = "temperature_c"
+kind = "above"
+threshold = 50
+"""
+    )
+    await mqtt_client.subscribe(f"{topic_prefix}/#")
+    process = await asyncio.create_subprocess_exec(
+        *FLEETWATCH, "run", "--config", str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        await mqtt_client.expect(f"{topic_prefix}/status", lambda p: p == b"online", timeout=60)
+        # sites s1 and s4 are placed on different workers
+        for site, device in (("s1", "dev1"), ("s4", "dev2")):
+            await mqtt_client.publish(
+                f"{topic_prefix}/fleet/{site}/{device}/telemetry", b'{"temperature_c": 80}'
+            )
+        for device in ("dev1", "dev2"):
+            await mqtt_client.expect(f"{topic_prefix}/alerts/rule.hot/{device}", timeout=10)
+        if target == "group":
+            os.killpg(process.pid, signum)
+        else:
+            process.send_signal(signum)
+        await mqtt_client.expect(f"{topic_prefix}/status", lambda p: p == b"offline", timeout=20)
+        output, _ = await asyncio.wait_for(process.communicate(), 20)
+    finally:
+        if process.returncode is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+    assert process.returncode == 0, output[-3000:]
+    assert b"FleetWatch stopped" in output
+    subjects = []
+    for index in (0, 1):
+        with StateStore(tmp_path / f"state.worker-{index}-of-2.db") as store:
+            checkpoint = store.load_checkpoint()
+            assert list(store.journal()) == []
+        assert checkpoint is not None
+        subjects.append(
+            [row["record"]["subject"] for row in checkpoint.components["alerts"]["open"]]
+        )
+    assert subjects == [["dev1"], ["dev2"]]
