@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import inspect
 import logging
 import signal
 import sys
@@ -28,8 +29,10 @@ from protocols.mqtt import MqttClient
 from service.broker import EmbeddedBroker
 from service.console import AlertConsole, plain_printer
 from service.daemon import Daemon
+from service.shards import worker_count
 from service.simulator import FaultSpec, SimulationConfig, Simulator, publish
 from service.simulator.fleet import SITES
+from service.workers import Coordinator
 
 DEMO_FAULTS = (
     "battery_failing=3@3+40:collapse_s=6",
@@ -94,6 +97,9 @@ def add_demo_parser(sub: Any) -> None:
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--no-live", action="store_true", help="print one line per alert change")
     demo.add_argument("--broker", choices=("auto", "mosquitto", "amqtt"), default="auto")
+    demo.add_argument(
+        "--workers", type=int, default=None, help="worker processes (default: one per core)"
+    )
     demo.set_defaults(func=cmd_demo)
 
 
@@ -131,9 +137,19 @@ async def run_demo(args: argparse.Namespace) -> int:
         settings = demo_settings(
             broker.host, broker.port, http_port, Path(state_dir.name) / "state.db"
         )
-        daemon = Daemon(settings)
+        workers = worker_count(settings) if args.workers is None else args.workers
+        daemon: Daemon | Coordinator = (
+            Coordinator(settings, workers) if workers > 1 else Daemon(settings)
+        )
         daemon_task = asyncio.create_task(daemon.run(), name="demo-daemon")
-        await asyncio.wait_for(daemon.ready.wait(), 20)
+        await asyncio.wait_for(daemon.ready.wait(), 60)
+        # totals for the header, refreshed from the daemon's status once a second
+        totals: dict[str, Any] = {"messages": 0, "devices": 0}
+
+        async def refresh_totals() -> None:
+            while True:
+                await refresh_totals_once(daemon, totals)
+                await asyncio.sleep(1.0)
 
         def on_alert(
             topic: str, payload: bytes, qos: int, properties: Any, token: int | None
@@ -165,6 +181,7 @@ async def run_demo(args: argparse.Namespace) -> int:
             f"  metrics  http://127.0.0.1:{daemon.http_port}/metrics\n"
             f"  alerts   {settings.topics.alerts_prefix}/# (retained while active)\n"
             f"  faults   {', '.join(DEMO_FAULTS)}\n"
+            f"  workers  {workers} process{'es' if workers > 1 else ''} (pipeline.workers)\n"
             "  Ctrl-C to stop"
         )
         async with viewer, publisher:
@@ -177,14 +194,15 @@ async def run_demo(args: argparse.Namespace) -> int:
                 publish(simulator, send, duration_s=duration), name="demo-fleet"
             )
             fleet.add_done_callback(lambda _: stop.set())
+            refresher = asyncio.create_task(refresh_totals(), name="demo-totals")
             started = time.monotonic()
 
             def header() -> str:
-                processed = daemon.intake.processed
+                processed = int(totals["messages"])
                 elapsed = max(1e-9, time.monotonic() - started)
                 return (
                     f"{time.strftime('%H:%M:%S')}  messages {processed}  "
-                    f"({processed / elapsed:,.0f}/s)  devices {len(daemon.pipeline.registry)}  "
+                    f"({processed / elapsed:,.0f}/s)  devices {totals['devices']}  "
                     f"active alerts {len(view.active)}"
                 )
 
@@ -199,14 +217,21 @@ async def run_demo(args: argparse.Namespace) -> int:
             fleet.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await fleet
+            await refresh_totals_once(daemon, totals)
+            refresher.cancel()
         daemon.stop()
         await asyncio.wait_for(daemon_task, 15)
     state_dir.cleanup()
     console.print(
-        f"stopped cleanly: {daemon.intake.processed} messages processed, "
+        f"stopped cleanly: {totals['messages']} messages processed, "
         f"{view.fired} alerts fired, {view.resolved} resolved"
     )
     return 0
+
+
+async def refresh_totals_once(daemon: Daemon | Coordinator, totals: dict[str, Any]) -> None:
+    status = daemon.status()
+    totals.update(await status if inspect.isawaitable(status) else status)
 
 
 def port_is_free(port: int) -> bool:

@@ -274,12 +274,14 @@ async def _serve_worker(settings: Settings, index: int, count: int, sock: socket
     return 0
 
 
-def worker_main(settings: Settings, index: int, count: int, sock: socket.socket) -> None:
-    """A worker process's entry point (started by the coordinator)."""
+def worker_main(
+    settings: Settings, index: int, count: int, sock: socket.socket, log_level: int
+) -> None:
+    """A worker process's entry point (started by the coordinator, logging as it does)."""
     # Ctrl-C reaches the whole process group: the coordinator decides when workers stop
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(
-        level=getattr(logging, settings.logging.level),
+        level=log_level,
         format=f"%(asctime)s %(levelname)-7s worker-{index} %(name)s: %(message)s",
     )
     raise SystemExit(asyncio.run(_serve_worker(settings, index, count, sock)))
@@ -566,11 +568,12 @@ class Coordinator:
 
     def _start_workers(self) -> None:
         context = multiprocessing.get_context("spawn")
+        log_level = logging.getLogger().getEffectiveLevel()
         for index in range(self.count):
             ours, theirs = socket.socketpair()
             process = context.Process(
                 target=worker_main,
-                args=(self.settings, index, self.count, theirs),
+                args=(self.settings, index, self.count, theirs, log_level),
                 name=f"fleetwatch-worker-{index}",
             )
             process.start()
