@@ -71,6 +71,7 @@ from service.metrics import FleetMetrics  # noqa: E402
 from service.model import RawMessage, Reading  # noqa: E402
 from service.pipeline import Pipeline  # noqa: E402
 from service.replay import replay  # noqa: E402
+from service.workers import Coordinator  # noqa: E402
 
 T0 = 1_767_225_600.0
 INTERVAL = 300.0  # the seeds' reporting interval: every 5 minutes
@@ -471,22 +472,41 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def latency_run(rate: float, seconds: float, devices: int, run: int) -> LatencyRun:
+async def latency_run(
+    rate: float, seconds: float, devices: int, run: int, workers: int = 1
+) -> LatencyRun:
     """A publisher paced at ``rate`` readings/s for ``seconds``; every 50th device alternates
     above and below the ``hot`` rule's threshold, so each of its readings opens or resolves
-    an alert; a ``mosquitto_sub`` on the alert topics stamps each arrival."""
+    an alert; a ``mosquitto_sub`` on the alert topics stamps each arrival. With ``workers``
+    above one, the daemon runs that many worker processes and the devices are at 10 sites."""
     lt = live_throughput
     binary = shutil.which("mosquitto_sub")
     if binary is None:
         raise RuntimeError("mosquitto_sub is not installed")
-    prefix = f"s{run}lat"
+    prefix = f"s{run}lat{workers}"
     count = int(rate * seconds)
+    sites = ("--sites", "10") if workers > 1 else ()
     processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="fleetwatch-suite-") as scratch:
         out_path = Path(scratch) / "alerts.txt"
         async with EmbeddedBroker(prefer="mosquitto") as broker:
             host, port = broker.host, broker.port
-            daemon = Daemon(lt.fleetwatch_settings(host, port, prefix, Path(scratch), 1))
+            settings = lt.fleetwatch_settings(host, port, prefix, Path(scratch), 1)
+            daemon: Daemon | Coordinator
+            if workers > 1:
+                pipeline = settings.pipeline.model_copy(update={"workers": workers})
+                daemon = coordinator = Coordinator(
+                    settings.model_copy(update={"pipeline": pipeline}), workers
+                )
+
+                def processed() -> int:
+                    return coordinator.acknowledged
+            else:
+                daemon = single = Daemon(settings)
+
+                def processed() -> int:
+                    return single.intake.processed
+
             task = asyncio.create_task(daemon.run())
             try:
                 await daemon.ready.wait()
@@ -500,11 +520,11 @@ async def latency_run(rate: float, seconds: float, devices: int, run: int) -> La
                         )
                     )  # fmt: skip
                 await asyncio.sleep(0.5)  # subscribed before the first reading
-                before = daemon.intake.processed
+                before = processed()
                 publisher = subprocess.Popen(
                     lt.publisher_command(
                         host, port, count, devices, prefix, "--qos", "1", "--rate", str(rate),
-                        "--seconds", str(seconds), "--breach-every", "50", "--now-ts",
+                        "--seconds", str(seconds), "--breach-every", "50", "--now-ts", *sites,
                     ),
                     stdout=subprocess.PIPE,
                 )  # fmt: skip
@@ -517,10 +537,10 @@ async def latency_run(rate: float, seconds: float, devices: int, run: int) -> La
                 # let the last readings through and their alerts out, bounded
                 settle = time.perf_counter() + 10
                 last = -1
-                while time.perf_counter() < settle and daemon.intake.processed != last:
-                    last = daemon.intake.processed
+                while time.perf_counter() < settle and processed() != last:
+                    last = processed()
                     await asyncio.sleep(0.5)
-                readings = daemon.intake.processed - before
+                readings = processed() - before
                 finished = publisher.poll() is not None
                 said = publisher.stdout.read().decode() if finished and publisher.stdout else ""
                 found = re.search(r"sent (\d+) in ([\d.]+) s", said)
@@ -692,6 +712,8 @@ def run_suite(sizes: Sizes, repeats: int, only: set[str] | None = None) -> tuple
         achieved = Row("  publisher's achieved rate during the latency run", "readings/s")
         half50 = Row(f"ingest-to-alert latency p50 at {rate / 2:,.0f} readings/s, otherwise the same", "ms")  # fmt: skip
         half99 = Row(f"ingest-to-alert latency p99 at {rate / 2:,.0f} readings/s", "ms")
+        workers50 = Row(f"ingest-to-alert latency p50 at {rate:,.0f} readings/s, one daemon with two worker processes, devices at 10 sites", "ms")  # fmt: skip
+        workers99 = Row("ingest-to-alert latency p99, same", "ms")
         for run in range(repeats):
             log(f"latency, run {run + 1}/{repeats}")
             result = asyncio.run(latency_run(rate, sizes.latency_seconds, 1_000, run))
@@ -704,7 +726,10 @@ def run_suite(sizes: Sizes, repeats: int, only: set[str] | None = None) -> tuple
             result = asyncio.run(latency_run(rate / 2, sizes.latency_seconds, 1_000, run))
             half50.values.append(result.p50_ms)
             half99.values.append(result.p99_ms)
-        rows += [p50, p99, achieved, half50, half99]
+            result = asyncio.run(latency_run(rate, sizes.latency_seconds, 1_000, run, workers=2))
+            workers50.values.append(result.p50_ms)
+            workers99.values.append(result.p99_ms)
+        rows += [p50, p99, achieved, half50, half99, workers50, workers99]
 
     if wanted("memory"):
         available = _available_bytes()
