@@ -413,6 +413,7 @@ class Coordinator:
         self.failure: str | None = None
         self.acknowledged = 0
         self.routed = 0
+        self.max_in_flight = 0
         self.metrics.queue_capacity.set(self._capacity)
 
     def _subscriptions(self) -> list[tuple[str, int]]:
@@ -468,6 +469,8 @@ class Coordinator:
         for worker in self.workers:
             self._flush(worker)
         self.metrics.queue_depth.set(self._in_flight)
+        if self._in_flight > self.max_in_flight:
+            self.max_in_flight = self._in_flight
 
     def _acknowledged(self, worker: WorkerHandle, body: bytes) -> None:
         seqs = array("q")
