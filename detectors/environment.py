@@ -18,6 +18,15 @@ finding, reported in plain words with its numbers, and raises ``environment_risk
 zone until it no longer holds. The report also ranks devices by accumulated stress, the
 ones to maintain first.
 
+"The rest of the fleet" is the whole fleet even when it is split over several detectors
+(worker processes, see :mod:`service.fleet_facts`): each gives what the others need
+(:meth:`EnvironmentDetector.fleet_summary`: its numbers of candidate bands, its lost and
+expected reports and failed and attempted updates summed, its battery drains) and takes
+theirs (:meth:`EnvironmentDetector.apply_fleet_summary`), so a zone's band is tested against
+the devices of every part, with the Bonferroni correction over every part's candidate
+bands. The drains are sent as they are up to ``DRAIN_SKETCH`` distinct values per summary,
+beyond that as ``DRAIN_SKETCH`` equal-count quantiles (then the drain test is approximate).
+
 >>> from service.model import Reading
 >>> det = EnvironmentDetector(EnvironmentConfig(min_devices=2))
 >>> hot = [Reading(f"h{i}", 0.0, 0.0, {"temperature_c": 50.0}, {"site": "s", "zone": "z1"})
@@ -32,7 +41,7 @@ from __future__ import annotations
 import math
 import struct
 from array import array
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -207,6 +216,48 @@ class _Fleet:
         return result
 
 
+DRAIN_SKETCH = 1024
+"""Most (drain, count) pairs in a fleet summary; more drains are sent as quantiles."""
+
+Sketch = tuple[tuple[float, int], ...]
+"""Battery drains (volts per day) as (value, count) pairs, by value."""
+
+
+def drain_sketch(pairs: Iterable[tuple[float, int]], limit: int = DRAIN_SKETCH) -> Sketch:
+    """(value, count) pairs sorted by value with equal values joined; more than ``limit``
+    become ``limit`` quantiles, each the value at the middle of an equal share of the count.
+
+    >>> drain_sketch([(0.2, 1), (0.1, 1), (0.2, 2)])
+    ((0.1, 1), (0.2, 3))
+    >>> drain_sketch([(float(v), 1) for v in range(10)], limit=2)
+    ((2.0, 5), (7.0, 5))
+    """
+    joined: list[tuple[float, int]] = []
+    for value, count in sorted(pairs):
+        if joined and joined[-1][0] == value:
+            joined[-1] = (value, joined[-1][1] + count)
+        else:
+            joined.append((value, count))
+    if len(joined) <= limit:
+        return tuple(joined)
+    total = sum(count for _, count in joined)
+    out: list[tuple[float, int]] = []
+    taken = 0  # counts assigned to quantiles so far
+    passed = 0  # counts of the pairs before ``index``
+    index = 0
+    for share in range(1, limit + 1):
+        end = total * share // limit
+        if end <= taken:
+            continue
+        middle = (taken + end) // 2  # the position whose value stands for the share
+        while passed + joined[index][1] <= middle:
+            passed += joined[index][1]
+            index += 1
+        out.append((joined[index][0], end - taken))
+        taken = end
+    return tuple(out)
+
+
 _ZEROS = array("q", (0, 0))
 _ZEROS_I = array("I", (0, 0))
 
@@ -229,6 +280,13 @@ class EnvironmentDetector:
         self._fleet = _Fleet(len(self._metrics))
         self._next_evaluation: float | None = None
         self._open: dict[str, dict[str, Any]] = {}  # zone subject -> finding
+        # what the other parts of a split fleet gave at the last exchange (not saved: the
+        # next exchange brings it back), and this detector's own summary, kept while fresh
+        self._others: dict[str, Any] | None = None
+        self._summary: dict[str, Any] | None = None
+        self._summary_at = -math.inf  # the tick clock when it was made
+        self._clock = -math.inf  # the latest tick's
+        self._changed = True  # readings came since the summary was made
 
     def process(self, batch: Sequence[Reading]) -> list[Signal]:
         config = self.config
@@ -246,6 +304,7 @@ class EnvironmentDetector:
         hot_c, humid_pct, shaking_g = config.hot_c, config.humid_pct, config.shaking_g
         band_columns = tuple(enumerate(config.bands))
         firmware = MessageKind.FIRMWARE
+        self._changed = True
         for device_id, ts, received, metrics, meta, _, kind, late in batch:
             row = rows.get(device_id)
             if row is None:
@@ -359,6 +418,7 @@ class EnvironmentDetector:
     # -- evaluation ---------------------------------------------------------------------
 
     def tick(self, now: float) -> list[Signal]:
+        self._clock = now
         if self._next_evaluation is None:
             self._next_evaluation = now + self.config.evaluate_every_s
             return []
@@ -393,8 +453,9 @@ class EnvironmentDetector:
         self._open = current
         return signals
 
-    def findings(self) -> list[dict[str, Any]]:
-        """Significant bands, most significant first."""
+    def _candidates(self) -> dict[tuple[str, str, str, str], list[int]]:
+        """The bands tested: (site, zone, metric, band) -> its devices' rows, for the bands
+        with at least ``min_devices`` devices."""
         config = self.config
         fleet = self._fleet
         names = fleet.names
@@ -417,21 +478,35 @@ class EnvironmentDetector:
                     if low <= value < high:
                         groups.setdefault((site, zone, metric, label), []).append(row)
                         break
-        candidates = {k: v for k, v in groups.items() if len(v) >= config.min_devices}
+        return {k: v for k, v in groups.items() if len(v) >= config.min_devices}
+
+    def findings(self) -> list[dict[str, Any]]:
+        """Significant bands, most significant first."""
+        config = self.config
+        fleet = self._fleet
+        candidates = self._candidates()
         if not candidates:
             return []
-        tests = max(1, 3 * len(candidates))
+        others = self._others
+        tests = max(1, 3 * (len(candidates) + (others["candidates"] if others else 0)))
         out: list[dict[str, Any]] = []
-        lost = _Counts([fleet.lost_share(c) for c in fleet.count_record.iter_unpack(fleet.counts)])
-        failures = _Counts([fleet.failures(row) for row in range(len(fleet.rows))])
+        lost = _Counts(
+            [fleet.lost_share(c) for c in fleet.count_record.iter_unpack(fleet.counts)],
+            others["lost"] if others else None,
+        )
+        failures = _Counts(
+            [fleet.failures(row) for row in range(len(fleet.rows))],
+            others["failures"] if others else None,
+        )
         drains = [fleet.drain_per_day(battery) for battery in fleet.columns(fleet.battery, 8)]
         drained = [(row, d) for row, d in enumerate(drains) if d is not None]
+        rest = [value for value, count in others["drains"] for _ in range(count)] if others else []
         for (site, zone, metric, label), members in candidates.items():
             inside = set(members)
             for outcome, result in (
                 ("lost reports", lost.proportion(members)),
                 ("update failures", failures.proportion(members)),
-                ("battery drain", _drain(members, inside, drains, drained)),
+                ("battery drain", _drain(members, inside, drains, drained, rest)),
             ):
                 if result is None:
                     continue
@@ -481,6 +556,69 @@ class EnvironmentDetector:
             "recommendations": [f["recommendation"] for f in findings],
             "maintenance_by_stress": maintenance,
         }  # fmt: skip
+
+    # -- a fleet split over several detectors ---------------------------------------------
+
+    def fleet_summary(self) -> dict[str, Any]:
+        """What this detector's devices add to "the rest of the fleet": its number of
+        candidate bands, ``lost`` and ``failures`` as (devices known, count, out of) summed,
+        and its battery drains as a :func:`drain_sketch` (its own devices only).
+
+        Made afresh when readings came since the last one, at most once per sixtieth of
+        ``evaluate_every_s`` of the tick clock (a minute by default); in between, the last
+        one is given again.
+        """
+        refresh = self.config.evaluate_every_s / 60.0
+        fresh = not self._changed or self._clock - self._summary_at < refresh
+        if self._summary is not None and fresh:
+            return self._summary
+        fleet = self._fleet
+        lost = _Counts([fleet.lost_share(c) for c in fleet.count_record.iter_unpack(fleet.counts)])
+        failures = _Counts([fleet.failures(row) for row in range(len(fleet.rows))])
+        drains = (fleet.drain_per_day(battery) for battery in fleet.columns(fleet.battery, 8))
+        self._summary = {
+            "candidates": len(self._candidates()),
+            "lost": (lost.known, lost.total_k, lost.total_n),
+            "failures": (failures.known, failures.total_k, failures.total_n),
+            "drains": drain_sketch((d, 1) for d in drains if d is not None),
+        }
+        self._summary_at = self._clock
+        self._changed = False
+        return self._summary
+
+    @staticmethod
+    def merge_fleet_summaries(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Several detectors' summaries as one: counts added, drains sketched together.
+
+        >>> a = {"candidates": 2, "lost": (5, 3, 900), "failures": (1, 1, 2),
+        ...      "drains": ((0.01, 2),)}
+        >>> b = {"candidates": 1, "lost": (4, 0, 800), "failures": (0, 0, 0),
+        ...      "drains": ((0.01, 1), (0.03, 1))}
+        >>> EnvironmentDetector.merge_fleet_summaries([a, b])
+        {'candidates': 3, 'lost': (9, 3, 1700), 'failures': (1, 1, 2), 'drains': ((0.01, 3), (0.03, 1))}
+        """
+
+        def added(key: str) -> tuple[int, int, int]:
+            known, k, n = 0, 0, 0
+            for summary in summaries:
+                known, k, n = (a + int(b) for a, b in zip((known, k, n), summary[key], strict=True))
+            return known, k, n
+
+        return {
+            "candidates": sum(int(summary["candidates"]) for summary in summaries),
+            "lost": added("lost"),
+            "failures": added("failures"),
+            "drains": drain_sketch(
+                (float(value), int(count))
+                for summary in summaries
+                for value, count in summary["drains"]
+            ),
+        }
+
+    def apply_fleet_summary(self, others: Mapping[str, Any]) -> None:
+        """Take the other parts' summary (replacing what the previous exchange gave); the
+        next evaluations test each band against this detector's devices and theirs."""
+        self._others = self.merge_fleet_summaries([others])
 
     # -- checkpoints ----------------------------------------------------------------------
 
@@ -559,16 +697,23 @@ def _from_v1(row: list[Any]) -> list[Any]:
 
 
 class _Counts:
-    """One (count, out of) pair per device, ``None`` where unknown, with fleet totals."""
+    """One (count, out of) pair per device, ``None`` where unknown, with fleet totals;
+    ``others``: (devices known, count, out of) of devices elsewhere in the fleet."""
 
     __slots__ = ("known", "pairs", "total_k", "total_n")
 
-    def __init__(self, pairs: list[tuple[int, int] | None]) -> None:
+    def __init__(
+        self, pairs: list[tuple[int, int] | None], others: Sequence[int] | None = None
+    ) -> None:
         self.pairs = pairs
         known = [c for c in pairs if c is not None]
         self.known = len(known)
         self.total_k = sum(c[0] for c in known)
         self.total_n = sum(c[1] for c in known)
+        if others is not None:
+            self.known += others[0]
+            self.total_k += others[1]
+            self.total_n += others[2]
 
     def proportion(self, members: Sequence[int]) -> tuple[float, float, float, float, int] | None:
         """Ratio of rates, one-sided z-test p-value, both rates, and the rest's size."""
@@ -597,11 +742,13 @@ def _drain(
     inside: set[int],
     drains: Sequence[float | None],
     drained: Sequence[tuple[int, float]],
+    elsewhere: Sequence[float] = (),
 ) -> tuple[float, float, float, float, int] | None:
     mine = [d for d in (drains[row] for row in members) if d is not None]
-    if len(mine) < 3 or len(drained) - len(mine) < 3:
+    if len(mine) < 3 or len(drained) + len(elsewhere) - len(mine) < 3:
         return None
     theirs = [d for row, d in drained if row not in inside]
+    theirs.extend(elsewhere)
     median_mine = sorted(mine)[len(mine) // 2]
     median_theirs = sorted(theirs)[len(theirs) // 2]
     if median_theirs <= 0 or median_mine <= 0:

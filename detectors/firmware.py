@@ -18,6 +18,12 @@ Signals:
 - ``firmware_update_failed`` (resolved by a later success) and ``firmware_update_stuck``
   (in progress longer than ``stuck_after_s``).
 
+"Never seen for that model" is judged against the whole fleet. When the fleet is split
+over several detectors (worker processes, see :mod:`service.fleet_facts`), each gives the
+versions it has seen per model (:meth:`FirmwareDetector.fleet_summary`) and takes those the
+others have seen (:meth:`FirmwareDetector.apply_fleet_summary`); a version counts as seen
+when this detector or another one had seen it by the last exchange.
+
 :meth:`FirmwareDetector.report` gives devices by model, version and status, campaign
 progress with the devices off target, consistency per model and site, the urgent updates,
 and update success rates by model, site, version path and protocol.
@@ -251,6 +257,9 @@ class FirmwareDetector:
         self._updating: dict[str, _Device] = {}  # devices with an update in progress
         self._affected: dict[tuple[str | None, str], tuple[Advisory, ...]] = {}
         self._seen: dict[str | None, set[str]] = {}  # model -> versions seen in the fleet
+        # model -> versions the other parts of a split fleet have seen (not saved: the next
+        # exchange brings it back)
+        self._others_seen: dict[str | None, frozenset[str]] = {}
         self._outcomes: dict[tuple[str, str], list[int]] = {}  # (dimension, value) -> [ok, failed]
         self._rejudge = False
 
@@ -359,6 +368,8 @@ class FirmwareDetector:
         old = device.version
         seen = self._seen.setdefault(device.model, set())
         known_version = version in seen
+        if not known_version and self._others_seen:
+            known_version = version in self._others_seen.get(device.model, ())
         seen.add(version)
         device.version = version
         if old is None:
@@ -587,6 +598,34 @@ class FirmwareDetector:
             )[:limit],
             "advisories": [a.id for a in self._advisories],
         }
+
+    # -- a fleet split over several detectors ---------------------------------------------
+
+    def fleet_summary(self) -> dict[str | None, frozenset[str]]:
+        """What this detector adds to fleet-wide knowledge: the versions it has seen per
+        model (its own devices' only, not what it was given by the others)."""
+        return {model: frozenset(versions) for model, versions in self._seen.items()}
+
+    @staticmethod
+    def merge_fleet_summaries(
+        summaries: Sequence[Mapping[str | None, frozenset[str]]],
+    ) -> dict[str | None, frozenset[str]]:
+        """Several detectors' summaries as one: the versions seen per model, united.
+
+        >>> FirmwareDetector.merge_fleet_summaries([{"M": frozenset({"1.0"})},
+        ...     {"M": frozenset({"1.1"}), None: frozenset({"2.0"})}])["M"] == {"1.0", "1.1"}
+        True
+        """
+        merged: dict[str | None, set[str]] = {}
+        for summary in summaries:
+            for model, versions in summary.items():
+                merged.setdefault(model, set()).update(versions)
+        return {model: frozenset(versions) for model, versions in merged.items()}
+
+    def apply_fleet_summary(self, others: Mapping[str | None, frozenset[str]]) -> None:
+        """Take the versions every other part of the fleet has seen per model (replacing
+        what the previous exchange gave)."""
+        self._others_seen = {model: frozenset(versions) for model, versions in others.items()}
 
     # -- checkpoints ------------------------------------------------------------------------
 
