@@ -22,9 +22,11 @@ acknowledged, the broker delivers again after the restart, and its journal bring
 to where it was. Saved state records the number of workers it was saved by; start-up with
 another number is refused (:func:`~service.shards.check_state_layout`).
 
-Fleet-wide comparisons inside detectors (a firmware version against the rest of its model,
-a radio technology's connectivity, a model's power baseline) are made within each
-worker's sites; the published reports are merged over the whole fleet.
+Detectors that compare a device with the rest of the fleet (firmware versions seen per
+model, power baselines per model, environment bands against the rest of the fleet) get
+the other workers' contributions every ``pipeline.tick_interval_s``
+(:mod:`service.fleet_facts`), so they judge against the whole fleet, one interval late;
+the published reports are merged over the whole fleet.
 
 The wire between coordinator and worker is a stream of frames: a 4-byte length, a 1-byte
 type and a pickled body (:func:`frame`).
@@ -118,6 +120,7 @@ def _call_checkpoint(daemon: Any) -> bool:
 
 def worker_calls() -> dict[str, Callable[..., Any]]:
     """What the coordinator may call in a worker, by name; each takes the worker's daemon."""
+    from service.fleet_facts import WORKER_CALLS as FACT_CALLS
     from service.fleetview_shards import WORKER_CALLS as FLEETVIEW_CALLS
 
     return {
@@ -127,6 +130,7 @@ def worker_calls() -> dict[str, Callable[..., Any]]:
         "reports": _call_reports,
         "checkpoint": _call_checkpoint,
         **FLEETVIEW_CALLS,
+        **FACT_CALLS,
     }
 
 
@@ -558,6 +562,26 @@ class Coordinator:
                 self.mqtt.publish(f"{prefix}/{name}", orjson.dumps(report), qos=1, retain=True)
         return reports
 
+    async def exchange_facts(self) -> None:
+        """One round of fleet-wide facts: each worker's detectors get the other workers'
+        contributions (:mod:`service.fleet_facts`)."""
+        from service.fleet_facts import exchange
+
+        async def call_one(index: int, name: str, args: tuple[Any, ...]) -> Any:
+            return await self.call(self.workers[index], name, args)
+
+        await exchange(self.call_all, call_one)
+
+    async def _exchanger(self) -> None:
+        interval = self.settings.pipeline.tick_interval_s
+        while True:
+            try:
+                await self.exchange_facts()
+            except (FleetWatchError, TimeoutError):
+                # detectors keep what they were given last
+                log.warning("fleet facts not exchanged this time: a worker did not answer")
+            await asyncio.sleep(interval)
+
     async def _reporter(self) -> None:
         interval = self.settings.pipeline.report_interval_s
         while True:
@@ -710,6 +734,7 @@ class Coordinator:
                         self.http_port = http.port
                         log.info("serving metrics at %s/metrics", http.url)
                     reporter = group.create_task(self._reporter(), name="fleetwatch-reports")
+                    exchanger = group.create_task(self._exchanger(), name="fleetwatch-facts")
                     connect = group.create_task(self.mqtt.connect(), name="fleetwatch-connect")
                     stopping = group.create_task(self._stop.wait())
                     await asyncio.wait({connect, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -722,6 +747,7 @@ class Coordinator:
                         connect.cancel()
                         stopping.cancel()
                     reporter.cancel()
+                    exchanger.cancel()
                 await self._shutdown()
                 for listener in listeners:
                     listener.cancel()

@@ -43,7 +43,7 @@ async def test_demo_shows_alerts_and_stops_cleanly_on_ctrl_c() -> None:
     )  # fmt: skip
     assert process.stdout is not None
     try:
-        output = await read_until(process.stdout, b"FIRING", 60)
+        output = await read_until(process.stdout, b"FIRING", 120)
         assert b"metrics  http://127.0.0.1:" in output
         process.send_signal(signal.SIGINT)
         rest, _ = await asyncio.wait_for(process.communicate(), 30)

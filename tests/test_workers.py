@@ -202,3 +202,43 @@ async def test_what_the_workers_hold_is_bounded_and_nothing_is_dropped(
         # reading from the broker paused; the bound is exceeded by one socket read at most
         assert coordinator.metrics.intake_paused._value.get() > 0
         assert coordinator.max_in_flight <= 100 + 1_000, coordinator.max_in_flight
+
+
+async def test_workers_share_what_the_fleet_has_seen(broker, topic_prefix, mqtt_client) -> None:  # type: ignore[no-untyped-def]
+    """A firmware version seen at a site of one worker is known to the other worker once
+    fleet facts are exchanged: a device elsewhere moving to it is an unexpected change,
+    but not a version "never seen for this model"."""
+    settings = settings_for(broker, topic_prefix, None, detectors={"enabled": ["firmware"]})
+    alerts = f"{topic_prefix}/fleetwatch/alerts/#"
+    sent = 0
+
+    async def report(site: str, device: str, version: str, seq: int) -> None:
+        nonlocal sent
+        payload = orjson.dumps({"ts": NOW + 60 * seq, "seq": seq, "model": "TH-200",
+                                "firmware": version, "temperature_c": 20.0})  # fmt: skip
+        await mqtt_client.publish(f"{topic_prefix}/fleet/{site}/{device}/telemetry", payload)
+        sent += 1
+
+    assert shard_of("plant-a", 2) != shard_of("plant-d", 2)
+    async with running(settings) as coordinator:
+        await mqtt_client.subscribe(alerts)
+        for device in ("a1", "a2"):
+            await report("plant-a", device, "1.0", 1)
+        await report("plant-d", "d1", "1.0", 1)
+        await report("plant-d", "d2", "2.0", 1)  # 2.0 is seen at plant-d only
+
+        async def acknowledged() -> bool:
+            return coordinator.acknowledged == sent
+
+        await until(acknowledged)
+        await coordinator.exchange_facts()
+        await report("plant-a", "a1", "2.0", 2)  # known to the fleet: not "never seen"
+        await report("plant-a", "a2", "3.0", 2)  # new to the whole fleet
+        reasons = {}
+        while set(reasons) != {"a1", "a2"}:
+            _, payload, _ = await mqtt_client.expect(alerts, lambda p: b'"firing"' in p)
+            alert = orjson.loads(payload)
+            assert alert["kind"] == "firmware_unexpected_change"
+            reasons[alert["subject"]] = alert["evidence"]["reasons"]
+        assert "version never seen for this model" not in reasons["a1"]
+        assert "version never seen for this model" in reasons["a2"]
