@@ -51,6 +51,44 @@ from service.wire import alert_payload, alert_topic, deadletter_payload
 log = logging.getLogger(__name__)
 
 
+def ingest_client(
+    settings: Settings,
+    on_message: Callable[[str, bytes, int, Any, int | None], None],
+    on_connection_change: Callable[[bool], None],
+) -> MqttClient:
+    """The broker connection that takes telemetry: the configured subscriptions (under
+    ``$share/<group>/`` with ``mqtt.shared_group``) and the status topic's last will."""
+    group = settings.mqtt.shared_group
+    subscriptions = [
+        (f"$share/{group}/{sub.filter}" if group else sub.filter, sub.qos)
+        for sub in settings.mqtt.subscriptions
+    ]
+    return MqttClient(
+        settings.mqtt,
+        on_message=on_message,
+        subscriptions=subscriptions,
+        status_topic=settings.topics.status,
+        on_connection_change=on_connection_change,
+    )
+
+
+def http_access(settings: Settings) -> dict[str, Any]:
+    """The HTTP server's basic-auth credentials and TLS context, as ``[http]`` sets them."""
+    http = settings.http
+    return {
+        "credentials": (
+            (http.username, http.password)
+            if http.username is not None and http.password is not None
+            else None
+        ),
+        "ssl_context": (
+            server_ssl_context(http.tls_cert_file, http.tls_key_file)
+            if http.tls_cert_file is not None
+            else None
+        ),
+    }
+
+
 class Daemon:
     """One running FleetWatch (one process; see :mod:`service.workers` for several).
 
@@ -87,13 +125,7 @@ class Daemon:
         self.ready = asyncio.Event()
         self.http_port: int | None = None
         self._stop = asyncio.Event()
-        self.mqtt = MqttClient(
-            settings.mqtt,
-            on_message=self._on_message,
-            subscriptions=self._subscriptions(),
-            status_topic=settings.topics.status,
-            on_connection_change=self._connection_changed,
-        )
+        self.mqtt = ingest_client(settings, self._on_message, self._connection_changed)
         self.alert_sink = QueuedSink(
             "mqtt-alerts", self._deliver_alert, self.metrics, settings.alerts.sink_queue_size
         )
@@ -184,14 +216,6 @@ class Daemon:
             else None
         )
         self.coap_port: int | None = None
-
-    def _subscriptions(self) -> list[tuple[str, int]]:
-        group = self.settings.mqtt.shared_group
-        subs: list[tuple[str, int]] = []
-        for sub in self.settings.mqtt.subscriptions:
-            topic_filter = f"$share/{group}/{sub.filter}" if group else sub.filter
-            subs.append((topic_filter, sub.qos))
-        return subs
 
     # -- transport callbacks --------------------------------------------------------
 
@@ -411,16 +435,7 @@ class Daemon:
                 healthy=self.healthy,
                 active_alerts=self.pipeline.alerts.active,
                 status=self.status,
-                credentials=(
-                    (settings.http.username, settings.http.password)
-                    if settings.http.username is not None and settings.http.password is not None
-                    else None
-                ),
-                ssl_context=(
-                    server_ssl_context(settings.http.tls_cert_file, settings.http.tls_key_file)
-                    if settings.http.tls_cert_file is not None
-                    else None
-                ),
+                **http_access(settings),
                 fleet_api=(
                     FleetApi(
                         self.fleet_view,

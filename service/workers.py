@@ -56,6 +56,7 @@ from prometheus_client.metrics_core import Metric
 
 from config.settings import Settings
 from protocols.mqtt import MqttClient
+from service.daemon import http_access, ingest_client
 from service.errors import FleetWatchError
 from service.metrics import FleetMetrics
 from service.metrics_merge import FamiliesCollector, merge_families
@@ -396,13 +397,7 @@ class Coordinator:
         self._stop = asyncio.Event()
         self.shards = ShardRouter(TopicRouter(settings.topics.templates), workers)
         self.workers: list[WorkerHandle] = []
-        self.mqtt = MqttClient(
-            settings.mqtt,
-            on_message=self._on_message,
-            subscriptions=self._subscriptions(),
-            status_topic=settings.topics.status,
-            on_connection_change=self._connection_changed,
-        )
+        self.mqtt = ingest_client(settings, self._on_message, self._connection_changed)
         self._seq = itertools.count(1)
         self._call_ids = itertools.count(1)
         # (sequence number, broker token) in delivery order, until acknowledged
@@ -419,13 +414,6 @@ class Coordinator:
         self.routed = 0
         self.max_in_flight = 0
         self.metrics.queue_capacity.set(self._capacity)
-
-    def _subscriptions(self) -> list[tuple[str, int]]:
-        group = self.settings.mqtt.shared_group
-        return [
-            (f"$share/{group}/{sub.filter}" if group else sub.filter, sub.qos)
-            for sub in self.settings.mqtt.subscriptions
-        ]
 
     def stop(self) -> None:
         """Ask the daemon to shut down (safe from a signal handler)."""
@@ -670,7 +658,7 @@ class Coordinator:
     def _http(self) -> Any:
         from service.fleetapi import FleetApi
         from service.fleetview import SiteInfo
-        from service.http import HttpServer, server_ssl_context
+        from service.http import HttpServer
 
         settings = self.settings
         fleet_api = None
@@ -701,16 +689,7 @@ class Coordinator:
             healthy=self.healthy,
             active_alerts=self.active_alerts,
             status=self.status,
-            credentials=(
-                (http.username, http.password)
-                if http.username is not None and http.password is not None
-                else None
-            ),
-            ssl_context=(
-                server_ssl_context(http.tls_cert_file, http.tls_key_file)
-                if http.tls_cert_file is not None
-                else None
-            ),
+            **http_access(settings),
             fleet_api=fleet_api,
             exposition=self.exposition,
         )
