@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import orjson
 
 from config.settings import Settings, settings_from_mapping
 from service.daemon import Daemon
@@ -81,3 +82,20 @@ async def running_daemon(settings: Settings, timeout: float = 10.0) -> AsyncIter
     finally:
         daemon.stop()
         await asyncio.wait_for(task, timeout)
+
+
+async def firing_alerts(client: Any, alerts: str, subjects: set[str]) -> list[tuple[str, str]]:
+    """Every ``(kind, subject)`` that fires on ``alerts`` (a filter) until each of
+    ``subjects`` has fired, and whatever else fires before a marker published after them:
+    so an alert raised twice shows up twice."""
+    firing: list[tuple[str, str]] = []
+    while {subject for _, subject in firing} != subjects:
+        _, payload, _ = await client.expect(alerts, lambda p: b'"firing"' in p)
+        alert = orjson.loads(payload)
+        firing.append((alert["kind"], alert["subject"]))
+    marker = alerts.rstrip("#") + "marker"
+    for topic, payload, _ in await client.collect_until_marker(alerts, marker):
+        if payload and topic != marker and b'"firing"' in payload:
+            alert = orjson.loads(payload)
+            firing.append((alert["kind"], alert["subject"]))
+    return firing

@@ -10,7 +10,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from tests.daemon_helpers import daemon_settings, running_daemon
+from tests.daemon_helpers import daemon_settings, firing_alerts, running_daemon
 
 pytestmark = pytest.mark.broker
 
@@ -47,17 +47,7 @@ async def test_two_daemons_sharded_by_site_split_the_fleet_and_alert_once(
                     await mqtt_client.publish(
                         f"{topic_prefix}/fleet/{site}/{name}/telemetry", payload
                     )
-        firing: list[tuple[str, str]] = []
-        while {subject for _, subject in firing} != {"a1", "a2", "b1", "c1", "c2", "c3"}:
-            _, payload, _ = await mqtt_client.expect(alerts, lambda p: b'"firing"' in p)
-            alert = orjson.loads(payload)
-            firing.append((alert["kind"], alert["subject"]))
-        # whatever else arrives before our marker: no alert is raised by both daemons
-        marker = f"{topic_prefix}/fleetwatch/alerts/marker"
-        for topic, payload, _ in await mqtt_client.collect_until_marker(alerts, marker):
-            if payload and topic != marker and b'"firing"' in payload:
-                alert = orjson.loads(payload)
-                firing.append((alert["kind"], alert["subject"]))
+        firing = await firing_alerts(mqtt_client, alerts, {"a1", "a2", "b1", "c1", "c2", "c3"})
         assert len(firing) == len(set(firing)), firing
         assert ("rule.battery_low", "c3") in firing
         assert sorted(info.device_id for info in first.pipeline.registry) == ["a1", "a2", "b1"]

@@ -23,7 +23,7 @@ from config.settings import Settings
 from service.errors import ConfigError, FleetWatchError
 from service.shards import shard_of, worker_state_path
 from service.workers import Coordinator
-from tests.daemon_helpers import daemon_settings, scrape
+from tests.daemon_helpers import daemon_settings, firing_alerts, scrape
 
 pytestmark = pytest.mark.broker
 
@@ -105,16 +105,7 @@ async def test_workers_split_sites_alert_once_and_add_up(
         sent = await publish_round(mqtt_client, topic_prefix, 1, 3.7)
         sent += await publish_round(mqtt_client, topic_prefix, 2, 3.0)
         all_devices = {name for names in devices().values() for name in names}
-        firing: list[tuple[str, str]] = []
-        while {subject for _, subject in firing} != all_devices:
-            _, payload, _ = await mqtt_client.expect(alerts, lambda p: b'"firing"' in p)
-            alert = orjson.loads(payload)
-            firing.append((alert["kind"], alert["subject"]))
-        marker = f"{topic_prefix}/fleetwatch/alerts/marker"
-        for topic, payload, _ in await mqtt_client.collect_until_marker(alerts, marker):
-            if payload and topic != marker and b'"firing"' in payload:
-                alert = orjson.loads(payload)
-                firing.append((alert["kind"], alert["subject"]))
+        firing = await firing_alerts(mqtt_client, alerts, all_devices)
         assert len(firing) == len(set(firing)), firing
 
         async def all_acknowledged() -> bool:
