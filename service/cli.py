@@ -68,12 +68,16 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from detectors import build_detectors
     from service.topics import TopicRouter
 
+    from service.shards import worker_count
+
     settings = load_settings(args.config)
     TopicRouter(settings.topics.templates)
     detectors = build_detectors(settings)
+    workers = worker_count(settings)
     print(
         f"{args.config}: OK ({len(settings.rules)} rules, detectors: "
-        f"{', '.join(d.name for d in detectors) or 'none'})"
+        f"{', '.join(d.name for d in detectors) or 'none'}; "
+        f"{workers} worker process{'es' if workers > 1 else ''})"
     )
     return 0
 
