@@ -66,9 +66,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     from config.settings import load_settings
     from detectors import build_detectors
-    from service.topics import TopicRouter
-
     from service.shards import worker_count
+    from service.topics import TopicRouter
 
     settings = load_settings(args.config)
     TopicRouter(settings.topics.templates)
