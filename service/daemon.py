@@ -125,7 +125,7 @@ class Daemon:
         self.ready = asyncio.Event()
         self.http_port: int | None = None
         self._stop = asyncio.Event()
-        self.mqtt = ingest_client(settings, self._on_message, self._connection_changed)
+        self.mqtt = self._broker_client(settings)
         self.alert_sink = QueuedSink(
             "mqtt-alerts", self._deliver_alert, self.metrics, settings.alerts.sink_queue_size
         )
@@ -216,6 +216,10 @@ class Daemon:
             else None
         )
         self.coap_port: int | None = None
+
+    def _broker_client(self, settings: Settings) -> MqttClient:
+        """The broker connection: telemetry in, alerts and dead letters out."""
+        return ingest_client(settings, self._on_message, self._connection_changed)
 
     # -- transport callbacks --------------------------------------------------------
 

@@ -56,8 +56,9 @@ from prometheus_client.metrics_core import Metric
 
 from config.settings import Settings
 from protocols.mqtt import MqttClient
-from service.daemon import http_access, ingest_client
+from service.daemon import Daemon, http_access, ingest_client
 from service.errors import FleetWatchError
+from service.fleetview_shards import EventForwarder
 from service.metrics import FleetMetrics
 from service.metrics_merge import FamiliesCollector, merge_families
 from service.model import AlertRecord, RawMessage
@@ -114,11 +115,6 @@ def _call_reports(daemon: Any, now: float) -> dict[str, dict[str, Any]]:
     return dict(daemon.pipeline.reports(now))
 
 
-def _call_checkpoint(daemon: Any) -> bool:
-    daemon.checkpoint()
-    return True
-
-
 def worker_calls() -> dict[str, Callable[..., Any]]:
     """What the coordinator may call in a worker, by name; each takes the worker's daemon."""
     from service.fleet_facts import WORKER_CALLS as FACT_CALLS
@@ -129,7 +125,6 @@ def worker_calls() -> dict[str, Callable[..., Any]]:
         "metrics": _call_metrics,
         "alerts.active": _call_active_alerts,
         "reports": _call_reports,
-        "checkpoint": _call_checkpoint,
         **FLEETVIEW_CALLS,
         **FACT_CALLS,
     }
@@ -147,50 +142,49 @@ def worker_settings(settings: Settings, index: int, count: int) -> Settings:
     return settings.model_copy(update={"mqtt": mqtt, "state": state, "http": http})
 
 
-def _worker_daemon_class() -> type:
-    from service.daemon import Daemon
+class WorkerDaemon(Daemon):
+    """A daemon fed by the coordinator: batches in, acknowledgements back.
 
-    class WorkerDaemon(Daemon):
-        """A daemon fed by the coordinator: batches in, acknowledgements back."""
+    Its broker connection only publishes (alerts and dead letters); the coordinator owns
+    the subscription and the status topic. While its intake is full, ``intake_open`` is
+    clear and the coordinator's batches wait in the socket.
+    """
 
-        checks_state_layout = False
+    checks_state_layout = False
 
-        def __init__(self, settings: Settings, send: Callable[[int, bytes], None]) -> None:
-            self._send = send
-            self._reading = asyncio.Event()
-            self._reading.set()
-            super().__init__(settings)
-            # publish only: alerts and dead letters; the coordinator owns the status topic
-            self.mqtt = MqttClient(
-                settings.mqtt,
-                subscriptions=(),
-                status_topic=None,
-                on_connection_change=self._connection_changed,
-            )
-            if self.fleet_events is not None:
-                from service.fleetview_shards import EventForwarder
+    def __init__(self, settings: Settings, send: Callable[[int, bytes], None]) -> None:
+        self._send = send
+        self.intake_open = asyncio.Event()
+        self.intake_open.set()
+        super().__init__(settings)
+        if self.fleet_events is not None:
+            # alert changes go to the coordinator's event streams (the status page)
+            forwarder = EventForwarder(lambda event: send(EVENT, _dumps(event)))
+            forwarder.bind(self.fleet_view)
+            self.pipeline.sinks = [
+                forwarder if sink is self.fleet_events else sink for sink in self.pipeline.sinks
+            ]
 
-                # alert changes go to the coordinator's event streams (the status page)
-                forwarder = EventForwarder(lambda event: send(EVENT, _dumps(event)))
-                forwarder.bind(self.fleet_view)
-                self.pipeline.sinks = [
-                    forwarder if sink is self.fleet_events else sink for sink in self.pipeline.sinks
-                ]
+    def _broker_client(self, settings: Settings) -> MqttClient:
+        return MqttClient(
+            settings.mqtt,
+            subscriptions=(),
+            status_topic=None,
+            on_connection_change=self._connection_changed,
+        )
 
-        def _pause_ingest(self) -> None:
-            self._reading.clear()
+    def _pause_ingest(self) -> None:
+        self.intake_open.clear()
 
-        def _resume_ingest(self) -> None:
-            self._reading.set()
+    def _resume_ingest(self) -> None:
+        self.intake_open.set()
 
-        def _acknowledge(self, tokens: list[int]) -> None:
-            self._send(ACK, array("q", tokens).tobytes())
+    def _acknowledge(self, tokens: list[int]) -> None:
+        self._send(ACK, array("q", tokens).tobytes())
 
-        def publish_reports(self, prefix: str) -> dict[str, dict[str, Any]]:
-            # the coordinator publishes the reports merged across workers
-            return {}
-
-    return WorkerDaemon
+    def publish_reports(self, prefix: str) -> dict[str, dict[str, Any]]:
+        # the coordinator publishes the reports merged across workers
+        return {}
 
 
 async def _serve_worker(settings: Settings, index: int, count: int, sock: socket.socket) -> int:
@@ -201,7 +195,7 @@ async def _serve_worker(settings: Settings, index: int, count: int, sock: socket
             writer.write(frame(kind, body))
 
     try:
-        daemon = _worker_daemon_class()(worker_settings(settings, index, count), send)
+        daemon = WorkerDaemon(worker_settings(settings, index, count), send)
     except Exception as exc:
         log.exception("worker %d could not be built", index)
         send(FAILED, _dumps(f"worker {index} could not start: {exc!r}"))
@@ -249,8 +243,8 @@ async def _serve_worker(settings: Settings, index: int, count: int, sock: socket
                     # stopping on its own (SIGTERM to the whole group): what is not
                     # acknowledged, the broker delivers again
                     log.info("worker %d is stopping; batch left for redelivery", index)
-                if not daemon._reading.is_set():
-                    await daemon._reading.wait()
+                if not daemon.intake_open.is_set():
+                    await daemon.intake_open.wait()
             elif kind == CALL:
                 call_id, name, args = pickle.loads(body)
                 try:
