@@ -82,6 +82,8 @@ left) tolerance and correlates drift rates with the environment the devices repo
 from __future__ import annotations
 
 import math
+import operator
+import struct
 from array import array
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -90,9 +92,10 @@ from itertools import pairwise
 from typing import Any
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from detectors.base import reject_unknown
-from detectors.drift_state import Bucket, FloatRing
+from detectors.drift_state import Bucket, FloatRing, ring_ordered, ring_push
 from service.model import MessageKind, Reading, Severity, Signal, SubjectType, iso_utc
 
 _DAY = 86_400.0
@@ -360,24 +363,88 @@ def mann_whitney_greater(a: Sequence[float], b: Sequence[float]) -> tuple[float,
 
 # -- per-sensor state -------------------------------------------------------------------------
 
+# A sensor's numbers are kept unboxed in one ``array('d')`` (``_Sensor.num``), which grows
+# with what the sensor has come to need: its own numbers (``_SENSOR_NUMBERS``) from the
+# start; those judged against a reference (``_REFERENCE_NUMBERS``) from its first bucket with
+# one; its drift track's (``_TRACK_NUMBERS``) when its warm-up ends; then the ring of its
+# last drifts (``_history_size``). A number past the end reads its default. Counts, indices
+# and flags are exact in a double; an unset optional number holds ``_NONE``, a NaN that no
+# arithmetic produces (a NaN computed from the data keeps its own bits).
+_NONE_BITS = 0x7FF8_0000_D71F_7000
+_NONE = struct.unpack("<d", _NONE_BITS.to_bytes(8, "little"))[0]
+_pack = struct.Struct("<d").pack
+_NONE_BYTES = _pack(_NONE)
+
+
+def _is_none(value: float) -> bool:
+    """Whether a stored number is the unset marker :data:`_NONE`.
+
+    >>> _is_none(_NONE), _is_none(math.nan), _is_none(0.0)
+    (True, False, False)
+    """
+    return value != value and _pack(value) == _NONE_BYTES
+
+
+def _get(value: float) -> float | None:
+    """A stored optional number as ``None`` or the float."""
+    return None if value != value and _pack(value) == _NONE_BYTES else value
+
+
+# (name, default) of the numbers every sensor has; a name ending in "#" is an int (a count or
+# an index), in "?" a bool, else a float (``None`` where unset). Not among them: times, which
+# keep their type (an int with an int ``bucket_s``), and ints that are small or shared with
+# the open bucket they came from (plain attributes cost no more).
+_SENSOR_NUMBERS = (
+    ("last_value", math.nan), ("level", None), ("peer_streak#", 0), ("alone_streak#", 0),
+    ("prof#", -1),
+)  # fmt: skip
+# ... of a sensor with a reference
+_REFERENCE_NUMBERS = (
+    ("last_ref", None), ("last_r", None), ("baseline", None), ("stuck_value", None),
+    ("stuck_lo", 0.0), ("stuck_hi", 0.0), ("stuck_run#", 0),
+)  # fmt: skip
+# ... and of its drift track (what a sensor still warming up reads: these defaults)
+_TRACK_NUMBERS = (
+    ("scale", 0.0), ("dscale", 0.0), ("ewma", 0.0), ("cpos", 0.0), ("cneg", 0.0),
+    ("noise_ratio", 1.0), ("rate_sum", 0.0), ("step_jump", 0.0), ("rate_per_day", None),
+    ("rate_se", None), ("rate_sig?", False), ("rate_stale?", False), ("buckets#", 0),
+    ("noise_age#", 0), ("noise_hits#", 0), ("rate_slot#", -1), ("rate_n#", 0),
+    ("drifts_at#", 0), ("rates_at#", 0),
+)  # fmt: skip
+_NUMBERS = (*_SENSOR_NUMBERS, *_REFERENCE_NUMBERS, *_TRACK_NUMBERS)
+(
+    _LAST_VALUE, _LEVEL, _PEER_STREAK, _ALONE_STREAK, _PROF,
+    _LAST_REF, _LAST_R, _BASELINE, _STUCK_VALUE, _STUCK_LO, _STUCK_HI, _STUCK_RUN,
+    _SCALE, _DSCALE, _EWMA, _CPOS, _CNEG, _NOISE_RATIO, _RATE_SUM, _STEP_JUMP, _RATE_PER_DAY,
+    _RATE_SE, _RATE_SIG, _RATE_STALE, _BUCKETS, _NOISE_AGE, _NOISE_HITS, _RATE_SLOT, _RATE_N,
+    _DRIFTS_AT, _RATES_AT,
+) = range(len(_NUMBERS))  # fmt: skip
+_REFERENCE = len(_SENSOR_NUMBERS)  # where the numbers of a sensor with a reference start
+_TRACK = _REFERENCE + len(_REFERENCE_NUMBERS)  # where the track's numbers start
+_RING = _TRACK + len(_TRACK_NUMBERS)  # where the drift ring starts
+_START = array("d", [_NONE if v is None else v for _, v in _NUMBERS])
+
 # The saved layout of one sensor: these keys, in this order (see :meth:`_Sensor.to_state`).
+# ``drifts`` is the drift history (oldest first) from which the noise and step windows
+# follow; ``diffs`` and ``step_win`` are empty unless they were loaded from a version-1
+# state and the history does not cover them yet (see :class:`_Windows`).
 _STATE_KEYS = (
     "device", "metric", "group", "site", "zone", "mode", "peer_streak", "alone_streak",
-    "warm", "baseline", "scale", "dscale", "prev_d", "ewma", "cpos", "cneg", "buckets",
+    "warm", "baseline", "scale", "dscale", "ewma", "cpos", "cneg", "buckets",
     "noise_ratio", "noise_age", "noise_hits", "stuck_value", "stuck_run", "stuck_lo", "stuck_hi",
     "range_bad", "range_ok_run", "rate_slot", "rate_sum", "rate_n", "rate_per_day",
     "rate_se", "rate_sig", "rate_stale", "predicted_at", "out_since", "drift_shape", "fault_shape",
     "profile", "profile_n", "level", "last_value", "last_ref", "last_r", "last_peers", "last_ts",
     "verifying", "verify_run", "verify_n", "verify_ref", "step_jump", "bucket_index", "since",
-    "last5", "diffs", "step_win", "spikes", "rates", "history",
+    "drifts", "diffs", "step_win", "spikes", "rates", "history",
 )  # fmt: skip
-# Plain fields of a sensor's :class:`_Track` (saved under the same names).
-_TRACK_PLAIN = (
-    "scale", "dscale", "prev_d", "ewma", "cpos", "cneg", "buckets", "noise_ratio", "noise_age",
-    "noise_hits", "rate_slot", "rate_sum", "rate_n", "rate_per_day", "rate_se", "rate_sig",
-    "rate_stale", "predicted_at", "out_since", "step_jump",
-)  # fmt: skip
-# Plain fields of a :class:`_Sensor` (saved under the same names).
+# Fields of a sensor's drift track saved under their own names (with their defaults)
+_TRACK_PLAIN = {
+    **{name.rstrip("#?"): value for name, value in _TRACK_NUMBERS[:-2]},
+    "predicted_at": None,
+    "out_since": None,
+}
+# Fields of a sensor saved under their own names
 _SENSOR_PLAIN = (
     "device", "metric", "site", "zone", "mode", "peer_streak", "alone_streak", "baseline",
     "stuck_value", "stuck_run", "stuck_lo", "stuck_hi", "range_bad", "range_ok_run",
@@ -386,40 +453,51 @@ _SENSOR_PLAIN = (
 )  # fmt: skip
 
 
-class _Track:
-    """What a sensor learns from its baseline on: drift, noise, spikes and rate (allocated
-    when the warm-up ends; a sensor still warming up reads the defaults of
-    :attr:`DriftDetector._cold`)."""
+def _history_size(config: DriftConfig) -> int:
+    """How many drifts a sensor keeps: enough for its last ``recent_buckets`` differences and
+    for the 5-bucket medians of its last ``step_window`` buckets."""
+    return max(config.recent_buckets + 1, config.step_window + 4, 5)
 
-    __slots__ = (*_TRACK_PLAIN, "last5", "diffs", "step_win", "spikes", "rate_t", "rate_m")
 
-    def __init__(self, config: DriftConfig) -> None:
-        self.scale = 0.0
-        self.dscale = 0.0
-        self.prev_d: float | None = None
-        self.ewma = 0.0
-        self.cpos = 0.0
-        self.cneg = 0.0
-        self.buckets = 0
-        self.last5 = array("d")  # the last 5 drifts, oldest first
-        self.diffs = FloatRing(config.recent_buckets)
-        self.step_win = FloatRing(config.step_window)
-        self.spikes: list[int] = []  # bucket indices, at most 4 * spike_count, oldest first
-        self.rate_t = FloatRing(config.rate_window)  # drift sample times (days)
-        self.rate_m = FloatRing(config.rate_window)  # drift sample means
-        self.noise_ratio = 1.0
-        self.noise_age = 0
-        self.noise_hits = 0  # consecutive noise checks over the ratio
-        self.rate_slot = -1
-        self.rate_sum = 0.0
-        self.rate_n = 0
-        self.rate_per_day: float | None = None
-        self.rate_se: float | None = None
-        self.rate_sig = False
-        self.rate_stale = False
-        self.predicted_at: float | None = None
-        self.out_since: float | None = None
-        self.step_jump = 0.0
+class _Number:
+    """A number of a sensor kept at ``index`` of its ``num`` array, read and written as the
+    attribute it stands for (an int, a bool, or a float that may be ``None``); past the end
+    of the array (a sensor that does not need it yet) it reads its default. The detector's
+    hot path reads ``num`` directly."""
+
+    __slots__ = ("default", "index", "kind")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        name, default = _NUMBERS[index]
+        self.default: float | None = default
+        self.kind = {"#": int, "?": bool}.get(name[-1])
+
+    def __get__(self, sensor: _Sensor | None, owner: type | None = None) -> Any:
+        if sensor is None:
+            return self
+        num = sensor.num
+        if self.index >= len(num):
+            return self.default
+        value = num[self.index]
+        kind = self.kind
+        return _get(value) if kind is None else kind(value)
+
+    def __set__(self, sensor: _Sensor, value: float | None) -> None:
+        sensor.num[self.index] = _NONE if value is None else value
+
+
+class _Windows:
+    """The noise and step windows of a track loaded from a version-1 state, kept as they were
+    loaded (and appended to) until ``left`` more drifts have replaced every value in them;
+    from then on the sensor's drift history holds them."""
+
+    __slots__ = ("diffs", "left", "steps")
+
+    def __init__(self, config: DriftConfig, diffs: Iterable[float], steps: Iterable[float]):
+        self.diffs = FloatRing(config.recent_buckets, diffs)
+        self.steps = FloatRing(config.step_window, steps)
+        self.left = max(config.recent_buckets, config.step_window)
 
 
 class _Calibration:
@@ -438,55 +516,114 @@ class _Calibration:
 class _Sensor:
     """What is learned about one metric of one device (bounded: fixed-size windows).
 
-    The warm-up samples, the drift track and the calibration record are allocated only
-    once a sensor reaches the stage that needs them.
+    Its numbers are unboxed in ``num`` (see :data:`_SENSOR_NUMBERS`; each is also an
+    attribute of the same name). The warm-up samples, the drift track (what it learns from
+    its baseline on: drift, noise, spikes and rate) and the calibration record take room only
+    once the sensor reaches the stage that needs them.
+
+    The drifts of its last ``_history_size`` buckets are a ring at the end of ``num`` (oldest
+    at ``drifts_at`` once full): the 5-bucket median filter, the bucket-to-bucket differences
+    the noise is judged on and the filtered drifts a step is sought in are all recomputed from
+    it, exactly as they were computed bucket by bucket. The drift's ``rate_sample_s`` means
+    are a ring of ``(time in days, mean)`` pairs (``rates``, oldest at ``rates_at``).
     """
 
     __slots__ = (
-        *_SENSOR_PLAIN, "grp", "warm", "prof", "track", "cal", "pend", "pend_pos",
+        "bucket_index", "cal", "device", "drift_shape", "fault_shape", "grp", "last_peers",
+        "last_ts", "metric", "mode", "next", "num", "out_since", "pend", "pend_pos",
+        "predicted_at", "range_bad", "range_ok_run", "rates", "since", "site", "spikes", "warm",
+        "windows", "zone",
     )  # fmt: skip
+
+    last_value = _Number(_LAST_VALUE)
+    last_ref = _Number(_LAST_REF)
+    last_r = _Number(_LAST_R)
+    level = _Number(_LEVEL)
+    baseline = _Number(_BASELINE)
+    stuck_value = _Number(_STUCK_VALUE)
+    stuck_lo = _Number(_STUCK_LO)
+    stuck_hi = _Number(_STUCK_HI)
+    peer_streak = _Number(_PEER_STREAK)
+    alone_streak = _Number(_ALONE_STREAK)
+    stuck_run = _Number(_STUCK_RUN)
+    # where its 24 hour-of-day offsets (and their counts) start in the detector's profile
+    # columns; before its second bucket, none: -1, or ``-2 - hour`` once its first bucket
+    # counted one (zero) offset at ``hour`` (see :func:`_profile_rows`)
+    prof = _Number(_PROF)
+    scale = _Number(_SCALE)
+    dscale = _Number(_DSCALE)
+    ewma = _Number(_EWMA)
+    cpos = _Number(_CPOS)
+    cneg = _Number(_CNEG)
+    noise_ratio = _Number(_NOISE_RATIO)
+    rate_sum = _Number(_RATE_SUM)
+    step_jump = _Number(_STEP_JUMP)
+    rate_per_day = _Number(_RATE_PER_DAY)
+    rate_se = _Number(_RATE_SE)
+    rate_sig = _Number(_RATE_SIG)
+    rate_stale = _Number(_RATE_STALE)
+    buckets = _Number(_BUCKETS)  # drifts computed (the first is number 0)
+    noise_age = _Number(_NOISE_AGE)
+    noise_hits = _Number(_NOISE_HITS)  # consecutive noise checks over the ratio
+    rate_slot = _Number(_RATE_SLOT)
+    rate_n = _Number(_RATE_N)
+    drifts_at = _Number(_DRIFTS_AT)
+    rates_at = _Number(_RATES_AT)
 
     def __init__(self, device: str, metric: str) -> None:
         self.device = device
         self.metric = metric
         self.grp: _Group | None = None
+        self.next: _Sensor | None = None  # the next sensor of its device
         self.site: str | None = None
         self.zone: str | None = None
         self.mode: str | None = None  # "peer", "alone", or None until decided
-        self.peer_streak = 0
-        self.alone_streak = 0
-        # where its 24 hour-of-day offsets (and their counts) start in the detector's profile
-        # columns; before its second bucket, none: -1, or ``-2 - hour`` once its first bucket
-        # counted one (zero) offset at ``hour`` (see :func:`_profile_rows`)
-        self.prof = -1
-        self.level: float | None = None
         self.cal: _Calibration | None = None
-        self.last_value = math.nan
-        self.last_ref: float | None = None
-        self.last_r: float | None = None
+        self.last_ts: float = 0.0
         self.last_peers = 0
-        self.last_ts = 0.0
         self.bucket_index = 0
         # the index of the bucket of its group with the highest index it has an entry in
         # (None: none open), and where in that bucket
         self.pend: int | None = None
         self.pend_pos = 0
+        self.num = _START[:_REFERENCE]
         self.reset_detection()
 
     def reset_detection(self) -> None:
         """Forget the baseline and everything learned from it (not the profile or history)."""
-        self.warm: array[float] | None = None  # (value - reference, scale of it) pairs
-        self.baseline: float | None = None
-        self.track: _Track | None = None
-        self.stuck_value: float | None = None
-        self.stuck_run = 0
-        self.stuck_lo = 0.0
-        self.stuck_hi = 0.0
-        self.range_bad = False
+        num = self.num
         self.range_ok_run = 0
+        if len(num) > _REFERENCE:
+            del num[_TRACK:]
+            for at in (_BASELINE, _STUCK_VALUE, _STUCK_LO, _STUCK_HI, _STUCK_RUN):
+                num[at] = _START[at]
+        self.since: float | None = None
+        self.warm: array[float] | None = None  # (value - reference, scale of it) pairs
+        self.range_bad = False
         self.drift_shape: str | None = None
         self.fault_shape: str | None = None
-        self.since: float | None = None
+        # the drift track beyond its numbers: bucket indices of spikes, at most
+        # 4 * spike_count, oldest first (None: none)
+        self.spikes: list[int] | None = None
+        self.rates: array[float] | None = None
+        self.windows: _Windows | None = None
+        self.predicted_at: float | None = None
+        self.out_since: float | None = None
+
+    def add_reference(self) -> None:
+        """Room for the numbers judged against a reference, at their defaults."""
+        if len(self.num) < _TRACK:
+            self.num = self.num + _START[len(self.num) : _TRACK]
+
+    def add_track(self) -> None:
+        """Room for the drift track, at its defaults (in place: ``num`` stays the array)."""
+        num = self.num
+        if len(num) < _RING:
+            num.extend(_START[len(num) : _RING])
+
+    @property
+    def tracked(self) -> bool:
+        return len(self.num) >= _RING
 
     @property
     def group(self) -> str:
@@ -500,9 +637,55 @@ class _Sensor:
     def shape(self) -> str | None:
         return self.fault_shape or self.drift_shape
 
-    def to_state(
-        self, cold: _Track, profile: array[float], profile_n: array[int]
-    ) -> dict[str, Any]:
+    def drift_history(self) -> array[float]:
+        """The drifts held, oldest first."""
+        num = self.num
+        if len(num) < _RING:
+            return array("d")
+        head = int(num[_DRIFTS_AT])
+        return num[_RING + head :] + num[_RING : _RING + head]
+
+    def rate_samples(self) -> tuple[list[float], list[float]]:
+        """The drift samples' times (days) and means, oldest first."""
+        if self.rates is None:
+            return [], []
+        pairs = ring_ordered(self.rates, int(self.num[_RATES_AT]))
+        return pairs[0::2], pairs[1::2]
+
+    def diff_window(self, size: int) -> Sequence[float]:
+        """The bucket-to-bucket differences of the last ``size`` drifts (fewer while the
+        history is shorter), in no particular order."""
+        windows = self.windows
+        if windows is not None:
+            return windows.diffs.values()
+        last = self.drift_history()[-size - 1 :]
+        return list(map(operator.sub, last[1:], last[:-1]))
+
+    def diff_count(self, size: int) -> int:
+        """``len(self.diff_window(size))`` without building it."""
+        if self.windows is not None:
+            return len(self.windows.diffs)
+        return max(0, min(size, len(self.num) - _RING - 1))
+
+    def step_window(self, size: int) -> list[float]:
+        """The 5-bucket median-filtered drifts of the last ``size`` buckets, oldest first
+        (a drift among the first 4 of the track is its own filtered value)."""
+        windows = self.windows
+        if windows is not None:
+            return windows.steps.ordered()
+        drifts = self.drift_history()
+        n = len(drifts)
+        first = int(self.num[_BUCKETS]) - n  # the number of the oldest drift held
+        start = max(0, n - size)
+        # the first 4 of the track stand for themselves; past them, the median of 5
+        out = [drifts[k] for k in range(start, min(4, n)) if first + k < 4]
+        if n >= 5:
+            windows_of_5 = sliding_window_view(np.frombuffer(drifts, dtype=np.float64), 5)
+            medians = np.sort(windows_of_5[max(4, start) - 4 :], axis=1)[:, 2]
+            out += medians.tolist()
+        return out
+
+    def to_state(self, profile: array[float], profile_n: array[int]) -> dict[str, Any]:
         values: dict[str, Any] = {name: getattr(self, name) for name in _SENSOR_PLAIN}
         values["group"] = self.group
         warm = self.warm
@@ -510,16 +693,15 @@ class _Sensor:
             [] if warm is None else [[warm[i], warm[i + 1]] for i in range(0, len(warm), 2)]
         )
         values["profile"], values["profile_n"] = _profile_rows(self.prof, profile, profile_n)
-        track = self.track if self.track is not None else cold
         for name in _TRACK_PLAIN:
-            values[name] = getattr(track, name)
-        values["last5"] = track.last5.tolist()
-        values["diffs"] = track.diffs.ordered()
-        values["step_win"] = track.step_win.ordered()
-        values["spikes"] = list(track.spikes)
-        values["rates"] = [
-            [t, m] for t, m in zip(track.rate_t.ordered(), track.rate_m.ordered(), strict=True)
-        ]
+            values[name] = getattr(self, name)
+        values["drifts"] = self.drift_history().tolist()
+        windows = self.windows
+        values["diffs"] = [] if windows is None else windows.diffs.ordered()
+        values["step_win"] = [] if windows is None else windows.steps.ordered()
+        values["spikes"] = [] if self.spikes is None else list(self.spikes)
+        times, means = self.rate_samples()
+        values["rates"] = [[t, m] for t, m in zip(times, means, strict=True)]
         cal = self.cal
         values["verifying"] = cal.verifying if cal is not None else False
         values["verify_run"] = cal.verify_run if cal is not None else 0
@@ -529,30 +711,54 @@ class _Sensor:
         return {name: values[name] for name in _STATE_KEYS}
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any], config: DriftConfig, cold: _Track) -> _Sensor:
+    def from_state(cls, state: Mapping[str, Any], config: DriftConfig, version: int) -> _Sensor:
+        """The sensor saved as ``state`` by :meth:`to_state` (or in the version-1 layout:
+        the last 5 drifts, the noise and step windows, and the previous drift, which is the
+        newest of the 5)."""
         sensor = cls(str(state["device"]), str(state["metric"]))
         for name in _SENSOR_PLAIN[2:]:
-            if name in state:
-                setattr(sensor, name, state[name])
+            if name not in state:
+                continue
+            value = state[name]
+            field = getattr(cls, name)
+            if isinstance(field, _Number) and field.index >= len(sensor.num):
+                if value == field.default:
+                    continue  # no room taken for what it has not needed yet
+                sensor.add_reference()
+            setattr(sensor, name, value)
         warm = state.get("warm") or []
         if warm:
             sensor.warm = array("d", [float(x) for pair in warm for x in pair[:2]])
-        track = _Track(config)
-        learned = sensor.baseline is not None
-        for name in _TRACK_PLAIN:
-            if name in state:
-                setattr(track, name, state[name])
-                learned = learned or state[name] != getattr(cold, name)
-        track.last5 = array("d", [float(x) for x in state.get("last5", [])][-5:])
-        track.diffs = FloatRing(config.recent_buckets, state.get("diffs", []))
-        track.step_win = FloatRing(config.step_window, state.get("step_win", []))
+        track = {name: state[name] for name in _TRACK_PLAIN if name in state}
+        drifts = [float(x) for x in state.get("drifts" if version > 1 else "last5", [])]
+        diffs = [float(x) for x in state.get("diffs", [])]
+        steps = [float(x) for x in state.get("step_win", [])]
         spikes = [int(x) for x in state.get("spikes", [])]
-        track.spikes = spikes[max(0, len(spikes) - 4 * config.spike_count) :]
         rates = [list(x) for x in state.get("rates", [])]
-        track.rate_t = FloatRing(config.rate_window, [p[0] for p in rates])
-        track.rate_m = FloatRing(config.rate_window, [p[1] for p in rates])
-        learned = learned or bool(track.last5 or rates or spikes or len(track.diffs))
-        sensor.track = track if learned or len(track.step_win) else None
+        learned = (
+            sensor.baseline is not None
+            or any(value != _TRACK_PLAIN[name] for name, value in track.items())
+            or (version == 1 and state.get("prev_d") is not None)
+        )
+        if learned or drifts or diffs or steps or spikes or rates:
+            sensor.add_track()
+            for name, value in track.items():
+                setattr(sensor, name, value)
+            size = _history_size(config)
+            num = sensor.num
+            num.extend(drifts[-size:])
+            if len(num) == _RING + size:
+                sensor.num = array("d", num)
+            if diffs or steps:
+                sensor.windows = _Windows(config, diffs, steps)
+            if spikes:
+                sensor.spikes = spikes[max(0, len(spikes) - 4 * config.spike_count) :]
+            if rates:
+                capacity = 2 * config.rate_window
+                buf, head = array("d"), 0
+                for t, m in rates[-config.rate_window :]:
+                    buf, head = ring_push(buf, head, capacity, float(t), float(m))
+                sensor.rates, sensor.rates_at = buf, head
         history = state.get("history") or []
         verifying = bool(state.get("verifying", False))
         if history or verifying or state.get("verify_n") or state.get("verify_run"):
@@ -599,7 +805,7 @@ class _Group:
 
 
 class _Device:
-    __slots__ = ("env", "key", "meta", "published", "sensors", "site", "zone")
+    __slots__ = ("env", "first", "key", "meta", "published", "site", "zone")
 
     def __init__(self) -> None:
         self.site: str | None = None
@@ -613,13 +819,33 @@ class _Device:
         # where its EWMAs, one per environment metric (NaN: not seen), start in the
         # detector's environment column; -1 until its first value
         self.env = -1
-        self.sensors: tuple[_Sensor, ...] = ()  # in the order they were first seen
+        # its sensors, in the order they were first seen: the first, then each one's ``next``
+        self.first: _Sensor | None = None
+
+    @property
+    def sensors(self) -> list[_Sensor]:
+        found = []
+        sensor = self.first
+        while sensor is not None:
+            found.append(sensor)
+            sensor = sensor.next
+        return found
 
     def sensor(self, metric: str) -> _Sensor | None:
-        for sensor in self.sensors:
-            if sensor.metric == metric:
-                return sensor
-        return None
+        sensor = self.first
+        while sensor is not None and sensor.metric != metric:
+            sensor = sensor.next
+        return sensor
+
+    def add(self, sensor: _Sensor) -> None:
+        """Append ``sensor`` to its sensors."""
+        if self.first is None:
+            self.first = sensor
+            return
+        last = self.first
+        while last.next is not None:
+            last = last.next
+        last.next = sensor
 
 
 class DriftDetector:
@@ -633,7 +859,9 @@ class DriftDetector:
     """
 
     name = "drift"
-    STATE_VERSION = 1
+    # 2: a sensor saves its drift history (``drifts``) instead of its last 5 drifts, the
+    # previous drift and its noise and step windows; version 1 still loads
+    STATE_VERSION = 2
 
     def __init__(self, config: DriftConfig | None = None) -> None:
         self.config = config or DriftConfig()
@@ -650,6 +878,7 @@ class DriftDetector:
             for metric in self._watched
         }
         self._group_by = tuple(config.group_by)
+        self._history = _history_size(config)
         # what each reading is searched for: (metric, its environment position or -1, watched)
         env_positions = {m: i for i, m in enumerate(config.environment_metrics)}
         self._plan = tuple(
@@ -670,8 +899,6 @@ class DriftDetector:
         self._devices: dict[str, _Device] = {}
         # group_by values by themselves: devices with equal values share one tuple
         self._keys: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-        # the drift track of a sensor still warming up: only read, never written
-        self._cold = _Track(self.config)
         self.late_dropped = 0
         self.now = -math.inf
 
@@ -754,14 +981,12 @@ class DriftDetector:
                     )
                 if not watched:
                     continue
-                sensor = None
-                for known in device.sensors:
-                    if known.metric == metric:
-                        sensor = known
-                        break
+                sensor = device.first
+                while sensor is not None and sensor.metric != metric:
+                    sensor = sensor.next
                 if sensor is None:
                     sensor = _Sensor(device_id, metric)
-                    device.sensors += (sensor,)
+                    device.add(sensor)
                     self._sensors.append(sensor)
                 group = sensor.grp
                 if group is None or group.key is not key:
@@ -834,19 +1059,17 @@ class DriftDetector:
     def device_view(self, device_id: str) -> dict[str, Any] | None:
         """Each watched metric's drift state: peer or alone, rate, shape (plain data)."""
         device = self._devices.get(device_id)
-        if device is None or not device.sensors:
+        if device is None or device.first is None:
             return None
         metrics = {}
         for sensor in device.sensors:
-            track = sensor.track if sensor.track is not None else self._cold
+            out_since = sensor.out_since
             metrics[sensor.metric] = {
                 "mode": sensor.mode,
-                "drift_per_day": track.rate_per_day,
+                "drift_per_day": sensor.rate_per_day,
                 "drift_shape": sensor.drift_shape,
                 "fault_shape": sensor.fault_shape,
-                "out_of_tolerance_since": None
-                if not track.out_since
-                else iso_utc(float(track.out_since)),
+                "out_of_tolerance_since": None if not out_since else iso_utc(float(out_since)),
                 "reference": sensor.last_ref,
                 "peers": sensor.last_peers,
             }
@@ -895,8 +1118,10 @@ class DriftDetector:
             for peer in group.members:
                 if peer in present:
                     continue
-                if peer.last_value is not None and peer.last_ts >= horizon:
-                    carried.append((peer, peer.device, peer.last_value))
+                if peer.last_ts >= horizon:
+                    last = peer.num[_LAST_VALUE]
+                    if last == last or _pack(last) != _NONE_BYTES:
+                        carried.append((peer, peer.device, last))
         voters = members + carried if carried else members
         usable = sorted((v, d) for _, d, v in voters if low <= v <= high)
         flagged = {
@@ -954,7 +1179,8 @@ class DriftDetector:
     ) -> None:
         config = self.config
         tolerance, absolute, floor = self._params[s.metric]
-        s.last_value = value
+        num = s.num  # (see _SENSOR_NUMBERS; reset_detection and add_track keep the array)
+        num[_LAST_VALUE] = value
         s.last_ts = t
         s.bucket_index = index
         # physical range
@@ -970,48 +1196,49 @@ class DriftDetector:
                 s.range_bad = False
         # mode: judged against peers, or alone against the own daily profile
         if consensus is not None:
-            s.peer_streak += 1
-            s.alone_streak = 0
+            num[_PEER_STREAK] += 1.0
+            num[_ALONE_STREAK] = 0.0
         else:
-            s.alone_streak += 1
-            s.peer_streak = 0
+            num[_ALONE_STREAK] += 1.0
+            num[_PEER_STREAK] = 0.0
         switch = config.mode_switch_buckets
-        if s.mode != "peer" and s.peer_streak >= switch:
+        if s.mode != "peer" and num[_PEER_STREAK] >= switch:
             if s.mode is not None:
                 s.reset_detection()
             s.mode = "peer"
-        elif s.mode != "alone" and s.alone_streak >= switch:
+        elif s.mode != "alone" and num[_ALONE_STREAK] >= switch:
             if s.mode is not None:
                 s.reset_detection()
             s.mode = "alone"
         hour = int((t - 0.5 * config.bucket_s) % _DAY // 3_600)
         # own expectation: a local level (EWMA over ``alone_level_buckets``) plus the
         # hour-of-day shape around it
-        level = s.level
+        stored = num[_LEVEL]
+        level = None if stored != stored and _pack(stored) == _NONE_BYTES else stored
         profile_ref = None
         fault_shape = s.fault_shape
         learn = fault_shape is None or fault_shape == "noisy"
-        at = s.prof
+        at = int(num[_PROF])
         if level is None and at < 0:
             # the first bucket: its offset to the level just set is zero; only its hour is
             # counted until a second bucket needs the profile's room
-            s.level = value
+            num[_LEVEL] = value
             if learn:
                 if at == -1:
-                    s.prof = -2 - hour
+                    num[_PROF] = -2 - hour
                 else:  # a second count, at this hour or another
-                    at = s.prof = self._first_profile(at)
-                    self._learn_profile(s, at + hour, value, value)
+                    num[_PROF] = at = self._first_profile(at)
+                    self._learn_profile(num, at + hour, value, value)
         else:
             if at < 0:
-                at = s.prof = self._first_profile(at)
+                num[_PROF] = at = self._first_profile(at)
             at += hour
             if level is None:
-                s.level = level = value
+                num[_LEVEL] = level = value
             elif self._profile_n[at] >= config.profile_min_count:
                 profile_ref = level + self._profile[at]
             if learn:
-                self._learn_profile(s, at, value, level)
+                self._learn_profile(num, at, value, level)
         mode = s.mode
         if mode == "peer" and consensus is not None:
             reference: float | None = consensus
@@ -1024,30 +1251,38 @@ class DriftDetector:
             effective = tolerance
         s.last_peers = peers
         if reference is None:
-            s.last_ref = None
+            if len(num) > _LAST_REF:
+                num[_LAST_REF] = _NONE
             self._judge_faults(s, effective, stuck_now=False)
             return
+        if len(num) < _TRACK:  # its first reference
+            s.add_reference()
+            num = s.num
         den = 1.0 if absolute else (reference if reference > floor else max(-reference, floor))
         raw = value - reference
         r = raw / den
-        s.last_ref = reference
-        s.last_r = r
+        num[_LAST_REF] = reference
+        num[_LAST_R] = r
         # stuck: the same value while the reference moved
-        if s.stuck_value is not None and abs(value - s.stuck_value) <= 1e-9 * max(1.0, abs(value)):
-            s.stuck_run += 1
-            if reference < s.stuck_lo:
-                s.stuck_lo = reference
-            elif reference > s.stuck_hi:
-                s.stuck_hi = reference
+        stuck_value = num[_STUCK_VALUE]
+        if (stuck_value == stuck_value or _pack(stuck_value) != _NONE_BYTES) and abs(
+            value - stuck_value
+        ) <= 1e-9 * max(1.0, abs(value)):
+            stuck_run = num[_STUCK_RUN] + 1.0
+            if reference < num[_STUCK_LO]:
+                num[_STUCK_LO] = reference
+            elif reference > num[_STUCK_HI]:
+                num[_STUCK_HI] = reference
         else:
-            s.stuck_value = value
-            s.stuck_run = 1
-            s.stuck_lo = s.stuck_hi = reference
-        tr = s.track
+            num[_STUCK_VALUE] = value
+            stuck_run = 1.0
+            num[_STUCK_LO] = num[_STUCK_HI] = reference
+        num[_STUCK_RUN] = stuck_run
         stuck_now = False
-        if s.stuck_run >= config.stuck_buckets * (1 if mode == "peer" else 3):
-            moved = (s.stuck_hi - s.stuck_lo) / den
-            stuck_now = moved >= max(0.5 * effective, 4.0 * (tr.scale if tr is not None else 0.0))
+        if stuck_run >= config.stuck_buckets * (1 if mode == "peer" else 3):
+            moved = (num[_STUCK_HI] - num[_STUCK_LO]) / den
+            scale = num[_SCALE] if len(num) >= _RING else 0.0
+            stuck_now = moved >= max(0.5 * effective, 4.0 * scale)
         cal = s.cal
         if cal is not None and cal.verifying:
             if mode == "peer":
@@ -1056,71 +1291,100 @@ class DriftDetector:
                 cal.history.append([t, "no_peers_to_verify"])
                 cal.verifying = False
         # warm-up: learn the normal offset and noise
-        baseline = s.baseline
-        if baseline is None:
+        baseline = num[_BASELINE]
+        if baseline != baseline and _pack(baseline) == _NONE_BYTES:  # warming up
             warm = s.warm
             if warm is None:
                 warm = s.warm = array("d")
             warm.append(raw)
             warm.append(den)
             if len(warm) >= 2 * config.warmup_buckets:
-                s.baseline = baseline = _median(warm[0::2])
+                num[_BASELINE] = baseline = _median(warm[0::2])
                 offsets = [(w - baseline) / d for w, d in zip(warm[0::2], warm[1::2], strict=True)]
                 floor_scale = 0.05 * effective
-                if tr is None:
-                    tr = s.track = _Track(config)
-                tr.scale = max(_MAD * _mad(offsets, 0.0), floor_scale)
+                s.add_track()
+                num[_SCALE] = max(_MAD * _mad(offsets, 0.0), floor_scale)
                 diffs = [b - a for a, b in pairwise(offsets)]
-                tr.dscale = max(_MAD * _mad(diffs) / _SQRT2 if diffs else 0.0, floor_scale)
+                num[_DSCALE] = max(_MAD * _mad(diffs) / _SQRT2 if diffs else 0.0, floor_scale)
                 s.warm = None
             self._judge_faults(s, effective, stuck_now)
             return
-        if tr is None:
-            tr = s.track = _Track(config)
-        tr.buckets += 1
+        if len(num) < _RING:
+            s.add_track()
+        num[_BUCKETS] += 1.0
+        scale = num[_SCALE]
         d = (raw - baseline) / den
-        last5 = tr.last5
-        last5.append(d)
-        if len(last5) > 5:
-            del last5[0]
-        if len(last5) == 5:
+        # the drift history: a ring of the last ``_history`` drifts after the numbers
+        held = len(num) - _RING
+        head = int(num[_DRIFTS_AT])
+        windows = s.windows
+        if windows is not None:  # loaded windows, appended to as they were
+            if held:
+                windows.diffs.append(d - num[_RING + head - 1 if head else -1])
+            windows.left -= 1
+        capacity = self._history
+        if held < capacity:
+            num.append(d)
+            held += 1
+            if held == capacity:
+                s.num = num = array("d", num)  # full: no room kept for growth
+        else:
+            num[_RING + head] = d
+            head += 1
+            if head == capacity:
+                head = 0
+            num[_DRIFTS_AT] = head
+        if held >= 5:
+            # the last 5 drifts, oldest first
+            if head >= 5:
+                last5 = num[_RING + head - 5 : _RING + head]
+            elif head == 0:
+                last5 = num[-5:]
+            else:
+                last5 = num[head - 5 :] + num[_RING : _RING + head]
             dm = sorted(last5)[2]
-            limit = max(config.spike_z * tr.scale, 0.5 * effective)
+            limit = max(config.spike_z * scale, 0.5 * effective)
             if abs(last5[2] - dm) > limit:
-                spikes = tr.spikes
-                if len(spikes) >= 4 * config.spike_count:
+                spikes = s.spikes
+                if spikes is None:
+                    spikes = s.spikes = []
+                elif len(spikes) >= 4 * config.spike_count:
                     del spikes[0]
                 spikes.append(index - 2)  # the middle bucket stands out
         else:
             dm = d
-        if tr.prev_d is not None:
-            tr.diffs.append(d - tr.prev_d)
-        tr.prev_d = d
-        tr.noise_age += 1
-        if tr.noise_age >= 12 and len(tr.diffs) >= config.recent_buckets // 2:
-            tr.noise_age = 0
-            tr.noise_ratio = _MAD * _mad(tr.diffs.values()) / _SQRT2 / tr.dscale
-            tr.noise_hits = tr.noise_hits + 1 if tr.noise_ratio >= config.noisy_ratio else 0
-        tr.ewma += config.ewma_alpha * (dm - tr.ewma)
-        scale = tr.scale
+        if windows is not None:
+            windows.steps.append(dm)
+            if windows.left <= 0:
+                s.windows = None
+        noise_age = num[_NOISE_AGE] + 1.0
+        recent = config.recent_buckets
+        if noise_age >= 12.0 and s.diff_count(recent) >= recent // 2:
+            noise_age = 0.0
+            ratio = _MAD * _mad(s.diff_window(recent)) / _SQRT2 / num[_DSCALE]
+            num[_NOISE_RATIO] = ratio
+            num[_NOISE_HITS] = num[_NOISE_HITS] + 1 if ratio >= config.noisy_ratio else 0
+        num[_NOISE_AGE] = noise_age
+        ewma = num[_EWMA]
+        num[_EWMA] = ewma + config.ewma_alpha * (dm - ewma)
         z = dm / scale
         k = 0.25 * effective / scale
         if k < 0.5:
             k = 0.5
         cap = 5.0 * config.cusum_h
-        cpos = tr.cpos + z - k
-        tr.cpos = 0.0 if cpos < 0.0 else (cap if cpos > cap else cpos)
-        cneg = tr.cneg - z - k
-        tr.cneg = 0.0 if cneg < 0.0 else (cap if cneg > cap else cneg)
-        tr.step_win.append(dm)
+        cpos = num[_CPOS] + z - k
+        num[_CPOS] = 0.0 if cpos < 0.0 else (cap if cpos > cap else cpos)
+        cneg = num[_CNEG] - z - k
+        num[_CNEG] = 0.0 if cneg < 0.0 else (cap if cneg > cap else cneg)
         limit = self._ewma_z * scale
         threshold = effective if effective > limit else limit
-        self._track_rate(s, tr, t, dm, threshold)
-        self._judge_drift(s, tr, t, threshold)
+        self._track_rate(s, t, dm, threshold)
+        self._judge_drift(s, t, threshold)
         self._judge_faults(s, effective, stuck_now)
 
-    def _learn_profile(self, s: _Sensor, at: int, value: float, level: float) -> None:
-        """One bucket's offset into the profile cell ``at``, and the level after it."""
+    def _learn_profile(self, num: array[float], at: int, value: float, level: float) -> None:
+        """One bucket's offset into the profile cell ``at``, and the level (of the sensor whose
+        numbers are ``num``) after it."""
         config = self.config
         profile = self._profile
         profile_n = self._profile_n
@@ -1130,7 +1394,7 @@ class DriftDetector:
         profile_n[at] = min(n, 1_000_000)
         alpha = max(1.0 / n, config.profile_alpha)
         profile[at] += alpha * (value - level - profile[at])
-        s.level = level + (value - profile[at] - level) / config.alone_level_buckets
+        num[_LEVEL] = level + (value - profile[at] - level) / config.alone_level_buckets
 
     def _first_profile(self, at: int) -> int:
         """Room for the profile of a sensor whose ``prof`` is ``at`` (negative), with the one
@@ -1162,119 +1426,127 @@ class DriftDetector:
             cal.history.append([t, "verification_failed"])
             cal.verifying = False
 
-    def _track_rate(self, s: _Sensor, tr: _Track, t: float, dm: float, threshold: float) -> None:
+    def _track_rate(self, s: _Sensor, t: float, dm: float, threshold: float) -> None:
         """Collect ``rate_sample_s`` means of the drift; fit the slope when it matters (the
         drift is past a quarter of the threshold), else leave it for :meth:`_refresh_rate`."""
         config = self.config
+        num = s.num
         slot = int(t // config.rate_sample_s)
-        if slot != tr.rate_slot:
-            if tr.rate_n:
-                mid = (tr.rate_slot + 0.5) * config.rate_sample_s
-                tr.rate_t.append(mid / _DAY)
-                tr.rate_m.append(tr.rate_sum / tr.rate_n)
-                tr.rate_sum = 0.0
-                tr.rate_n = 0
-                tr.rate_stale = True
-                if abs(tr.ewma) >= 0.25 * threshold or s.flagged:
-                    self._refresh_rate(tr)
-            tr.rate_slot = slot
-        tr.rate_sum += dm
-        tr.rate_n += 1
-        self._predict(tr, t, threshold)
+        rate_slot = num[_RATE_SLOT]
+        if slot != rate_slot:
+            if num[_RATE_N]:
+                mid = (rate_slot + 0.5) * config.rate_sample_s
+                rates = s.rates if s.rates is not None else array("d")
+                s.rates, head = ring_push(
+                    rates, int(num[_RATES_AT]), 2 * config.rate_window,
+                    mid / _DAY, num[_RATE_SUM] / num[_RATE_N],
+                )  # fmt: skip
+                num[_RATES_AT] = head
+                num[_RATE_SUM] = 0.0
+                num[_RATE_N] = 0
+                num[_RATE_STALE] = True
+                if abs(num[_EWMA]) >= 0.25 * threshold or s.flagged:
+                    self._refresh_rate(s)
+            num[_RATE_SLOT] = slot
+        num[_RATE_SUM] += dm
+        num[_RATE_N] += 1.0
+        self._predict(s, t, threshold)
 
-    def _refresh_rate(self, tr: _Track) -> None:
+    def _refresh_rate(self, s: _Sensor) -> None:
         """Fit the Theil-Sen slope of the drift samples, if new samples came in."""
-        if not tr.rate_stale:
+        if not s.rate_stale:
             return
-        tr.rate_stale = False
+        s.rate_stale = False
         config = self.config
-        if len(tr.rate_t) < config.rate_min_samples:
+        if s.rates is None or len(s.rates) < 2 * config.rate_min_samples:
             return
-        slope, _, se = theil_sen(tr.rate_t.ordered(), tr.rate_m.ordered())
-        tr.rate_per_day = slope
-        tr.rate_se = se if math.isfinite(se) else None
-        tr.rate_sig = slope != 0 and abs(slope) >= config.rate_min_t * se
+        slope, _, se = theil_sen(*s.rate_samples())
+        s.rate_per_day = slope
+        s.rate_se = se if math.isfinite(se) else None
+        s.rate_sig = slope != 0 and abs(slope) >= config.rate_min_t * se
 
-    def _predict(self, tr: _Track, t: float, threshold: float) -> None:
+    def _predict(self, s: _Sensor, t: float, threshold: float) -> None:
         """When the drift leaves (or left) tolerance, from its smoothed size and its rate: only
         for a drift already ``predict_min_fraction`` of the way, moving further out."""
-        current = tr.ewma
+        num = s.num
+        current = num[_EWMA]
         if abs(current) >= threshold:
-            if tr.out_since is None:
-                tr.out_since = t
-            tr.predicted_at = tr.out_since
+            if s.out_since is None:
+                s.out_since = t
+            s.predicted_at = s.out_since
             return
-        tr.out_since = None
-        rate = tr.rate_per_day
+        s.out_since = None
+        rate = _get(num[_RATE_PER_DAY]) if num[_RATE_SIG] else None
         if (
-            tr.rate_sig
-            and rate is not None
+            rate is not None
             and rate != 0
             and (rate > 0) == (current > 0)
             and abs(current) >= self.config.predict_min_fraction * threshold
         ):
             days = (math.copysign(threshold, rate) - current) / rate
-            tr.predicted_at = t + days * _DAY if days > 0 else None
+            s.predicted_at = t + days * _DAY if days > 0 else None
         else:
-            tr.predicted_at = None
+            s.predicted_at = None
 
-    def _threshold(self, tr: _Track, effective: float) -> float:
-        limit = self._ewma_z * tr.scale
+    def _threshold(self, s: _Sensor, effective: float) -> float:
+        limit = self._ewma_z * s.scale
         return effective if effective > limit else limit
 
-    def _judge_drift(self, s: _Sensor, tr: _Track, t: float, threshold: float) -> None:
+    def _judge_drift(self, s: _Sensor, t: float, threshold: float) -> None:
         config = self.config
-        e = tr.ewma
+        num = s.num
+        e = num[_EWMA]
         size = abs(e)
         if s.drift_shape is not None:
             if size < config.clear_fraction * threshold:
                 if s.drift_shape == "ageing":
                     # ageing does not heal itself: clear only once the trend is gone too
-                    self._refresh_rate(tr)
-                    rate = tr.rate_per_day
-                    if tr.rate_sig and rate is not None and (rate > 0) == (e > 0):
+                    self._refresh_rate(s)
+                    rate = _get(num[_RATE_PER_DAY])
+                    if s.rate_sig and rate is not None and (rate > 0) == (e > 0):
                         return
                 s.drift_shape = None
             elif s.drift_shape == "ageing":
-                jump = self._best_jump(tr)
+                jump = self._best_jump(s, config.step_window)
                 if abs(jump) >= threshold and abs(jump) >= 0.5 * size:
                     s.drift_shape = "step"
-                    tr.step_jump = jump
+                    num[_STEP_JUMP] = jump
             return
         if s.device in self._references:
             return  # trusted: judged for faults only
-        confirmed = tr.cpos >= config.cusum_h if e > 0 else tr.cneg >= config.cusum_h
+        confirmed = num[_CPOS] >= config.cusum_h if e > 0 else num[_CNEG] >= config.cusum_h
         if not confirmed:
             return
         fire = size >= threshold
         if not fire and size >= config.early_fraction * threshold:
-            self._refresh_rate(tr)
-            self._predict(tr, t, threshold)
-            rate = tr.rate_per_day
+            self._refresh_rate(s)
+            self._predict(s, t, threshold)
+            rate = _get(num[_RATE_PER_DAY])
+            predicted_at = s.predicted_at
             fire = (
-                tr.rate_sig
+                s.rate_sig
                 and rate is not None
                 and (rate > 0) == (e > 0)
-                and tr.predicted_at is not None
-                and tr.predicted_at - t <= config.horizon_s
+                and predicted_at is not None
+                and predicted_at - t <= config.horizon_s
             )
         if not fire:
             return
-        jump = self._best_jump(tr)
+        jump = self._best_jump(s, config.step_window)
         if abs(jump) >= 0.5 * threshold and abs(jump) >= 0.5 * size:
             s.drift_shape = "step"
-            tr.step_jump = jump
+            num[_STEP_JUMP] = jump
         else:
             s.drift_shape = "ageing"
 
     @staticmethod
-    def _best_jump(tr: _Track) -> float:
-        """The largest difference of means across one split of the recent drift history
-        (segments of at least 6 buckets): large for a step, small for slow ageing."""
-        n = len(tr.step_win)
+    def _best_jump(s: _Sensor, size: int) -> float:
+        """The largest difference of means across one split of the last ``size`` filtered
+        drifts (segments of at least 6 buckets): large for a step, small for slow ageing."""
+        values = s.step_window(size)
+        n = len(values)
         if n < 12:
             return 0.0
-        values = tr.step_win.ordered()
         prefix = [0.0]
         for v in values:
             prefix.append(prefix[-1] + v)
@@ -1288,25 +1560,32 @@ class DriftDetector:
 
     def _judge_faults(self, s: _Sensor, effective: float, stuck_now: bool) -> None:
         config = self.config
-        tr = s.track if s.track is not None else self._cold
-        spikes = tr.spikes
-        if spikes:
+        num = s.num
+        spikes = s.spikes
+        if spikes is not None:
             oldest = s.bucket_index - config.spike_window_buckets
             while spikes and spikes[0] <= oldest:
                 del spikes[0]
+            if not spikes:
+                spikes = s.spikes = None
+        tracked = len(num) >= _RING
         current = s.fault_shape
         if s.range_bad:
             shape: str | None = "out_of_range"
         elif stuck_now or (current == "stuck" and s.stuck_run >= config.stuck_buckets):
             shape = "stuck"
-        elif tr.noise_hits >= 2 or (
-            current == "noisy" and tr.noise_ratio >= 0.67 * config.noisy_ratio
+        elif tracked and (
+            num[_NOISE_HITS] >= 2
+            or (current == "noisy" and num[_NOISE_RATIO] >= 0.67 * config.noisy_ratio)
         ):
             shape = "noisy"
-        elif (current == "spikes" and spikes) or (
-            len(spikes) >= config.spike_count
-            and sum(1 for b in spikes if b > s.bucket_index - config.recent_buckets)
-            < max(2, config.spike_count)
+        elif spikes is not None and (
+            current == "spikes"
+            or (
+                len(spikes) >= config.spike_count
+                and sum(1 for b in spikes if b > s.bucket_index - config.recent_buckets)
+                < max(2, config.spike_count)
+            )
         ):
             shape = "spikes"  # isolated outliers; many in a row is noise, judged above
         else:
@@ -1384,9 +1663,8 @@ class DriftDetector:
             shape = s.shape or ""
             # out of tolerance (ageing only), with a margin once reported, so it does not flap
             margin = 0.8 if before is not None and before[3] else 1.0
-            tr = self._track(s)
-            out_of_tolerance = shape == "ageing" and abs(tr.ewma) >= margin * self._threshold(
-                tr, self._effective(s)
+            out_of_tolerance = shape == "ageing" and abs(s.ewma) >= margin * self._threshold(
+                s, self._effective(s)
             )
             now = [shape, int(_SEVERITY[shape]), s.metric, out_of_tolerance]
             if now != before:
@@ -1395,10 +1673,6 @@ class DriftDetector:
                 published[kind] = now
                 out.append(self._firing(device_id, device, kind, s, t, flagged[kind]))
 
-    def _track(self, s: _Sensor) -> _Track:
-        """The drift track of ``s`` (the defaults while it warms up)."""
-        return s.track if s.track is not None else self._cold
-
     def _effective(self, s: _Sensor) -> float:
         tolerance, _ = self._tolerance(s.metric)
         return tolerance * (self.config.alone_factor if s.mode == "alone" else 1.0)
@@ -1406,10 +1680,9 @@ class DriftDetector:
     def _evidence(self, s: _Sensor) -> dict[str, Any]:
         _, absolute = self._tolerance(s.metric)
         effective = self._effective(s)
-        tr = self._track(s)
         r = s.last_r
-        threshold = self._threshold(tr, effective) if s.baseline is not None else effective
-        rate = tr.rate_per_day
+        threshold = self._threshold(s, effective) if s.baseline is not None else effective
+        rate = s.rate_per_day
         return {
             "metric": s.metric,
             "shape": s.shape,
@@ -1425,43 +1698,42 @@ class DriftDetector:
                 if absolute or s.baseline is None or s.last_ref is None
                 else 100.0 * s.baseline / max(abs(s.last_ref), self._params[s.metric][2])
             ),
-            "drift": tr.ewma,
-            "drift_pct": None if absolute else 100.0 * tr.ewma,
+            "drift": s.ewma,
+            "drift_pct": None if absolute else 100.0 * s.ewma,
             "tolerance": effective,
             "absolute": absolute,
-            "out_of_tolerance": s.baseline is not None and abs(tr.ewma) >= threshold,
+            "out_of_tolerance": s.baseline is not None and abs(s.ewma) >= threshold,
             "rate_per_day": rate,
             "rate_pct_per_day": None if rate is None or absolute else 100.0 * rate,
-            "rate_significant": tr.rate_sig,
-            "predicted_out_of_tolerance_at": tr.predicted_at,
+            "rate_significant": s.rate_sig,
+            "predicted_out_of_tolerance_at": s.predicted_at,
             "predicted_out_of_tolerance_iso": (
-                iso_utc(tr.predicted_at) if tr.predicted_at is not None else None
+                iso_utc(s.predicted_at) if s.predicted_at is not None else None
             ),
             "peers_used": s.last_peers,
             "group": s.group,
             "confidence": round(self._confidence(s, threshold), 3),
-            "noise_ratio": tr.noise_ratio,
+            "noise_ratio": s.noise_ratio,
             "stuck_buckets": s.stuck_run,
-            "spikes": len(tr.spikes),
-            "step": tr.step_jump if s.shape == "step" else None,
+            "spikes": len(s.spikes or ()),
+            "step": s.step_jump if s.shape == "step" else None,
             "last_calibration": self._last_calibration(s),
         }
 
     def _confidence(self, s: _Sensor, threshold: float) -> float:
         config = self.config
-        tr = self._track(s)
         shape = s.shape
         if shape == "out_of_range":
             base = 1.0
         elif shape == "stuck":
             base = min(1.0, s.stuck_run / (2.0 * config.stuck_buckets))
         elif shape == "noisy":
-            base = min(1.0, tr.noise_ratio / (2.0 * config.noisy_ratio))
+            base = min(1.0, s.noise_ratio / (2.0 * config.noisy_ratio))
         elif shape == "spikes":
-            base = min(1.0, len(tr.spikes) / (2.0 * config.spike_count))
+            base = min(1.0, len(s.spikes or ()) / (2.0 * config.spike_count))
         else:
-            cusum = max(tr.cpos, tr.cneg) / config.cusum_h
-            base = min(1.0, abs(tr.ewma) / threshold) * min(1.0, 0.5 + 0.5 * cusum)
+            cusum = max(s.cpos, s.cneg) / config.cusum_h
+            base = min(1.0, abs(s.ewma) / threshold) * min(1.0, 0.5 + 0.5 * cusum)
         support = (
             0.6
             if s.mode != "peer"
@@ -1489,12 +1761,11 @@ class DriftDetector:
     ) -> Signal:
         evidence = self._evidence(s)
         evidence["metrics"] = metrics
-        tr = self._track(s)
         shape = s.shape or ""
         metric = s.metric
-        drift_pct = f"{100.0 * tr.ewma:+.2f} %"
+        drift_pct = f"{100.0 * s.ewma:+.2f} %"
         if evidence["absolute"]:
-            drift_pct = f"{tr.ewma:+.4g}"
+            drift_pct = f"{s.ewma:+.4g}"
         against = "its peers" if s.mode == "peer" else "its own daily profile"
         when = evidence["predicted_out_of_tolerance_iso"]
         if shape == "ageing":
@@ -1515,10 +1786,10 @@ class DriftDetector:
             summary = f"{device_id}: {metric} stuck at {s.last_value:.6g} for {s.stuck_run} buckets while {against} changed"
             action = f"Replace the {metric} sensor of {device_id} (or check its wiring and firmware): it repeats one value."
         elif shape == "noisy":
-            summary = f"{device_id}: {metric} noise {tr.noise_ratio:.1f}x its normal level"
+            summary = f"{device_id}: {metric} noise {s.noise_ratio:.1f}x its normal level"
             action = f"Replace the {metric} sensor of {device_id}: its readings have become noisy."
         elif shape == "spikes":
-            summary = f"{device_id}: {metric} shows {len(tr.spikes)} large spikes"
+            summary = f"{device_id}: {metric} shows {len(s.spikes or ())} large spikes"
             action = f"Check the connections and shielding of the {metric} sensor of {device_id}; replace it if the spikes continue."
         else:
             low, high = self.config.ranges.get(metric, (-math.inf, math.inf))
@@ -1568,9 +1839,8 @@ class DriftDetector:
         if s is None:
             return None
         if s.baseline is not None:
-            tr = self._track(s)
-            self._refresh_rate(tr)
-            self._predict(tr, s.last_ts, self._threshold(tr, self._effective(s)))
+            self._refresh_rate(s)
+            self._predict(s, s.last_ts, self._threshold(s, self._effective(s)))
         status = self._evidence(s)
         status["device"] = device_id
         status["warmed_up"] = s.baseline is not None
@@ -1597,30 +1867,29 @@ class DriftDetector:
             if s.baseline is None:
                 warming += 1
                 continue
-            tr = self._track(s)
             effective = self._effective(s)
-            threshold = self._threshold(tr, effective)
-            self._refresh_rate(tr)
-            self._predict(tr, s.last_ts, threshold)
+            threshold = self._threshold(s, effective)
+            self._refresh_rate(s)
+            self._predict(s, s.last_ts, threshold)
             if s.fault_shape is not None or s.drift_shape == "step":
                 status = "fault"
-            elif abs(tr.ewma) >= threshold:
+            elif abs(s.ewma) >= threshold:
                 status = "out_of_tolerance"
-            elif tr.predicted_at is not None:
+            elif s.predicted_at is not None:
                 status = "drifting"
             else:
                 healthy += 1
                 continue
             if status == "drifting":
-                due = tr.predicted_at if tr.predicted_at is not None else s.last_ts
+                due = s.predicted_at if s.predicted_at is not None else s.last_ts
             elif status == "fault":
                 due = s.since if s.since is not None else s.last_ts
             else:
-                due = tr.out_since if tr.out_since is not None else s.last_ts
+                due = s.out_since if s.out_since is not None else s.last_ts
             shape = s.shape
             severity = _SEVERITY[shape] if shape is not None else Severity.INFO
             _, absolute = self._tolerance(s.metric)
-            rate = tr.rate_per_day
+            rate = s.rate_per_day
             entries.append(
                 {
                     "device": s.device,
@@ -1631,8 +1900,8 @@ class DriftDetector:
                     "status": status,
                     "shape": shape,
                     "severity": severity.label,
-                    "drift": tr.ewma,
-                    "drift_pct": None if absolute else 100.0 * tr.ewma,
+                    "drift": s.ewma,
+                    "drift_pct": None if absolute else 100.0 * s.ewma,
                     "rate_per_day": rate,
                     "rate_pct_per_day": None if rate is None or absolute else 100.0 * rate,
                     "predicted_out_of_tolerance_at": due,
@@ -1672,15 +1941,14 @@ class DriftDetector:
         for s in self._sensors:
             if s.baseline is None:
                 continue
-            tr = self._track(s)
-            self._refresh_rate(tr)
-            if tr.rate_per_day is None:
+            self._refresh_rate(s)
+            if s.rate_per_day is None:
                 continue
             device = self._devices.get(s.device)
             if device is None:
                 continue
             zone = f"{s.site or '?'}/{s.zone or '?'}"
-            rows.append((abs(tr.rate_per_day), zone, self._env(device, env_metrics)))
+            rows.append((abs(s.rate_per_day), zone, self._env(device, env_metrics)))
         all_rates = [r for r, _, _ in rows]
         report: dict[str, Any] = {
             "statistic": "ratio of median |drift rate| in the band to the rest of the fleet; "
@@ -1779,9 +2047,7 @@ class DriftDetector:
                 }
                 for g in self._groups.values()
             ],
-            "sensors": [
-                s.to_state(self._cold, self._profile, self._profile_n) for s in self._sensors
-            ],
+            "sensors": [s.to_state(self._profile, self._profile_n) for s in self._sensors],
             "devices": {
                 device_id: {
                     "site": d.site,
@@ -1795,8 +2061,8 @@ class DriftDetector:
 
     def load_state(self, state: dict[str, Any]) -> None:
         version = state.get("version")
-        if version != self.STATE_VERSION:
-            raise ValueError(f"drift state format {version} is not {self.STATE_VERSION}")
+        if version not in (1, self.STATE_VERSION):
+            raise ValueError(f"drift state format {version} is not {self.STATE_VERSION} or 1")
         self._reset()
         config = self.config
         now = state.get("now")
@@ -1823,7 +2089,7 @@ class DriftDetector:
             self._devices[str(device_id)] = device
         by_key: dict[tuple[str, str], _Sensor] = {}
         for row in state.get("sensors", []):
-            sensor = _Sensor.from_state(row, config, self._cold)
+            sensor = _Sensor.from_state(row, config, int(version))
             key = (sensor.device, sensor.metric)
             if sensor.metric not in self._watched or key in by_key:
                 continue
@@ -1840,7 +2106,7 @@ class DriftDetector:
             holder = self._devices.get(sensor.device)
             if holder is None:  # a state without the device: keep the sensor all the same
                 holder = self._devices[sensor.device] = _Device()
-            holder.sensors += (sensor,)
+            holder.add(sensor)
             self._sensors.append(sensor)
         bucket_s = config.bucket_s
         for row in rows:

@@ -1,7 +1,10 @@
 """Compact containers for the drift detector's per-sensor state.
 
 Floats are kept unboxed in ``array('d')`` buffers: a window of ``n`` readings costs ``8 n``
-bytes instead of a deque of float objects.
+bytes instead of a deque of float objects. A *ring* is a bare ``array('d')`` plus the index
+of its oldest value (kept by its owner, so a window costs no object of its own): it grows
+(exactly, with no room to spare) until it holds ``capacity`` values, then overwrites the
+oldest.
 
 >>> ring = FloatRing(3)
 >>> for v in (1.0, 2.0, 3.0, 4.0):
@@ -10,6 +13,16 @@ bytes instead of a deque of float objects.
 (3, [2.0, 3.0, 4.0])
 >>> sorted(ring.values())
 [2.0, 3.0, 4.0]
+>>> buf, head = array("d"), 0
+>>> for v in (1.0, 2.0, 3.0, 4.0, 5.0):
+...     buf, head = ring_push(buf, head, 3, v)
+>>> ring_ordered(buf, head), len(buf), head
+([3.0, 4.0, 5.0], 3, 2)
+>>> buf, head = array("d"), 0
+>>> for t in range(4):  # a ring of pairs: capacity and values count floats
+...     buf, head = ring_push(buf, head, 4, float(t), 10.0 * t)
+>>> ring_ordered(buf, head)
+[2.0, 20.0, 3.0, 30.0]
 """
 
 from __future__ import annotations
@@ -17,6 +30,27 @@ from __future__ import annotations
 from array import array
 from collections.abc import Iterable
 from typing import Any
+
+
+def ring_push(
+    buf: array[float], head: int, capacity: int, *values: float
+) -> tuple[array[float], int]:
+    """Append ``values`` to the ring ``(buf, head)`` of ``capacity`` floats (a multiple of
+    ``len(values)``); return the ring after it (while it grows, a new exact-size ``buf``: meant
+    for rings appended to now and then, such as one sample every few hours)."""
+    if len(buf) < capacity:
+        return buf + array("d", values), 0
+    for value in values:
+        buf[head] = value
+        head += 1
+    return buf, 0 if head >= capacity else head
+
+
+def ring_ordered(buf: array[float], head: int) -> list[float]:
+    """The values of the ring ``(buf, head)``, oldest first."""
+    if head == 0:
+        return buf.tolist()
+    return buf[head:].tolist() + buf[:head].tolist()
 
 
 class FloatRing:

@@ -7,11 +7,14 @@ within the 5-minute period. ``<zone>-0`` carries the fault under test (``<zone>-
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
+import tracemalloc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -478,14 +481,15 @@ def _warmed_detector() -> tuple[DriftDetector, Sim]:
     return detector, sim
 
 
-def test_state_of_the_previous_layout_loads_and_is_written_back_the_same() -> None:
-    # the version-1 layout: windows as plain lists of floats and of [time, mean] pairs, a
-    # full 24-hour profile, the calibration history; a sensor warming up while verifying
+def test_state_layout_loads_and_is_written_back_the_same() -> None:
+    # windows as one list of drifts and a list of [time, mean] pairs, a full 24-hour profile,
+    # the calibration history; a sensor warming up while verifying
     detector, _ = _warmed_detector()
     saved = json.loads(json.dumps(detector.state_dict(), allow_nan=False))
-    assert saved["version"] == 1
+    assert saved["version"] == 2
     sensor = next(s for s in saved["sensors"] if s["device"] == "B-1")
-    assert isinstance(sensor["diffs"], list) and isinstance(sensor["rates"][0], list)
+    assert isinstance(sensor["drifts"], list) and isinstance(sensor["rates"][0], list)
+    assert sensor["diffs"] == [] and sensor["step_win"] == []  # they follow from the drifts
     assert len(sensor["profile"]) == 24 and all(isinstance(n, int) for n in sensor["profile_n"])
     assert [event for _, event in sensor["history"]][:1] == ["calibrated"]
     previous = dict(sensor, warm=[[0.1, 20.0]] * 3, baseline=None, verifying=True)
@@ -496,6 +500,110 @@ def test_state_of_the_previous_layout_loads_and_is_written_back_the_same() -> No
     assert again == json.loads(json.dumps(state))
     status = loaded.sensor_status("B-1", "temperature_c")
     assert status is not None and status["verifying"] is True and not status["warmed_up"]
+
+
+def _as_version_1(state: dict[str, Any], config: DriftConfig) -> dict[str, Any]:
+    """``state`` in the version-1 layout: each sensor's last 5 drifts, its previous drift, and
+    its noise and step windows as they were kept bucket by bucket (differences of successive
+    drifts; 5-bucket medians, the first 4 drifts of a track standing for themselves)."""
+    sensors = []
+    for row in state["sensors"]:
+        drifts = row["drifts"]
+        first = row["buckets"] - len(drifts)  # the number of the oldest drift held
+        steps = [
+            d if first + k < 4 else sorted(drifts[k - 4 : k + 1])[2]
+            for k, d in enumerate(drifts)
+            if first + k < 4 or k >= 4
+        ]
+        old = {key: value for key, value in row.items() if key != "drifts"}
+        old.update(
+            last5=drifts[-5:],
+            prev_d=drifts[-1] if drifts else None,
+            diffs=[b - a for a, b in itertools.pairwise(drifts)][-config.recent_buckets :],
+            step_win=steps[-config.step_window :],
+        )
+        sensors.append(old)
+    return dict(state, version=1, sensors=sensors)
+
+
+def test_version_1_state_loads_and_continues_like_the_state_it_was_made_from() -> None:
+    first, sim = _warmed_detector()
+    config = first.config
+    saved = json.loads(json.dumps(first.state_dict(), allow_nan=False))
+    drifting = next(s for s in saved["sensors"] if s["device"] == "B-0")
+    assert len(drifting["drifts"]) == config.step_window + 4  # a full history
+    current, previous = DriftDetector(config), DriftDetector(config)
+    current.load_state(saved)
+    previous.load_state(json.loads(json.dumps(_as_version_1(saved, config))))
+    # the loaded windows are kept (and saved) until the history holds them
+    carried = next(s for s in previous.state_dict()["sensors"] if s["device"] == "B-0")
+    assert carried["drifts"] == drifting["drifts"][-5:]
+    assert len(carried["step_win"]) == config.step_window and carried["diffs"]
+    replay = Sim({"B": (5, {0: step(0.05, 1.5)}), "L": (1, {})}, seed=5)
+    replay.rng = random.Random(8)
+    sim.rng = random.Random(8)
+    a = sim.run(current, 2.0, 3.0)
+    b = replay.run(previous, 2.0, 3.0)
+    assert [(s.kind, s.subject, s.firing, s.at, s.evidence) for s in a] == [
+        (s.kind, s.subject, s.firing, s.at, s.evidence) for s in b
+    ]
+    now = T0 + 3 * DAY
+    assert current.report(now) == previous.report(now)
+    assert previous.state_dict() == current.state_dict()  # windows handed over
+    with pytest.raises(ValueError, match="format 3"):
+        DriftDetector(config).load_state(dict(saved, version=3))
+
+
+def test_a_warmed_sensor_keeps_its_numbers_unboxed_in_one_bounded_array() -> None:
+    config = DriftConfig(metrics=("temperature_c",), warmup_buckets=24, mode_switch_buckets=2)
+    sim = Sim({zone: (6, {}) for zone in "ABCDE"}, seed=2)
+    metas = {zone: {"site": "s1", "zone": zone} for zone in "ABCDE"}
+    batches: list[list[Reading]] = []
+    for batch in _recorded(sim, 0, 0.5):  # 144 buckets: warmed up, history full
+        # one metadata mapping per zone, as a pipeline shares one per device
+        batches.append([r._replace(meta=metas[r.meta["zone"]]) for r in batch])
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        detector = DriftDetector(config)
+        for batch in batches:
+            detector.process(batch)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    sensors = detector.state_dict()["sensors"]
+    assert len(sensors) == 30 and all(s["baseline"] is not None for s in sensors)
+    assert {len(s["drifts"]) for s in sensors} == {config.step_window + 4}
+    # about 2.3 KB each with its device, metadata and peer group; a window object per
+    # statistic and boxed numbers would take 3.8 KB
+    assert held / len(sensors) < 2_800
+
+
+def _recorded(sim: Sim, start_day: float, end_day: float) -> list[list[Reading]]:
+    """The batches ``sim`` feeds a detector from ``start_day`` to ``end_day``."""
+    batches: list[list[Reading]] = []
+
+    class Recorder(DriftDetector):
+        def process(self, batch: Sequence[Reading]) -> list[Signal]:
+            batches.append(list(batch))
+            return []
+
+    sim.run(Recorder(), start_day, end_day)
+    return batches
+
+
+def test_times_keep_the_type_the_bucket_width_gives_them() -> None:
+    config = DriftConfig(metrics=("temperature_c",), bucket_s=60, lateness_s=0, min_peers=2)
+    detector = DriftDetector(config)
+    meta = {"site": "s", "zone": "z"}
+    for i in range(5):
+        t = 60.0 * i + 1
+        detector.process(
+            [Reading(f"d{d}", t, t, {"temperature_c": 20.0 + d}, meta) for d in range(3)]
+        )
+    saved = detector.state_dict()
+    assert saved == json.loads(json.dumps(saved))
+    assert {type(s["last_ts"]) for s in saved["sensors"]} == {int}  # (i + 1) * 60
 
 
 def test_round_trip_keeps_windows_in_order_and_continues_identically() -> None:
