@@ -50,7 +50,7 @@ COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("state journal (SQLite)", ("service/state.py", "sqlite3")),
     ("metrics (prometheus_client)", ("prometheus_client", "service/metrics.py")),
     ("fleet view (latest values)", ("service/fleetview.py",)),
-    ("pipeline + intake", ("service/pipeline.py", "service/daemon.py")),
+    ("pipeline + intake", ("service/pipeline.py", "service/daemon.py", "service/replay.py")),
     ("asyncio event loop and sockets", ("asyncio", "selectors", "socket", "select.epoll")),
 )  # fmt: skip
 
@@ -143,16 +143,44 @@ async def profiled_drain(count: int, devices: int) -> tuple[pstats.Stats, float]
     return pstats.Stats(profiler), seconds
 
 
+def profiled_replay(count: int, devices: int) -> tuple[pstats.Stats, float]:
+    """Profile ``replay`` of ``count`` simulated messages from ``devices`` devices (the
+    recording is made before the profiler starts)."""
+    from replay_throughput import recorded_fleet
+    from suite import suite_settings
+
+    from detectors import build_detectors
+    from service.replay import replay
+
+    recorded = recorded_fleet(devices, count, 1)
+    settings = suite_settings()
+    detectors = build_detectors(settings)
+    profiler = cProfile.Profile()
+    started = time.perf_counter()
+    profiler.enable()
+    summary = replay(recorded, settings, detectors=detectors)
+    profiler.disable()
+    seconds = time.perf_counter() - started
+    if summary.messages < count:
+        raise RuntimeError(f"replay took {summary.messages} of {count} messages")
+    return pstats.Stats(profiler), seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--replay", action="store_true", help="profile replay (no broker)")
     args = parser.parse_args()
     started = time.perf_counter()
-    stats, seconds = asyncio.run(profiled_drain(args.messages, args.devices))
+    if args.replay:
+        stats, seconds = profiled_replay(args.messages, args.devices)
+    else:
+        stats, seconds = asyncio.run(profiled_drain(args.messages, args.devices))
     print(
-        f"drained {args.messages:,} messages under cProfile in {seconds:.1f} s "
+        f"{'replayed' if args.replay else 'drained'} {args.messages:,} messages under "
+        f"cProfile in {seconds:.1f} s "
         f"({args.messages / seconds:,.0f}/s with the profiler's overhead)\n"
     )
     print("| component | own time (s) | share |")
