@@ -40,6 +40,7 @@ from service.collector import tuned_collector
 from service.fleetapi import FleetApi, FleetEvents
 from service.fleetview import FleetView, LatestValues, SiteInfo
 from service.http import HttpServer, server_ssl_context
+from service.memory import release_free_memory
 from service.metrics import FleetMetrics
 from service.model import AlertRecord, AlertState, DeadLetter, RawMessage
 from service.pipeline import Intake, Pipeline
@@ -336,6 +337,8 @@ class Daemon:
             self.metrics.state_errors.labels(operation="checkpoint").inc()
             log.exception("checkpoint to %s failed", self.store.path)
             return
+        del components  # the fleet's state as plain data: give its pages back
+        release_free_memory()
         self.metrics.checkpoints.inc()
         self.metrics.checkpoint_seconds.set(time.perf_counter() - started)
         self.metrics.checkpoint_bytes.set(size)
