@@ -1,11 +1,20 @@
 """Replay throughput and memory per device: the whole pipeline over a simulated fleet.
 
-A deterministic simulated fleet (with faults) is generated in memory, then replayed through
-the pipeline with no detectors and with the example configuration's detectors. Generation is
-not timed. Memory per device is the traced heap the pipeline holds after the run, divided by
-the number of devices it knows.
+A deterministic simulated fleet (with faults) at ``--sites`` sites is generated in memory,
+then replayed through the pipeline with no detectors and with the example configuration's
+detectors. Generation is not timed. Memory per device is the traced heap the pipeline holds
+after the run, divided by the number of devices it knows.
+
+With ``--workers N`` (N > 1) the example configuration's detectors are also run by
+:func:`service.replay_workers.replay_sharded` on N worker processes sharded by site, over
+the same messages; its time includes starting the processes, which is also given alone
+(a sharded replay of no messages). Sites are placed on workers by a hash of their name, so
+the split is uneven with few sites: the simulator's default three (``plant-a`` ..
+``plant-c``) all hash to worker 0 of 2, hence ten sites by default here (60 % / 40 % of the
+devices on 2 workers); the table's last column shows the split.
 
     uv run python bench/replay_throughput.py --devices 10000 --messages 200000
+    uv run python bench/replay_throughput.py --devices 10000 --messages 200000 --workers 2
 """
 
 from __future__ import annotations
@@ -26,17 +35,24 @@ from service.metrics import FleetMetrics
 from service.model import RawMessage
 from service.pipeline import Pipeline
 from service.replay import replay
+from service.replay_workers import replay_sharded
+from service.shards import ShardRouter
 from service.simulator import FaultSpec, SimulationConfig, Simulator
+from service.topics import TopicRouter
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def recorded_fleet(devices: int, count: int, seed: int) -> list[RawMessage]:
+def recorded_fleet(devices: int, count: int, seed: int, sites: int = 3) -> list[RawMessage]:
+    """``count`` messages of a simulated fleet with faults, devices spread over ``sites``
+    sites (topics ``fleet/{site}/{device_id}/telemetry``), received 50 ms after sending."""
     faults = tuple(
         FaultSpec.parse(spec)
         for spec in ("battery_failing=20", "sensor_drift=20", "overheating=10", "silent=10")
     )
-    config = SimulationConfig(devices=devices, interval_s=60.0, seed=seed, faults=faults)
+    config = SimulationConfig(
+        devices=devices, sites=sites, interval_s=60.0, seed=seed, faults=faults
+    )
     messages: list[RawMessage] = []
     until = config.start_ts + config.interval_s * (count / devices + 2)
     for sim_message in Simulator(config).messages(until_ts=until):
@@ -74,18 +90,47 @@ def measure(
     )
 
 
+def split(messages: list[RawMessage], settings: Settings, workers: int) -> str:
+    """How the messages are placed on ``workers`` workers, as percentages."""
+    router = ShardRouter(TopicRouter(settings.topics.templates), workers)
+    counts = [0] * workers
+    for message in messages:
+        counts[router.shard(message.topic)] += 1
+    return " / ".join(f"{100 * n / max(1, len(messages)):.0f} %" for n in counts)
+
+
+def measure_workers(
+    label: str, messages: list[RawMessage], settings: Settings, workers: int
+) -> str:
+    """A row for ``replay_sharded`` on ``workers`` processes (start-up included)."""
+    startup = replay_sharded([], settings, workers=workers).seconds
+    summary = replay_sharded(messages, settings, workers=workers)
+    return (
+        f"| {label} | {summary.messages:,} | {summary.devices:,} | "
+        f"{summary.readings_per_s:,.0f} (start-up {startup:.1f} s included) | "
+        f"{summary.alerts_opened} | per worker: {split(messages, settings, workers)} of the messages |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--sites", type=int, default=10, help="sites the devices are spread over")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="also replay on this many worker processes"
+    )
     args = parser.parse_args()
-    messages = recorded_fleet(args.devices, args.messages, args.seed)
+    messages = recorded_fleet(args.devices, args.messages, args.seed, sites=args.sites)
     settings = load_settings(ROOT / "config" / "fleetwatch.example.toml", environ={})
     print("| pipeline | messages | devices | readings/s | alerts opened | memory per device |")
     print("|---|---|---|---|---|---|")
     print(measure("no detectors", messages, settings, with_detectors=False), flush=True)
-    print(measure("example config detectors", messages, settings, with_detectors=True))
+    print(measure("example config detectors", messages, settings, with_detectors=True), flush=True)
+    if args.workers > 1:
+        label = f"example config detectors, {args.workers} worker processes sharded by site"
+        print(measure_workers(label, messages, settings, args.workers))
 
 
 if __name__ == "__main__":

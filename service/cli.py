@@ -85,13 +85,19 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    import os
+
     import orjson
 
     from config.settings import load_settings
     from service.model import AlertRecord, iso_utc
     from service.recording import read_recording
-    from service.replay import describe_change, replay
+    from service.replay import describe_change
+    from service.replay_workers import replay_sharded
 
+    if args.workers < 0:
+        raise ConfigError("--workers", "give 1 or more worker processes, or 0 for one per core")
+    workers = args.workers or os.cpu_count() or 1
     settings = load_settings(args.config)
     _setup_logging("WARNING" if not args.verbose else "INFO")
     corrupt: list[tuple[int, str]] = []
@@ -109,13 +115,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
     messages = read_recording(
         args.file, on_error=lambda line, reason: corrupt.append((line, reason))
     )
-    summary = replay(messages, settings, sinks=[_Printer()])
+    # one worker: service.replay.replay in this process, as before
+    summary = replay_sharded(messages, settings, workers=workers, sinks=[_Printer()])
     span = ""
     if summary.first_ts is not None and summary.last_ts is not None:
         span = f"{iso_utc(summary.first_ts)} .. {iso_utc(summary.last_ts)}"
+    on = f" on {workers} worker processes" if workers > 1 else ""
     lines = [
         "",
-        f"replayed {summary.messages} messages ({span})",
+        f"replayed {summary.messages} messages ({span}){on}",
         f"  readings accepted   {summary.readings}",
         f"  rejected            {summary.rejected} {summary.rejected_by_reason or ''}",
         f"  duplicates dropped  {summary.duplicates}",
@@ -162,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--verbose", action="store_true")
     rep.add_argument(
         "--reports", type=Path, default=None, help="write the detectors' reports to this folder"
+    )
+    rep.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes, sharded by site (default 1: this process; 0: one per core)",
     )
     rep.set_defaults(func=cmd_replay)
 
