@@ -33,13 +33,9 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import suite  # noqa: E402
-from prometheus_client import CollectorRegistry  # noqa: E402
 
 from config.settings import Settings, settings_from_mapping  # noqa: E402
-from detectors import build_detectors  # noqa: E402
-from service.metrics import FleetMetrics  # noqa: E402
 from service.normalize import DedupeWindow  # noqa: E402
-from service.pipeline import Pipeline  # noqa: E402
 
 # (component, path fragments); the first component whose fragment is in a file wins
 COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -85,20 +81,8 @@ def held_by_component(devices: int, rounds: int) -> Counter[str]:
     """Traced bytes each component holds after ``rounds`` rounds from ``devices`` devices."""
     settings = profile_settings()
     size = settings.pipeline.max_batch
-
-    def build() -> Pipeline:
-        return Pipeline.build(
-            settings,
-            detectors=build_detectors(settings),
-            sinks=[],
-            metrics=FleetMetrics(CollectorRegistry()),
-        )
-
-    warm_up = build()  # loads what is imported on first use
-    suite._feed(warm_up, suite.device_metas(20, gateways=4), 3, size)
-    warm_up.reports(suite.T0 + 3 * suite.INTERVAL)
-    del warm_up
-    pipeline = build()
+    suite.load_first_use(settings)
+    pipeline = suite.bare_pipeline(settings)
     metas = suite.device_metas(devices)
     gc.collect()
     tracemalloc.start(1)

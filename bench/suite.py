@@ -354,6 +354,24 @@ def _feed(pipeline: Pipeline, metas: Sequence[dict[str, str]], rounds: int, batc
         pipeline.tick(T0 + (round_ + 1) * INTERVAL)
 
 
+def bare_pipeline(settings: Settings) -> Pipeline:
+    """A pipeline with every detector of ``settings``, no sinks, its own metrics."""
+    return Pipeline.build(
+        settings,
+        detectors=build_detectors(settings),
+        sinks=[],
+        metrics=FleetMetrics(CollectorRegistry()),
+    )
+
+
+def load_first_use(settings: Settings) -> None:
+    """Run a small throwaway pipeline (readings, ticks, reports), so that the modules its
+    detectors import on first use are loaded before a memory measurement starts."""
+    warm_up = bare_pipeline(settings)
+    _feed(warm_up, device_metas(20, gateways=4), 3, settings.pipeline.max_batch)
+    warm_up.reports(T0 + 3 * INTERVAL)
+
+
 def memory_per_device(devices: int, rounds: int = 3) -> dict[str, float]:
     """Resident memory the pipeline with every default detector holds per device, after
     ``rounds`` JSON readings from each of ``devices`` devices (meant for a fresh process).
@@ -365,20 +383,8 @@ def memory_per_device(devices: int, rounds: int = 3) -> dict[str, float]:
     """
     settings = suite_settings()
     size = settings.pipeline.max_batch
-
-    def build() -> Pipeline:
-        return Pipeline.build(
-            settings,
-            detectors=build_detectors(settings),
-            sinks=[],
-            metrics=FleetMetrics(CollectorRegistry()),
-        )
-
-    warm_up = build()
-    _feed(warm_up, device_metas(20, gateways=4), 3, size)
-    warm_up.reports(T0 + 3 * INTERVAL)
-    del warm_up
-    pipeline = build()
+    load_first_use(settings)
+    pipeline = bare_pipeline(settings)
     metas = device_metas(devices)
     gc.collect()
     release_free_memory()

@@ -4,7 +4,8 @@
   ``/metrics``; alerts printed live. Ctrl-C stops it.
 - ``fleetwatch run --config FILE``: the daemon against an existing broker.
 - ``fleetwatch simulate``: publish a simulated fleet to a broker, or record it to a file.
-- ``fleetwatch replay FILE``: the pipeline over a recording, as fast as it goes.
+- ``fleetwatch replay FILE [--workers N]``: the pipeline over a recording, as fast as it goes
+  (on N worker processes sharded by site).
 - ``fleetwatch check-config FILE``: validate a configuration file and exit.
 """
 

@@ -59,6 +59,33 @@ class ReplaySummary:
         return self.readings / self.seconds if self.seconds > 0 else 0.0
 
 
+@dataclass(slots=True)
+class TickClock:
+    """Ticks on recorded time: the first ``interval`` after the first message, then at
+    every multiple of ``interval`` after it that a message reaches (a long silence gives one
+    tick, not one per interval). Feed it each message's receive time, in order.
+
+    >>> clock = TickClock(5.0)
+    >>> [clock.due(t) for t in (0.0, 3.0, 5.0, 6.0, 21.0)], clock.next_tick
+    ([None, None, 5.0, None, 10.0], 20.0)
+    """
+
+    interval: float
+    next_tick: float | None = None
+
+    def due(self, received: float) -> float | None:
+        """The tick to run before the message received at ``received``, if one is due."""
+        next_tick = self.next_tick
+        if next_tick is None:
+            self.next_tick = received + self.interval
+            return None
+        if received < next_tick:
+            return None
+        interval = self.interval
+        self.next_tick = max(next_tick + interval, received - (received - next_tick) % interval)
+        return next_tick
+
+
 def replay(
     messages: Iterable[RawMessage],
     settings: Settings,
@@ -100,9 +127,8 @@ def _run(
 ) -> None:
     """Feed ``messages`` through ``pipeline`` in batches, ticking on recorded time."""
     size = batch_size or settings.pipeline.max_batch
-    interval = settings.pipeline.tick_interval_s
+    clock = TickClock(settings.pipeline.tick_interval_s)
     started = time.perf_counter()
-    next_tick: float | None = None
     batch: list[RawMessage] = []
     total = BatchOutcome()
 
@@ -116,22 +142,21 @@ def _run(
 
     for message in messages:
         received = message.received_at
-        if next_tick is None:
-            next_tick = received + interval
-            summary.first_ts = received
-        elif received >= next_tick:
+        tick_at = clock.due(received)
+        if tick_at is not None:
             if batch:
                 run_batch()
-            pipeline.tick(next_tick)
-            next_tick = max(next_tick + interval, received - (received - next_tick) % interval)
+            pipeline.tick(tick_at)
+        elif summary.first_ts is None:
+            summary.first_ts = received
         summary.last_ts = received
         batch.append(message)
         if len(batch) >= size:
             run_batch()
     if batch:
         run_batch()
-    if next_tick is not None:
-        pipeline.tick(next_tick)
+    if clock.next_tick is not None:
+        pipeline.tick(clock.next_tick)
     summary.seconds = time.perf_counter() - started
     summary.messages = total.messages
     summary.readings = total.accepted

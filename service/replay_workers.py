@@ -94,7 +94,7 @@ from typing import Any
 from config.settings import Settings
 from service.errors import FleetWatchError
 from service.model import AlertRecord, DeadLetter, RawMessage
-from service.replay import ReplaySummary, replay
+from service.replay import ReplaySummary, TickClock, replay
 from service.shards import ShardRouter
 from service.sinks import Item, Sink
 from service.topics import TopicRouter
@@ -213,20 +213,18 @@ def steps(
     columns = [_Columns() for _ in range(count)]
     segments: list[_Segment] = []
     held = 0
-    next_tick: float | None = None
+    clock = TickClock(interval)  # the tick boundaries of service.replay.replay
     for message in messages:
         received = message.received_at
-        if next_tick is None:
-            next_tick = received + interval
-            summary.first_ts = received
-        elif received >= next_tick:
-            # the tick boundaries of service.replay._run
-            segments.append(_Segment(columns, next_tick))
+        tick_at = clock.due(received)
+        if tick_at is not None:
+            segments.append(_Segment(columns, tick_at))
             columns = [_Columns() for _ in range(count)]
             if held >= min_messages or len(segments) >= max_ticks:
                 yield _Step(segments)
                 segments, held = [], 0
-            next_tick = max(next_tick + interval, received - (received - next_tick) % interval)
+        elif summary.first_ts is None:
+            summary.first_ts = received
         summary.last_ts = received
         columns[shard(message.topic)].add(message)
         held += 1
@@ -234,7 +232,7 @@ def steps(
             segments.append(_Segment(columns, None))
             yield _Step(segments)
             columns, segments, held = [_Columns() for _ in range(count)], [], 0
-    segments.append(_Segment(columns, next_tick))
+    segments.append(_Segment(columns, clock.next_tick))
     yield _Step(segments, final=True)
 
 
