@@ -166,6 +166,9 @@ async def run_demo(args: argparse.Namespace) -> int:
         simulator = Simulator(
             SimulationConfig(
                 devices=args.devices,
+                # every facility on the map; two of the five are placed on another worker
+                # than the other three (worker processes take whole sites)
+                sites=len(SITES),
                 interval_s=args.interval,
                 seed=args.seed,
                 start_ts=time.time(),
