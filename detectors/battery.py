@@ -482,6 +482,31 @@ class _Device:
         self.rejects = 0
 
 
+def replacement_group(site: str, zone: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report's group of the devices of one site and zone due for a battery: ``entries``
+    sorted most urgent first (lowest priority value), the group's priority and date theirs.
+
+    >>> group = replacement_group("plant-a", "", [
+    ...     {"device_id": "b", "priority": 2.0, "tte_days": 4.0, "replace_before": "2026-03-02"},
+    ...     {"device_id": "a", "priority": 1.0, "tte_days": 9.0, "replace_before": "2026-03-01"}])
+    >>> group["zone"], group["priority"], group["replace_before"], [e["device_id"] for e in group["devices"]]
+    (None, 1.0, '2026-03-01', ['a', 'b'])
+    """
+    entries.sort(key=lambda e: (e["priority"], e["tte_days"], e["device_id"]))
+    return {
+        "site": site or None,
+        "zone": zone or None,
+        "priority": entries[0]["priority"],
+        "replace_before": min(e["replace_before"] for e in entries),
+        "devices": entries,
+    }
+
+
+def group_order(group: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Where a replacement group stands in the report: most urgent first, then by place."""
+    return (group["priority"], group["site"] or "", group["zone"] or "")
+
+
 def _json_float(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
@@ -1011,19 +1036,10 @@ class BatteryDetector:
                 "priority": round(remaining / _DAY / weight, 3),
             }
             groups.setdefault((fc.site or "", fc.zone or ""), []).append(entry)
-        ordered: list[dict[str, Any]] = []
-        for (site, zone), entries in groups.items():
-            entries.sort(key=lambda e: (e["priority"], e["tte_days"], e["device_id"]))
-            ordered.append(
-                {
-                    "site": site or None,
-                    "zone": zone or None,
-                    "priority": entries[0]["priority"],
-                    "replace_before": min(e["replace_before"] for e in entries),
-                    "devices": entries,
-                }
-            )
-        ordered.sort(key=lambda g: (g["priority"], g["site"] or "", g["zone"] or ""))
+        ordered = [
+            replacement_group(site, zone, entries) for (site, zone), entries in groups.items()
+        ]
+        ordered.sort(key=group_order)
         return {
             "generated_at": iso_utc(now),
             "horizon_days": round(horizon / _DAY, 3),

@@ -848,6 +848,19 @@ class _Device:
         last.next = sensor
 
 
+_URGENCY = {"fault": 0, "out_of_tolerance": 0, "drifting": 1}
+
+
+def schedule_order(entry: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Where a sensor stands in the recalibration schedule: faults and sensors out of
+    tolerance before drifting ones, then by severity, then the soonest due first."""
+    return (
+        _URGENCY[entry["status"]],
+        -int(Severity.parse(entry["severity"])),
+        entry["predicted_out_of_tolerance_at"],
+    )
+
+
 class DriftDetector:
     """Peer-consensus drift and fault detection for environmental sensors.
 
@@ -1911,14 +1924,7 @@ class DriftDetector:
                     "last_calibration": self._last_calibration(s),
                 }
             )
-        urgent = {"fault": 0, "out_of_tolerance": 0, "drifting": 1}
-        entries.sort(
-            key=lambda e: (
-                urgent[e["status"]],
-                -int(Severity.parse(e["severity"])),
-                e["predicted_out_of_tolerance_at"],
-            )
-        )
+        entries.sort(key=schedule_order)
         by_zone: dict[str, list[dict[str, Any]]] = {}
         for entry in entries:
             zone = f"{entry['site'] or '?'}/{entry['zone'] or '?'}"

@@ -90,6 +90,8 @@ from itertools import chain
 from typing import Any
 
 from config.settings import Settings
+from detectors.battery import group_order, replacement_group
+from detectors.drift import schedule_order
 from detectors.firmware import version_key
 from service.model import Severity
 
@@ -326,19 +328,9 @@ def _merge_battery(reports: Sequence[Report], options: MergeOptions) -> dict[str
     for (site, zone), same in parts.items():
         if len(same) == 1:
             groups.append(same[0])
-            continue
-        entries = _rows(same, "devices")
-        entries.sort(key=lambda e: (e["priority"], e["tte_days"], e["device_id"]))
-        groups.append(
-            {
-                "site": site or None,
-                "zone": zone or None,
-                "priority": entries[0]["priority"],
-                "replace_before": min(e["replace_before"] for e in entries),
-                "devices": entries,
-            }
-        )
-    groups.sort(key=lambda g: (g["priority"], g["site"] or "", g["zone"] or ""))
+        else:
+            groups.append(replacement_group(site, zone, _rows(same, "devices")))
+    groups.sort(key=group_order)
     out["devices"] = sum(len(g["devices"]) for g in groups)
     out["groups"] = groups
     return out
@@ -451,19 +443,11 @@ def _gateway_rows(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 # -- drift -----------------------------------------------------------------------------------
 
-_URGENT = {"fault": 0, "out_of_tolerance": 0, "drifting": 1}
-
 
 def _merge_drift(reports: Sequence[Report], options: MergeOptions) -> dict[str, Any]:
     out = _base(reports, "generated_at", "generated_at_iso")
     entries = _rows(reports, "sensors")
-    entries.sort(
-        key=lambda e: (
-            _URGENT[e["status"]],
-            -int(Severity.parse(e["severity"])),
-            e["predicted_out_of_tolerance_at"],
-        )
-    )
+    entries.sort(key=schedule_order)
     by_zone: dict[str, list[dict[str, Any]]] = {}
     for entry in entries:
         by_zone.setdefault(f"{entry['site'] or '?'}/{entry['zone'] or '?'}", []).append(entry)
