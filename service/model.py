@@ -17,6 +17,7 @@ received the message.
 from __future__ import annotations
 
 import enum
+from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -73,6 +74,44 @@ class RawMessage(NamedTuple):
     received_at: float
     protocol: str = "mqtt"
     content_type: str | None = None
+
+
+@dataclass(slots=True)
+class MessageColumns:
+    """Raw messages as columns, one per field of :class:`RawMessage`: how a batch of them
+    goes to a worker process (compact to pickle; receive times unboxed).
+
+    >>> columns = MessageColumns()
+    >>> columns.add(RawMessage("fleet/a/d1/telemetry", b"{}", 1.5))
+    >>> columns.topics.append("fleet/a/d2/telemetry")  # appending field by field is the same
+    >>> columns.payloads.append(b"[]"); columns.times.append(2.0)
+    >>> columns.protocols.append("coap"); columns.content_types.append("application/json")
+    >>> len(columns), columns.messages()[1]
+    (2, RawMessage(topic='fleet/a/d2/telemetry', payload=b'[]', received_at=2.0, protocol='coap', content_type='application/json'))
+    """
+
+    topics: list[str] = field(default_factory=list)
+    payloads: list[bytes] = field(default_factory=list)
+    times: array[float] = field(default_factory=lambda: array("d"))
+    protocols: list[str] = field(default_factory=list)
+    content_types: list[str | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.topics)
+
+    def add(self, message: RawMessage) -> None:
+        self.topics.append(message.topic)
+        self.payloads.append(message.payload)
+        self.times.append(message.received_at)
+        self.protocols.append(message.protocol)
+        self.content_types.append(message.content_type)
+
+    def messages(self) -> list[RawMessage]:
+        """The messages, in the order they were added."""
+        return list(
+            map(RawMessage, self.topics, self.payloads, self.times, self.protocols,
+                self.content_types)
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

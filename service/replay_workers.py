@@ -84,16 +84,15 @@ import pickle
 import signal
 import sys
 import time
-from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from types import TracebackType
 from typing import Any
 
 from config.settings import Settings
 from service.errors import FleetWatchError
-from service.model import AlertRecord, DeadLetter, RawMessage
+from service.model import AlertRecord, DeadLetter, MessageColumns, RawMessage
 from service.replay import ReplaySummary, TickClock, replay
 from service.shards import ShardRouter
 from service.sinks import Item, Sink
@@ -132,38 +131,14 @@ def _dumps(value: Any) -> bytes:
 
 
 @dataclass(slots=True)
-class _Columns:
-    """The messages of one step placed on one worker, as columns (compact to pickle)."""
-
-    topics: list[str] = field(default_factory=list)
-    payloads: list[bytes] = field(default_factory=list)
-    times: array[float] = field(default_factory=lambda: array("d"))
-    protocols: list[str] = field(default_factory=list)
-    content_types: list[str | None] = field(default_factory=list)
-
-    def add(self, message: RawMessage) -> None:
-        self.topics.append(message.topic)
-        self.payloads.append(message.payload)
-        self.times.append(message.received_at)
-        self.protocols.append(message.protocol)
-        self.content_types.append(message.content_type)
-
-    def messages(self) -> list[RawMessage]:
-        return list(
-            map(RawMessage, self.topics, self.payloads, self.times, self.protocols,
-                self.content_types)
-        )  # fmt: skip
-
-
-@dataclass(slots=True)
 class _Segment:
     """Each worker's messages of one tick interval (or part of one), then a tick at
     ``tick_at`` (none: no tick, the interval goes on in the next step)."""
 
-    columns: list[_Columns]
+    columns: list[MessageColumns]
     tick_at: float | None
 
-    def for_worker(self, index: int) -> tuple[_Columns, float | None]:
+    def for_worker(self, index: int) -> tuple[MessageColumns, float | None]:
         return self.columns[index], self.tick_at
 
 
@@ -210,7 +185,7 @@ def steps(
     """
     count = router.count
     shard = router.shard
-    columns = [_Columns() for _ in range(count)]
+    columns = [MessageColumns() for _ in range(count)]
     segments: list[_Segment] = []
     held = 0
     clock = TickClock(interval)  # the tick boundaries of service.replay.replay
@@ -219,7 +194,7 @@ def steps(
         tick_at = clock.due(received)
         if tick_at is not None:
             segments.append(_Segment(columns, tick_at))
-            columns = [_Columns() for _ in range(count)]
+            columns = [MessageColumns() for _ in range(count)]
             if held >= min_messages or len(segments) >= max_ticks:
                 yield _Step(segments)
                 segments, held = [], 0
@@ -231,7 +206,7 @@ def steps(
         if held >= limit:
             segments.append(_Segment(columns, None))
             yield _Step(segments)
-            columns, segments, held = [_Columns() for _ in range(count)], [], 0
+            columns, segments, held = [MessageColumns() for _ in range(count)], [], 0
     segments.append(_Segment(columns, clock.next_tick))
     yield _Step(segments, final=True)
 
@@ -301,7 +276,7 @@ class ReplayWorker:
     def step(
         self,
         others: dict[str, Any] | None,
-        segments: Sequence[tuple[_Columns, float | None]],
+        segments: Sequence[tuple[MessageColumns, float | None]],
         summarise: bool,
     ) -> tuple[list[list[Item]], dict[str, Any] | None]:
         """Take the others' facts, then per segment run its messages and tick; return the

@@ -61,7 +61,7 @@ from service.errors import FleetWatchError
 from service.fleetview_shards import EventForwarder
 from service.metrics import FleetMetrics
 from service.metrics_merge import FamiliesCollector, merge_families
-from service.model import AlertRecord, RawMessage
+from service.model import AlertRecord, MessageColumns
 from service.shards import ShardRouter, check_state_layout, worker_state_path
 from service.topics import TopicRouter
 
@@ -227,17 +227,11 @@ async def _serve_worker(settings: Settings, index: int, count: int, sock: socket
                 daemon.stop()  # the coordinator is gone: shut down cleanly
                 return
             if kind == BATCH:
-                seqs_raw, topics, payloads, times_raw, protocols, content_types = pickle.loads(body)
+                seqs_raw, columns = pickle.loads(body)
                 seqs = array("q")
                 seqs.frombytes(seqs_raw)
-                times = array("d")
-                times.frombytes(times_raw)
                 try:
-                    for seq, message in zip(
-                        seqs,
-                        map(RawMessage, topics, payloads, times, protocols, content_types),
-                        strict=True,
-                    ):
+                    for seq, message in zip(seqs, columns.messages(), strict=True):
                         offer(message, seq)
                 except RuntimeError:
                     # stopping on its own (SIGTERM to the whole group): what is not
@@ -291,26 +285,19 @@ def worker_main(
 
 @dataclasses.dataclass(slots=True)
 class _Outbound:
-    """Messages placed on one worker and not yet sent to it (columns of one batch)."""
+    """Messages placed on one worker and not yet sent to it: their sequence numbers and the
+    messages as columns (one batch)."""
 
     seqs: array[int] = dataclasses.field(default_factory=lambda: array("q"))
-    topics: list[str] = dataclasses.field(default_factory=list)
-    payloads: list[bytes] = dataclasses.field(default_factory=list)
-    times: array[float] = dataclasses.field(default_factory=lambda: array("d"))
-    protocols: list[str] = dataclasses.field(default_factory=list)
-    content_types: list[str | None] = dataclasses.field(default_factory=list)
+    columns: MessageColumns = dataclasses.field(default_factory=MessageColumns)
 
     def __len__(self) -> int:
         return len(self.seqs)
 
     def take(self) -> bytes:
-        body = _dumps(
-            (self.seqs.tobytes(), self.topics, self.payloads, self.times.tobytes(),
-             self.protocols, self.content_types)
-        )  # fmt: skip
+        body = _dumps((self.seqs.tobytes(), self.columns))
         self.seqs = array("q")
-        self.topics, self.payloads, self.protocols, self.content_types = [], [], [], []
-        self.times = array("d")
+        self.columns = MessageColumns()
         return body
 
 
@@ -426,11 +413,12 @@ class Coordinator:
         seq = next(self._seq)
         out = worker.outbound
         out.seqs.append(seq)
-        out.topics.append(topic)
-        out.payloads.append(payload)
-        out.times.append(self.clock())
-        out.protocols.append("mqtt")
-        out.content_types.append(value[0] if value else None)
+        columns = out.columns
+        columns.topics.append(topic)
+        columns.payloads.append(payload)
+        columns.times.append(self.clock())
+        columns.protocols.append("mqtt")
+        columns.content_types.append(value[0] if value else None)
         self._pending.append((seq, token))
         self._in_flight += 1
         self.routed += 1
