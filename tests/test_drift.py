@@ -526,6 +526,21 @@ def _as_version_1(state: dict[str, Any], config: DriftConfig) -> dict[str, Any]:
     return dict(state, version=1, sensors=sensors)
 
 
+def _assert_continues_alike(sim: Sim, original: DriftDetector, restored: DriftDetector) -> None:
+    """Day 3 of ``_warmed_detector``'s fleet, fed to ``original`` (by ``sim``, which warmed
+    it) and to ``restored`` (by a twin simulation): the same signals and the same report."""
+    replay = Sim({"B": (5, {0: step(0.05, 1.5)}), "L": (1, {})}, seed=5)
+    replay.rng = random.Random(8)
+    sim.rng = random.Random(8)
+    a = sim.run(original, 2.0, 3.0)
+    b = replay.run(restored, 2.0, 3.0)
+    assert [(s.kind, s.subject, s.firing, s.at, s.evidence) for s in a] == [
+        (s.kind, s.subject, s.firing, s.at, s.evidence) for s in b
+    ]
+    now = T0 + 3 * DAY
+    assert original.report(now) == restored.report(now)
+
+
 def test_version_1_state_loads_and_continues_like_the_state_it_was_made_from() -> None:
     first, sim = _warmed_detector()
     config = first.config
@@ -539,16 +554,7 @@ def test_version_1_state_loads_and_continues_like_the_state_it_was_made_from() -
     carried = next(s for s in previous.state_dict()["sensors"] if s["device"] == "B-0")
     assert carried["drifts"] == drifting["drifts"][-5:]
     assert len(carried["step_win"]) == config.step_window and carried["diffs"]
-    replay = Sim({"B": (5, {0: step(0.05, 1.5)}), "L": (1, {})}, seed=5)
-    replay.rng = random.Random(8)
-    sim.rng = random.Random(8)
-    a = sim.run(current, 2.0, 3.0)
-    b = replay.run(previous, 2.0, 3.0)
-    assert [(s.kind, s.subject, s.firing, s.at, s.evidence) for s in a] == [
-        (s.kind, s.subject, s.firing, s.at, s.evidence) for s in b
-    ]
-    now = T0 + 3 * DAY
-    assert current.report(now) == previous.report(now)
+    _assert_continues_alike(sim, current, previous)
     assert previous.state_dict() == current.state_dict()  # windows handed over
     with pytest.raises(ValueError, match="format 3"):
         DriftDetector(config).load_state(dict(saved, version=3))
@@ -617,16 +623,7 @@ def test_round_trip_keeps_windows_in_order_and_continues_identically() -> None:
         assert second.sensor_status(device, "temperature_c") == first.sensor_status(
             device, "temperature_c"
         )
-    replay = Sim({"B": (5, {0: step(0.05, 1.5)}), "L": (1, {})}, seed=5)
-    replay.rng = random.Random(8)
-    sim.rng = random.Random(8)
-    a = sim.run(first, 2.0, 3.0)
-    b = replay.run(second, 2.0, 3.0)
-    assert [(s.kind, s.subject, s.firing, s.at, s.evidence) for s in a] == [
-        (s.kind, s.subject, s.firing, s.at, s.evidence) for s in b
-    ]
-    now = T0 + 3 * DAY
-    assert first.report(now) == second.report(now)
+    _assert_continues_alike(sim, first, second)
 
 
 def test_out_of_order_readings_keep_the_latest_value_of_each_bucket() -> None:
