@@ -71,7 +71,6 @@ from service.memory import release_free_memory  # noqa: E402
 from service.metrics import FleetMetrics  # noqa: E402
 from service.model import RawMessage, Reading  # noqa: E402
 from service.pipeline import Pipeline  # noqa: E402
-from service.replay import replay  # noqa: E402
 from service.workers import Coordinator  # noqa: E402
 
 T0 = 1_767_225_600.0
@@ -302,14 +301,8 @@ def replay_rate(
 
     recorded = replay_throughput.recorded_fleet(devices, messages, seed, sites=REPLAY_SITES)
     settings = suite_settings()
-    rates: list[float] = []
-    for count in workers:
-        if count > 1:
-            summary = replay_sharded(recorded, settings, workers=count)
-        else:
-            summary = replay(recorded, settings, detectors=build_detectors(settings))
-        rates.append(summary.readings_per_s)
-    return rates
+    # one worker: replay_sharded is replay in this process
+    return [replay_sharded(recorded, settings, workers=count).readings_per_s for count in workers]
 
 
 # -- memory per device (run in a fresh process per size) ------------------------------------
