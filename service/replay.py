@@ -86,6 +86,23 @@ class TickClock:
         return next_tick
 
 
+def replay_pipeline(
+    settings: Settings,
+    sinks: Sequence[Sink],
+    detectors: Sequence[Detector] | None = None,
+    registry: CollectorRegistry | None = None,
+) -> Pipeline:
+    """The pipeline a replay runs: ``detectors`` (default: those ``settings`` enable), its
+    own metrics (in ``registry``, else a fresh one), alert changes and dead letters to
+    ``sinks``."""
+    return Pipeline.build(
+        settings,
+        detectors=build_detectors(settings) if detectors is None else detectors,
+        sinks=sinks,
+        metrics=FleetMetrics(registry or CollectorRegistry()),
+    )
+
+
 def replay(
     messages: Iterable[RawMessage],
     settings: Settings,
@@ -97,12 +114,7 @@ def replay(
 ) -> ReplaySummary:
     """Run ``messages`` through the pipeline; return a summary (alerts go to ``sinks``)."""
     memory = MemorySink()
-    pipeline = Pipeline.build(
-        settings,
-        detectors=build_detectors(settings) if detectors is None else detectors,
-        sinks=[memory, *sinks],
-        metrics=FleetMetrics(registry or CollectorRegistry()),
-    )
+    pipeline = replay_pipeline(settings, [memory, *sinks], detectors, registry)
     summary = ReplaySummary()
     with tuned_collector():
         _run(pipeline, messages, settings, batch_size, summary)

@@ -93,7 +93,7 @@ from typing import Any
 from config.settings import Settings
 from service.errors import FleetWatchError
 from service.model import AlertRecord, DeadLetter, MessageColumns, RawMessage
-from service.replay import ReplaySummary, TickClock, replay
+from service.replay import ReplaySummary, TickClock, replay, replay_pipeline
 from service.shards import ShardRouter
 from service.sinks import Item, Sink
 from service.topics import TopicRouter
@@ -258,19 +258,8 @@ class ReplayWorker:
     (:data:`service.fleet_facts.WORKER_CALLS`) take it in place of a daemon."""
 
     def __init__(self, settings: Settings, *, forward: bool, batch_size: int | None) -> None:
-        from prometheus_client import CollectorRegistry
-
-        from detectors import build_detectors
-        from service.metrics import FleetMetrics
-        from service.pipeline import Pipeline
-
         self.outbox = _Outbox(forward)
-        self.pipeline = Pipeline.build(
-            settings,
-            detectors=build_detectors(settings),
-            sinks=[self.outbox],
-            metrics=FleetMetrics(CollectorRegistry()),
-        )
+        self.pipeline = replay_pipeline(settings, [self.outbox])
         self.batch_size = batch_size or settings.pipeline.max_batch
 
     def step(
