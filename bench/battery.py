@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detectors.battery import CHEMISTRIES, BatteryDetector
-from service.model import Reading
+from service.records import Reading
 
 DAY = 86_400.0
 T0 = 1_767_225_600.0

@@ -37,10 +37,10 @@ from prometheus_client import CollectorRegistry
 from config.settings import Settings, settings_from_mapping
 from detectors import build_detectors
 from protocols.coap import CoapServer
-from service.metrics import FleetMetrics
-from service.pipeline import Intake, Pipeline
-from service.sinks import MemorySink
-from service.state import StateStore
+from service.alerts.metrics import FleetMetrics
+from service.alerts.sinks import MemorySink
+from service.intake.pipeline import Intake, Pipeline
+from service.state.store import StateStore
 
 RULES = [
     {"name": "battery_low", "metric": "battery_v", "kind": "below", "threshold": 3.3},

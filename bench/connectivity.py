@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from config.settings import settings_from_mapping
 from detectors.connectivity import ConnectivityDetector
 from detectors.gateway import GatewayDetector
-from service.model import AlertRecord, AlertState, RawMessage, Reading
-from service.replay import replay
+from service.alerts.sinks import MemorySink
+from service.records import AlertRecord, AlertState, RawMessage, Reading
+from service.replay.engine import replay
 from service.simulator import FaultSpec, SimulationConfig, Simulator
-from service.sinks import MemorySink
 
 INTERVAL = 300.0
 DAY = 86_400.0

@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detectors.drift import DriftDetector
-from service.model import MessageKind, Reading, Signal
+from service.records import MessageKind, Reading, Signal
 
 DAY = 86_400.0
 MONTH = 30 * DAY

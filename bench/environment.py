@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config.settings import settings_from_mapping
 from detectors.environment import EnvironmentDetector
-from service.model import RawMessage, Reading
-from service.replay import replay
+from service.records import RawMessage, Reading
+from service.replay.engine import replay
 from service.simulator import FaultSpec, SimulationConfig, Simulator
 
 DAY = 86_400.0

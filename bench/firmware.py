@@ -17,13 +17,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from config.advisories import load_advisories
 from config.settings import EXAMPLE_CONFIG, settings_from_mapping
 from detectors.firmware import Campaign, FirmwareConfig, FirmwareDetector
-from service.advisories import load_advisories
-from service.model import AlertState, RawMessage, Reading
-from service.replay import replay
+from service.alerts.sinks import MemorySink
+from service.records import AlertState, RawMessage, Reading
+from service.replay.engine import replay
 from service.simulator import FaultSpec, SimulationConfig, Simulator
-from service.sinks import MemorySink
 
 DAY = 86_400.0
 

@@ -1,7 +1,7 @@
 """Fleet API latency under load and status page render time, at fleet sizes that matter.
 
 A fleet of N devices (spread over regions, facilities and zones, 2% of them with an open
-alert) is loaded into a :class:`service.fleetview.FleetView` served by the daemon's HTTP
+alert) is loaded into a :class:`service.api.fleetview.FleetView` served by the daemon's HTTP
 server on 127.0.0.1. Then:
 
 - API latency: ``concurrency`` clients each send ``requests`` requests to one endpoint
@@ -32,12 +32,12 @@ from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.alerts import AlertManager
-from service.fleetapi import FleetApi, FleetEvents
-from service.fleetview import FleetView, SiteInfo
-from service.http import HttpServer
-from service.model import Severity, Signal
-from service.registry import DeviceRegistry
+from service.alerts.lifecycle import AlertManager
+from service.api.fleetapi import FleetApi, FleetEvents
+from service.api.fleetview import FleetView, SiteInfo
+from service.api.http import HttpServer
+from service.intake.registry import DeviceRegistry
+from service.records import Severity, Signal
 
 REGIONS = {"north": (55.0, 10.0), "south": (42.0, 12.0), "west": (47.0, -1.0)}
 

@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config.settings import Settings
 from protocols.proto import telemetry_pb2
-from service.metrics import FleetMetrics
-from service.model import RawMessage
-from service.pipeline import Pipeline
+from service.alerts.metrics import FleetMetrics
+from service.intake.pipeline import Pipeline
+from service.records import RawMessage
 from service.simulator import SimulationConfig, Simulator
 
 NUMERIC_SKIP = {"ts", "seq"}

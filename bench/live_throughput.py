@@ -25,8 +25,8 @@ from gmqtt import Client
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config.settings import Settings, settings_from_mapping
-from service.broker import EmbeddedBroker
-from service.daemon import Daemon
+from service.runtime.broker import EmbeddedBroker
+from service.runtime.daemon import Daemon
 
 HERE = Path(__file__).resolve().parent
 RULES = [

@@ -43,10 +43,10 @@ from protocols.lwm2m import tlv
 from protocols.lwm2m.content import decode
 from protocols.lwm2m.objects import DeviceMemory, translate
 from protocols.lwm2m.server import Lwm2mServer
-from service.metrics import FleetMetrics
-from service.pipeline import Intake, Pipeline
-from service.sinks import MemorySink
-from service.state import StateStore
+from service.alerts.metrics import FleetMetrics
+from service.alerts.sinks import MemorySink
+from service.intake.pipeline import Intake, Pipeline
+from service.state.store import StateStore
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = [{"name": "hot", "metric": "temperature_c", "kind": "above", "threshold": 70.0}]

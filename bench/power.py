@@ -29,7 +29,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detectors.power import PowerDetector
-from service.model import Reading, Signal
+from service.records import Reading, Signal
 from service.simulator.faults import FaultSpec
 from service.simulator.run import SimulationConfig, Simulator
 

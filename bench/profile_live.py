@@ -30,14 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from live_throughput import drain_fleetwatch, fleetwatch_settings, publish
 
-from service.broker import EmbeddedBroker
-from service.daemon import Daemon
+from service.runtime.broker import EmbeddedBroker
+from service.runtime.daemon import Daemon
 
 # (component, path fragments); the first component whose fragment is in a function's file wins
 COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("MQTT client (gmqtt, protocols/mqtt.py)", ("gmqtt", "protocols/mqtt.py")),
-    ("decode + normalize", ("protocols/codecs", "service/normalize.py", "service/topics.py",
-                            "service/registry.py", "orjson")),
+    ("decode + normalize", ("protocols/codecs", "service/intake/normalize.py", "service/intake/topics.py",
+                            "service/intake/registry.py", "orjson")),
     ("detector: rules", ("detectors/rules.py",)),
     ("detector: connectivity", ("detectors/connectivity.py",)),
     ("detector: gateway", ("detectors/gateway.py",)),
@@ -46,11 +46,11 @@ COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("detector: environment", ("detectors/environment.py",)),
     ("detector: battery", ("detectors/battery.py",)),
     ("detector: power", ("detectors/power.py", "detectors/anomaly.py")),
-    ("alerts + sinks", ("service/alerts.py", "service/sinks.py", "service/alertmanager.py")),
-    ("state journal (SQLite)", ("service/state.py", "sqlite3")),
-    ("metrics (prometheus_client)", ("prometheus_client", "service/metrics.py")),
-    ("fleet view (latest values)", ("service/fleetview.py",)),
-    ("pipeline + intake", ("service/pipeline.py", "service/daemon.py", "service/replay.py")),
+    ("alerts + sinks", ("service/alerts/lifecycle.py", "service/alerts/sinks.py", "service/alerts/alertmanager.py")),
+    ("state journal (SQLite)", ("service/state/store.py", "sqlite3")),
+    ("metrics (prometheus_client)", ("prometheus_client", "service/alerts/metrics.py")),
+    ("fleet view (latest values)", ("service/api/fleetview.py",)),
+    ("pipeline + intake", ("service/intake/pipeline.py", "service/runtime/daemon.py", "service/replay/engine.py")),
     ("asyncio event loop and sockets", ("asyncio", "selectors", "socket", "select.epoll")),
 )  # fmt: skip
 
@@ -150,7 +150,7 @@ def profiled_replay(count: int, devices: int) -> tuple[pstats.Stats, float]:
     from suite import suite_settings
 
     from detectors import build_detectors
-    from service.replay import replay
+    from service.replay.engine import replay
 
     recorded = recorded_fleet(devices, count, 1)
     settings = suite_settings()

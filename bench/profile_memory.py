@@ -35,7 +35,7 @@ sys.path.insert(0, str(HERE))
 import suite  # noqa: E402
 
 from config.settings import Settings, settings_from_mapping  # noqa: E402
-from service.normalize import DedupeWindow  # noqa: E402
+from service.intake.normalize import DedupeWindow  # noqa: E402
 
 # (component, path fragments); the first component whose fragment is in a file wins
 COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -47,10 +47,10 @@ COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("detector: firmware", ("detectors/firmware.py",)),
     ("detector: gateway", ("detectors/gateway.py",)),
     ("detector: rules", ("detectors/rules.py",)),
-    ("normalizer (metadata, duplicate keys)", ("service/normalize.py", "<normalize plan>")),
-    ("topic matches", ("service/topics.py",)),
-    ("device registry", ("service/registry.py",)),
-    ("alerts", ("service/alerts.py",)),
+    ("normalizer (metadata, duplicate keys)", ("service/intake/normalize.py", "<normalize plan>")),
+    ("topic matches", ("service/intake/topics.py",)),
+    ("device registry", ("service/intake/registry.py",)),
+    ("alerts", ("service/alerts/lifecycle.py",)),
 )
 
 STAGES = {

@@ -6,7 +6,7 @@ detectors. Generation is not timed. Memory per device is the traced heap the pip
 after the run, divided by the number of devices it knows.
 
 With ``--workers N`` (N > 1) the example configuration's detectors are also run by
-:func:`service.replay_workers.replay_sharded` on N worker processes sharded by site, over
+:func:`service.replay.workers.replay_sharded` on N worker processes sharded by site, over
 the same messages; its time includes starting the processes, which is also given alone
 (a sharded replay of no messages). Sites are placed on workers by a hash of their name, so
 the split is uneven with few sites: the simulator's default three (``plant-a`` ..
@@ -31,14 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config.settings import Settings, load_settings
 from detectors import build_detectors
-from service.metrics import FleetMetrics
-from service.model import RawMessage
-from service.pipeline import Pipeline
-from service.replay import replay
-from service.replay_workers import replay_sharded
-from service.shards import ShardRouter
+from service.alerts.metrics import FleetMetrics
+from service.intake.pipeline import Pipeline
+from service.intake.topics import TopicRouter
+from service.records import RawMessage
+from service.replay.engine import replay
+from service.replay.workers import replay_sharded
+from service.runtime.shards import ShardRouter
 from service.simulator import FaultSpec, SimulationConfig, Simulator
-from service.topics import TopicRouter
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from live_throughput import RULES, drain_mosquitto_sub, publisher_command, register_session
 
 from config.settings import Settings, settings_from_mapping
-from service.broker import EmbeddedBroker
-from service.daemon import Daemon
-from service.workers import Coordinator
+from service.runtime.broker import EmbeddedBroker
+from service.runtime.daemon import Daemon
+from service.runtime.workers import Coordinator
 
 SITES = 10
 

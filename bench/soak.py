@@ -30,8 +30,8 @@ from gmqtt import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.broker import EmbeddedBroker, free_port
-from service.state import StateStore
+from service.runtime.broker import EmbeddedBroker, free_port
+from service.state.store import StateStore
 
 PREFIX = "soak"
 DEVICES = 2_000
@@ -132,7 +132,7 @@ class Publisher:
 
 async def start_daemon(config: Path) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "service.cli", "run", "--config", str(config),
+        sys.executable, "-m", "service.commands.cli", "run", "--config", str(config),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
 

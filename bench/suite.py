@@ -65,13 +65,13 @@ from prometheus_client import CollectorRegistry  # noqa: E402
 from config.settings import Settings, settings_from_mapping  # noqa: E402
 from detectors import build_detectors  # noqa: E402
 from detectors.base import Detector  # noqa: E402
-from service.broker import EmbeddedBroker  # noqa: E402
-from service.daemon import Daemon  # noqa: E402
-from service.memory import release_free_memory  # noqa: E402
-from service.metrics import FleetMetrics  # noqa: E402
-from service.model import RawMessage, Reading  # noqa: E402
-from service.pipeline import Pipeline  # noqa: E402
-from service.workers import Coordinator  # noqa: E402
+from service.alerts.metrics import FleetMetrics  # noqa: E402
+from service.intake.pipeline import Pipeline  # noqa: E402
+from service.records import RawMessage, Reading  # noqa: E402
+from service.runtime.broker import EmbeddedBroker  # noqa: E402
+from service.runtime.daemon import Daemon  # noqa: E402
+from service.runtime.workers import Coordinator  # noqa: E402
+from service.state.memory import release_free_memory  # noqa: E402
 
 T0 = 1_767_225_600.0
 INTERVAL = 300.0  # the seeds' reporting interval: every 5 minutes
@@ -297,7 +297,7 @@ def replay_rate(
     included)."""
     import replay_throughput
 
-    from service.replay_workers import replay_sharded
+    from service.replay.workers import replay_sharded
 
     recorded = replay_throughput.recorded_fleet(devices, messages, seed, sites=REPLAY_SITES)
     settings = suite_settings()

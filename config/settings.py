@@ -166,7 +166,7 @@ class PipelineSettings(_Section):
     shutdown_timeout_s: float = Field(10.0, gt=0)
     active_window_s: float = Field(900.0, gt=0)
     report_interval_s: float = Field(60.0, gt=0)
-    # worker processes sharded by site; 0: one per core (see service/workers.py)
+    # worker processes sharded by site; 0: one per core (see service/runtime/workers.py)
     workers: int = Field(0, ge=0, le=64)
 
 

@@ -56,8 +56,8 @@ def _drift(settings: Settings) -> Detector:
 def _firmware(settings: Settings) -> Detector:
     from pathlib import Path
 
+    from config.advisories import load_advisories
     from detectors.firmware import FirmwareConfig, FirmwareDetector
-    from service.advisories import load_advisories
 
     data = settings.detectors.firmware
     path = data.get("advisories_file")

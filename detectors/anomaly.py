@@ -42,7 +42,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from detectors.base import reject_unknown
-from service.model import Reading, Severity, Signal, iso_utc
+from service.records import Reading, Severity, Signal, iso_utc
 
 
 @dataclass(frozen=True, slots=True)

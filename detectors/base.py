@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from service.model import Reading, Signal
+from service.records import Reading, Signal
 
 
 @runtime_checkable

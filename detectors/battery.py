@@ -72,7 +72,7 @@ Late readings (and readings older than the device's latest) are skipped. A readi
 few dictionary look-ups and comparisons (about 2 µs); the curve and the regression run once
 per bucket. Memory per device: about thirty numbers and at most ``swap_history`` swap times.
 
->>> from service.model import Reading
+>>> from service.records import Reading
 >>> det = BatteryDetector()
 >>> meta = {"site": "s1", "zone": "z1", "model": "M1"}
 >>> for hour in range(72):  # 2 %/day from 80 %
@@ -96,7 +96,7 @@ from itertools import pairwise
 from typing import Any, overload
 
 from detectors.base import reject_unknown
-from service.model import MessageKind, Reading, Severity, Signal, SubjectType, iso_utc
+from service.records import MessageKind, Reading, Severity, Signal, SubjectType, iso_utc
 
 KIND = "battery_depletion"
 _DAY = 86_400.0

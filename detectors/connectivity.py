@@ -30,7 +30,7 @@ of the day (chi-square test against a uniform spread over 24 hours), in one zone
 with the rest of its site, or on one radio technology compared with the rest of the fleet
 (one-sided binomial tests), and devices that switch technology.
 
->>> from service.model import Reading
+>>> from service.records import Reading
 >>> det = ConnectivityDetector(ConnectivityConfig(min_offline_s=0))
 >>> for t in range(0, 600, 60):
 ...     _ = det.process([Reading("d1", t, t, {"rssi_dbm": -70.0})])
@@ -53,7 +53,7 @@ from scipy import stats
 
 from detectors.base import reject_unknown
 from detectors.wheel import SlotWheel
-from service.model import MessageKind, Reading, Severity, Signal, SubjectType, iso_utc
+from service.records import MessageKind, Reading, Severity, Signal, SubjectType, iso_utc
 
 # what a status message says when the device (or its broker's last will) announces it is gone
 OFFLINE_STATES = frozenset({"offline", "disconnected", "lost", "dead"})

@@ -63,7 +63,7 @@ flagged, the worst one gives the evidence and ``evidence["metrics"]`` lists them
 :meth:`DriftDetector.recalibration_schedule` orders the sensors by the date they leave (or
 left) tolerance and correlates drift rates with the environment the devices report.
 
->>> from service.model import Reading
+>>> from service.records import Reading
 >>> cfg = DriftConfig(metrics=("pressure_kpa",), bucket_s=60, lateness_s=0, warmup_buckets=20)
 >>> det = DriftDetector(cfg)
 >>> fired = []
@@ -96,7 +96,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from detectors.base import reject_unknown
 from detectors.drift_state import Bucket, FloatRing, ring_ordered, ring_push
-from service.model import MessageKind, Reading, Severity, Signal, SubjectType, iso_utc
+from service.records import MessageKind, Reading, Severity, Signal, SubjectType, iso_utc
 
 _DAY = 86_400.0
 _MAD = 1.4826

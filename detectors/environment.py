@@ -19,7 +19,7 @@ zone until it no longer holds. The report also ranks devices by accumulated stre
 ones to maintain first.
 
 "The rest of the fleet" is the whole fleet even when it is split over several detectors
-(worker processes, see :mod:`service.fleet_facts`): each gives what the others need
+(worker processes, see :mod:`service.runtime.fleet_facts`): each gives what the others need
 (:meth:`EnvironmentDetector.fleet_summary`: its numbers of candidate bands, its lost and
 expected reports and failed and attempted updates summed, its battery drains) and takes
 theirs (:meth:`EnvironmentDetector.apply_fleet_summary`), so a zone's band is tested against
@@ -27,7 +27,7 @@ the devices of every part, with the Bonferroni correction over every part's cand
 bands. The drains are sent as they are up to ``DRAIN_SKETCH`` distinct values per summary,
 beyond that as ``DRAIN_SKETCH`` equal-count quantiles (then the drain test is approximate).
 
->>> from service.model import Reading
+>>> from service.records import Reading
 >>> det = EnvironmentDetector(EnvironmentConfig(min_devices=2))
 >>> hot = [Reading(f"h{i}", 0.0, 0.0, {"temperature_c": 50.0}, {"site": "s", "zone": "z1"})
 ...        for i in range(3)]
@@ -48,7 +48,7 @@ from typing import Any
 from scipy import stats
 
 from detectors.base import reject_unknown
-from service.model import MessageKind, Reading, Severity, Signal, SubjectType, iso_utc
+from service.records import MessageKind, Reading, Severity, Signal, SubjectType, iso_utc
 
 _BANDS: dict[str, tuple[tuple[str, float, float], ...]] = {
     "temperature_c": (("below 0 °C", -math.inf, 0.0), ("0-30 °C", 0.0, 30.0),

@@ -19,7 +19,7 @@ Signals:
   (in progress longer than ``stuck_after_s``).
 
 "Never seen for that model" is judged against the whole fleet. When the fleet is split
-over several detectors (worker processes, see :mod:`service.fleet_facts`), each gives the
+over several detectors (worker processes, see :mod:`service.runtime.fleet_facts`), each gives the
 versions it has seen per model (:meth:`FirmwareDetector.fleet_summary`) and takes those the
 others have seen (:meth:`FirmwareDetector.apply_fleet_summary`); a version counts as seen
 when this detector or another one had seen it by the last exchange.
@@ -28,7 +28,7 @@ when this detector or another one had seen it by the last exchange.
 progress with the devices off target, consistency per model and site, the urgent updates,
 and update success rates by model, site, version path and protocol.
 
->>> from service.model import Reading
+>>> from service.records import Reading
 >>> det = FirmwareDetector(FirmwareConfig(advisories=(Advisory.from_mapping({
 ...     "id": "FW-1", "models": ["TH-200"], "affected": ["<1.5.0"], "severity": "critical",
 ...     "fixed": "1.5.0", "cve": ["CVE-2026-0001"]}),)))
@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from detectors.base import reject_unknown
-from service.model import MessageKind, Reading, Severity, Signal, iso_utc
+from service.records import MessageKind, Reading, Severity, Signal, iso_utc
 
 _PART = re.compile(r"\d+|[a-zA-Z]+")
 _MAX_AFFECTED = 65_536  # (model, version) pairs whose advisories are remembered

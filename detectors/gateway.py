@@ -17,7 +17,7 @@ gateways' loads with max/mean; when it is high, the detector recommends concrete
 many devices from which gateway to which, receivers chosen within the same site, preferring
 gateways that already serve the same zones, never beyond a receiver's capacity.
 
->>> from service.model import Reading
+>>> from service.records import Reading
 >>> det = GatewayDetector(GatewayConfig(capacity_devices=3, min_site_devices=2,
 ...                                     min_excess_devices=1))
 >>> batch = [Reading(f"d{i}", 0.0, 0.0, {}, {"gateway": "gw1", "site": "s"}) for i in range(5)]
@@ -39,7 +39,7 @@ from typing import Any
 
 from detectors.base import reject_unknown
 from detectors.wheel import SlotWheel
-from service.model import MessageKind, Reading, Severity, Signal, SubjectType, iso_utc
+from service.records import MessageKind, Reading, Severity, Signal, SubjectType, iso_utc
 
 GATEWAY_METRICS = ("cpu_pct", "mem_pct", "queue_depth", "uplink_latency_ms", "packet_loss_pct")
 

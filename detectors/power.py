@@ -34,7 +34,7 @@ Shapes, told apart:
   cycle it was set up with, so drain rates are judged against the device's own past).
 
 When the fleet is split over several detectors (worker processes, see
-:mod:`service.fleet_facts`), a model's baseline and its number of devices are combined with
+:mod:`service.runtime.fleet_facts`), a model's baseline and its number of devices are combined with
 what the others gave at the last exchange (:meth:`PowerDetector.fleet_summary`,
 :meth:`PowerDetector.apply_fleet_summary`): the devices are added up, and the baselines
 averaged, each weighted by the devices that fed it over the last ``baseline_half_life_h``
@@ -52,7 +52,7 @@ point's novelty score from a :class:`detectors.anomaly.NoveltyScorer` run over t
 points (how far outside anything the device has shown), and clears when the level is back
 within half the threshold.
 
->>> from service.model import Reading
+>>> from service.records import Reading
 >>> det = PowerDetector()
 >>> signals = []
 >>> for h in range(24 * 8):
@@ -73,7 +73,7 @@ from typing import Any
 from detectors.anomaly import NoveltyScorer, ScorerConfig
 from detectors.base import reject_unknown
 from detectors.battery import CHEMISTRIES, Chemistry, chemistry_name, power_source_settings
-from service.model import Reading, Severity, Signal, iso_utc
+from service.records import Reading, Severity, Signal, iso_utc
 
 # a device's hourly points are few: the novelty grid is set after two days of them
 NOVELTY = ScorerConfig(warmup=48, rest=24)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from config.settings import RuleSettings
-from service.model import EMPTY, MessageKind, Reading, Severity, Signal, SubjectType
+from service.records import EMPTY, MessageKind, Reading, Severity, Signal, SubjectType
 
 _DEFAULT_SUMMARY = {
     "above": "{device}: {metric} {value:.4g} above {limit:.4g}",
@@ -187,7 +187,7 @@ class RuleEngine:
 
     Examples
     --------
-    >>> from service.model import Reading
+    >>> from service.records import Reading
     >>> engine = RuleEngine([Rule("hot", "temperature_c", "above", threshold=70.0,
     ...                           hysteresis=2.0)])
     >>> def reading(t, v):

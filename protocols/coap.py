@@ -17,9 +17,9 @@ content format  media type                       codec
 
 (65100 is FleetWatch's own number, from the experimental range 65000-65535.)
 
-Each request becomes a :class:`~service.model.RawMessage` (protocol ``coap``, the request
+Each request becomes a :class:`~service.records.RawMessage` (protocol ``coap``, the request
 path as its topic, the media type as its content type) that goes through the same
-:class:`~service.pipeline.Intake` as MQTT messages: the same codecs, normalization, duplicate
+:class:`~service.intake.pipeline.Intake` as MQTT messages: the same codecs, normalization, duplicate
 window, journal and detectors; the pipeline routes it with the path template. The reply is
 sent only once the pipeline has processed the message and, with the state store on,
 journaled it:
@@ -70,8 +70,8 @@ from aiocoap.numbers.codes import Code
 from config.settings import CoapSettings
 from protocols.codecs.protobuf import COAP_CONTENT_FORMAT as PROTOBUF_CONTENT_FORMAT
 from service.errors import DecodeError, StateError
-from service.model import MessageOutcome, RawMessage
-from service.topics import TopicRouter
+from service.intake.topics import TopicRouter
+from service.records import MessageOutcome, RawMessage
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ ResponseHook = Callable[[str, str], None]
 
 
 class CoapIntake(Protocol):
-    """What the CoAP server needs of the pipeline's intake (:class:`service.pipeline.Intake`)."""
+    """What the CoAP server needs of the pipeline's intake (:class:`service.intake.pipeline.Intake`)."""
 
     @property
     def full(self) -> bool: ...
@@ -310,7 +310,7 @@ class CoapServer:
     settings
         The ``[coap]`` settings.
     intake
-        Where messages go (:class:`service.pipeline.Intake`).
+        Where messages go (:class:`service.intake.pipeline.Intake`).
     clock, max_payload, on_response
         As for :class:`TelemetryResource`.
     sites

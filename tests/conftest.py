@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from service.broker import EmbeddedBroker, Prefer
+from service.runtime.broker import EmbeddedBroker, Prefer
 from tests.mqtt_helpers import TestClient
 
 

@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 
 from config.settings import Settings, settings_from_mapping
-from service.daemon import Daemon
+from service.runtime.daemon import Daemon
 
 RULES = [
     {"name": "battery_low", "metric": "battery_v", "kind": "below", "threshold": 3.3,

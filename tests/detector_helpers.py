@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from service.model import MessageKind, Reading
+from service.records import MessageKind, Reading
 
 
 class Recorder:

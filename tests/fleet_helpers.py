@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from service.daemon import Daemon
+from service.runtime.daemon import Daemon
 from service.simulator import FaultSpec, SimulationConfig, Simulator
 from tests.daemon_helpers import daemon_settings, running_daemon
 

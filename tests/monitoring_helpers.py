@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from service.broker import free_port
+from service.runtime.broker import free_port
 
 T = TypeVar("T")
 

@@ -22,10 +22,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from config.settings import AlertmanagerSettings
-from service.alertmanager import AlertmanagerSink
-from service.broker import free_port
-from service.metrics import FleetMetrics
-from service.model import AlertRecord, AlertState, Severity, SubjectType
+from service.alerts.alertmanager import AlertmanagerSink
+from service.alerts.metrics import FleetMetrics
+from service.records import AlertRecord, AlertState, Severity, SubjectType
+from service.runtime.broker import free_port
 from tests.daemon_helpers import daemon_settings, running_daemon
 from tests.monitoring_helpers import ALERTMANAGER, get_json, loopback_address, poll, running_process
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from service.alerts import AlertManager, Transition
-from service.model import AlertState, Severity, Signal
+from service.alerts.lifecycle import AlertManager, Transition
+from service.records import AlertState, Severity, Signal
 
 
 def sig(

@@ -12,7 +12,7 @@ from config.settings import Settings
 from detectors import build_detectors
 from detectors.anomaly import AnomalyConfig, AnomalyDetector, NoveltyScorer, ScorerConfig
 from service.errors import ConfigError
-from service.model import Reading, Signal
+from service.records import Reading, Signal
 
 META = {"model": "PM-10", "site": "plant-a", "zone": "z1"}
 

@@ -15,7 +15,7 @@ from detectors.battery import (
     BatteryDetector,
     battery_config_from_dict,
 )
-from service.model import MessageKind, Reading, Severity, Signal
+from service.records import MessageKind, Reading, Severity, Signal
 
 DAY = 86_400.0
 T0 = 1_700_000_000.0

@@ -24,11 +24,11 @@ from prometheus_client import CollectorRegistry
 from config.settings import Settings, settings_from_mapping
 from protocols.coap import CONTENT_FORMATS, CoapServer
 from protocols.proto import telemetry_pb2 as pb
+from service.alerts.metrics import FleetMetrics
+from service.alerts.sinks import MemorySink
 from service.errors import StateError
-from service.metrics import FleetMetrics
-from service.model import RawMessage, Reading
-from service.pipeline import Intake, Pipeline
-from service.sinks import MemorySink
+from service.intake.pipeline import Intake, Pipeline
+from service.records import RawMessage, Reading
 from tests.daemon_helpers import daemon_settings, running_daemon
 from tests.detector_helpers import Recorder
 

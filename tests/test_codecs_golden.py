@@ -59,10 +59,10 @@ def test_every_format_ends_in_the_same_reading() -> None:
     from prometheus_client import CollectorRegistry
 
     from config.settings import Settings
-    from service.metrics import FleetMetrics
-    from service.model import RawMessage
-    from service.pipeline import Pipeline
-    from service.sinks import MemorySink
+    from service.alerts.metrics import FleetMetrics
+    from service.alerts.sinks import MemorySink
+    from service.intake.pipeline import Pipeline
+    from service.records import RawMessage
 
     record = {"ts": 1_767_225_600, "temperature_c": 23.5, "battery_v": 3.6}
     senml = [{"bt": 1_767_225_600, "n": "temperature", "u": "Cel", "v": 23.5},

@@ -11,11 +11,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from service.state import StateStore
+from service.state.store import StateStore
 
 pytestmark = pytest.mark.broker
 
-FLEETWATCH = [sys.executable, "-m", "service.cli"]
+FLEETWATCH = [sys.executable, "-m", "service.commands.cli"]
 
 
 async def read_until(stream: asyncio.StreamReader, needle: bytes, timeout: float) -> bytes:

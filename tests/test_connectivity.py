@@ -10,7 +10,7 @@ from collections.abc import Callable
 import orjson
 
 from detectors.connectivity import ConnectivityConfig, ConnectivityDetector
-from service.model import Reading, Severity, Signal
+from service.records import Reading, Severity, Signal
 
 T0 = 1_767_225_600.0  # midnight UTC
 INTERVAL = 60.0
@@ -207,7 +207,7 @@ def test_state_round_trip_carries_on_identically() -> None:
 
 
 def test_an_offline_status_message_is_not_a_sign_of_life() -> None:
-    from service.model import MessageKind
+    from service.records import MessageKind
 
     def offline_at(goodbye: bool) -> float:
         detector = ConnectivityDetector()

@@ -9,7 +9,7 @@ import pytest
 from bench.connectivity_history import generate
 from detectors.connectivity import ConnectivityDetector
 from detectors.connectivity_history import analyze_history
-from service.model import Reading
+from service.records import Reading
 
 
 def test_planted_trouble_is_found_and_nothing_else() -> None:

@@ -13,12 +13,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from config.settings import EXAMPLE_CONFIG, load_settings, settings_from_mapping
+from service.alerts.metrics import FleetMetrics
+from service.alerts.sinks import MemorySink
 from service.errors import ConfigError
-from service.metrics import FleetMetrics
-from service.model import RawMessage
-from service.pipeline import Pipeline
-from service.sinks import MemorySink
-from service.topics import ContentTypeRules, filter_matches
+from service.intake.pipeline import Pipeline
+from service.intake.topics import ContentTypeRules, filter_matches
+from service.records import RawMessage
 from tests.daemon_helpers import daemon_settings, running_daemon
 
 NOW = 1_767_225_600

@@ -12,7 +12,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from config.settings import load_settings
-from service.metrics import FleetMetrics
+from service.alerts.metrics import FleetMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 METRIC_NAME = re.compile(r"\bfleetwatch_[a-z0-9_]+\b")

@@ -28,7 +28,7 @@ from detectors.drift import (
     mann_whitney_greater,
     theil_sen,
 )
-from service.model import MessageKind, Reading, Severity, Signal
+from service.records import MessageKind, Reading, Severity, Signal
 
 DAY = 86_400.0
 T0 = 19_675 * DAY  # a UTC midnight

@@ -7,7 +7,7 @@ import random
 import orjson
 
 from detectors.environment import EnvironmentConfig, EnvironmentDetector
-from service.model import MessageKind, Reading, Signal
+from service.records import MessageKind, Reading, Signal
 
 T0 = 1_767_225_600.0
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from config.advisories import AdvisoryWatcher, load_advisories
 from detectors.firmware import (
     Advisory,
     Campaign,
@@ -17,9 +18,8 @@ from detectors.firmware import (
     parse_window,
     version_key,
 )
-from service.advisories import AdvisoryWatcher, load_advisories
 from service.errors import ConfigError
-from service.model import MessageKind, Reading, Severity, Signal
+from service.records import MessageKind, Reading, Severity, Signal
 
 SAT = 1_767_398_400.0  # Saturday 2026-01-03 00:00 UTC
 TUE = SAT + 3 * 86_400  # Tuesday
@@ -168,8 +168,8 @@ def test_advisory_file_loads_reloads_and_refuses_bad_files(tmp_path: Path) -> No
 
 def test_the_daemon_reloads_the_advisory_file_and_exports_firmware_gauges(tmp_path: Path) -> None:
     from config.settings import settings_from_mapping
-    from service.daemon import Daemon
-    from service.model import RawMessage
+    from service.records import RawMessage
+    from service.runtime.daemon import Daemon
 
     path = tmp_path / "advisories.toml"
     path.write_text('[[advisory]]\nid = "A"\naffected = ["<1"]\n')

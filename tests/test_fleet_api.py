@@ -11,11 +11,11 @@ import pytest
 from aiohttp import web
 from openapi_spec_validator import validate
 
-from service.alerts import AlertManager
-from service.fleetapi import FleetApi, FleetEvents, openapi_document
-from service.fleetview import FleetView, haversine_m
-from service.model import Severity, Signal
-from service.registry import DeviceRegistry
+from service.alerts.lifecycle import AlertManager
+from service.api.fleetapi import FleetApi, FleetEvents, openapi_document
+from service.api.fleetview import FleetView, haversine_m
+from service.intake.registry import DeviceRegistry
+from service.records import Severity, Signal
 from tests.fleet_helpers import SITES, START, simulated_fleet
 
 pytestmark = pytest.mark.broker
@@ -176,7 +176,7 @@ def test_status_follows_the_worst_open_alert_and_hotspots_need_significance() ->
 
 
 def test_a_device_region_in_its_metadata_wins_over_its_site() -> None:
-    from service.fleetview import SiteInfo
+    from service.api.fleetview import SiteInfo
 
     registry = DeviceRegistry()
     registry.observe("a", 1.0, 1.0, {"site": "s1", "zone": "z"})

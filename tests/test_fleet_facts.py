@@ -13,8 +13,8 @@ import pytest
 from detectors.environment import EnvironmentConfig, EnvironmentDetector, drain_sketch
 from detectors.firmware import FirmwareDetector
 from detectors.power import PowerConfig, PowerDetector
-from service.fleet_facts import WORKER_CALLS, exchange, merge_summaries, others_for
-from service.model import MessageKind, Reading, Signal
+from service.records import MessageKind, Reading, Signal
+from service.runtime.fleet_facts import WORKER_CALLS, exchange, merge_summaries, others_for
 
 HOUR = 3_600.0
 

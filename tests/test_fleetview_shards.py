@@ -20,11 +20,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from config.settings import Settings
-from service.daemon import Daemon
-from service.fleetapi import FleetApi, FleetEvents
-from service.fleetview import SiteInfo
-from service.fleetview_shards import WORKER_CALLS, EventForwarder, ShardedFleetView
-from service.model import RawMessage
+from service.api.fleetapi import FleetApi, FleetEvents
+from service.api.fleetview import SiteInfo
+from service.api.fleetview_shards import WORKER_CALLS, EventForwarder, ShardedFleetView
+from service.records import RawMessage
+from service.runtime.daemon import Daemon
 from service.simulator import FaultSpec, SimulationConfig, Simulator
 from tests.daemon_helpers import daemon_settings
 from tests.fleet_helpers import SITES, START

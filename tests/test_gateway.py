@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 
 from detectors.gateway import GatewayConfig, GatewayDetector
-from service.model import MessageKind, Reading, Severity
+from service.records import MessageKind, Reading, Severity
 
 T0 = 1_767_225_600.0
 

@@ -13,14 +13,14 @@ from prometheus_client import CollectorRegistry
 
 from config.settings import Settings, settings_from_mapping
 from protocols.codecs import CodecSet, DecodeContext
+from service.alerts.metrics import FleetMetrics
+from service.alerts.sinks import MemorySink
 from service.errors import DecodeError
-from service.metrics import FleetMetrics
-from service.model import MessageKind, RawMessage
-from service.normalize import Normalizer
-from service.pipeline import Pipeline
-from service.registry import DeviceRegistry
-from service.sinks import MemorySink
-from service.topics import TopicRouter
+from service.intake.normalize import Normalizer
+from service.intake.pipeline import Pipeline
+from service.intake.registry import DeviceRegistry
+from service.intake.topics import TopicRouter
+from service.records import MessageKind, RawMessage
 
 NOW = 1_767_225_600.0
 SETTINGS = Settings()

@@ -31,12 +31,12 @@ from protocols.lwm2m.content import LWM2M_JSON, SENML_CBOR, SENML_JSON, TEXT, TL
 from protocols.lwm2m.objects import DeviceMemory, ResourceValue, translate
 from protocols.lwm2m.registry import RegistrationStorage, parse_links
 from protocols.lwm2m.server import Lwm2mServer
+from service.alerts.metrics import FleetMetrics
+from service.alerts.sinks import MemorySink
 from service.errors import ConfigError, DecodeError
-from service.metrics import FleetMetrics
-from service.model import MessageKind, RawMessage, Reading
-from service.pipeline import Intake, Pipeline
-from service.sinks import MemorySink
-from service.state import StateStore
+from service.intake.pipeline import Intake, Pipeline
+from service.records import MessageKind, RawMessage, Reading
+from service.state.store import StateStore
 from tests.daemon_helpers import daemon_settings, running_daemon
 from tests.detector_helpers import Recorder
 from tests.lwm2m_client import Lwm2mClient, senml_cbor, senml_records

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.memory import release_free_memory
+from service.state.memory import release_free_memory
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="resident memory is read from /proc"

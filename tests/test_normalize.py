@@ -6,9 +6,9 @@ import pytest
 
 from config.settings import IngestSettings, MetricAlias
 from service.errors import DecodeError
-from service.model import MessageKind
-from service.normalize import Normalizer, parse_timestamp
-from service.registry import DeviceRegistry
+from service.intake.normalize import Normalizer, parse_timestamp
+from service.intake.registry import DeviceRegistry
+from service.records import MessageKind
 
 NOW = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 
@@ -227,7 +227,7 @@ def test_devices_with_equal_metadata_share_one_mapping(norm: Normalizer) -> None
 
 def _split_both_ways(records: list[dict]) -> tuple[list, list]:
     """Each record split by its shape's plan and field by field, as comparable data."""
-    from service.normalize import PLAN_AFTER, NormalizeResult
+    from service.intake.normalize import PLAN_AFTER, NormalizeResult
 
     planned, by_field = Normalizer(DeviceRegistry()), Normalizer(DeviceRegistry())
     outcomes: tuple[list, list] = ([], [])
@@ -297,7 +297,7 @@ def test_the_same_keys_with_other_value_types_get_their_own_plan(norm: Normalize
 
 
 def test_dedupe_window_keeps_every_kind_of_seq_apart() -> None:
-    from service.normalize import DedupeWindow
+    from service.intake.normalize import DedupeWindow
 
     window = DedupeWindow(capacity=100)
     keys = [("d1", 1, 10.0), ("d1", None, 10.0), ("d1", 2**60 + 1, 10.0), ("d1", 2**53, 11.0)]

@@ -8,10 +8,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from config.settings import Settings, settings_from_mapping
-from service.metrics import FleetMetrics
-from service.model import RawMessage, Reading, Severity, Signal
-from service.pipeline import Intake, Pipeline
-from service.sinks import MemorySink
+from service.alerts.metrics import FleetMetrics
+from service.alerts.sinks import MemorySink
+from service.intake.pipeline import Intake, Pipeline
+from service.records import RawMessage, Reading, Severity, Signal
 
 NOW = 1_767_225_600.0
 GOOD = RawMessage("fleet/plant-a/d1/telemetry", b'{"ts": 1767225600, "battery_v": 3.6}', NOW)
@@ -250,7 +250,7 @@ def test_content_types_are_resolved_per_message_within_one_batch() -> None:
 
 
 def test_counts_per_protocol_are_the_same_with_and_without_outcomes() -> None:
-    from service.model import MessageOutcome
+    from service.records import MessageOutcome
 
     messages = [
         GOOD,

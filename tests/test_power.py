@@ -9,7 +9,7 @@ import random
 import orjson
 
 from detectors.power import PowerConfig, PowerDetector
-from service.model import Reading, Signal
+from service.records import Reading, Signal
 
 HOUR = 3_600.0
 META = {"model": "PM-10", "site": "plant-a", "zone": "z1"}

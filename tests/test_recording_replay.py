@@ -9,9 +9,9 @@ import orjson
 import pytest
 
 from config.settings import EXAMPLE_CONFIG, settings_from_mapping
-from service.cli import main
-from service.recording import RecordingError, read_recording, write_recording
-from service.replay import replay
+from service.commands.cli import main
+from service.replay.engine import replay
+from service.replay.recording import RecordingError, read_recording, write_recording
 from service.simulator import FaultSpec, SimulationConfig, Simulator
 
 
@@ -43,7 +43,7 @@ def test_replay_finds_the_planted_battery_failures() -> None:
     simulator = Simulator(SimulationConfig(devices=200, interval_s=60, seed=5,
                                            faults=(FaultSpec.parse("battery_failing=4@600:collapse_s=1800"),)))  # fmt: skip
     messages = [m for m in simulator.messages(simulator.config.start_ts + 7200)]
-    from service.model import RawMessage
+    from service.records import RawMessage
 
     raw = [RawMessage(m.topic, m.payload, m.ts + 0.05) for m in messages]
     settings = settings_from_mapping({"rules": [

@@ -21,15 +21,15 @@ import aiohttp
 import orjson
 import pytest
 
-from service.broker import free_port
-from service.model import RawMessage, Reading, Signal
-from service.shards import worker_state_path
-from service.state import StateStore
+from service.records import RawMessage, Reading, Signal
+from service.runtime.broker import free_port
+from service.runtime.shards import worker_state_path
+from service.state.store import StateStore
 from tests.daemon_helpers import daemon_settings, running_daemon
 
 pytestmark = pytest.mark.broker
 
-FLEETWATCH = [sys.executable, "-m", "service.cli"]
+FLEETWATCH = [sys.executable, "-m", "service.commands.cli"]
 NOW = 1_767_225_600
 
 
@@ -225,7 +225,7 @@ class SlowAtFirst:
 async def test_slow_detector_pauses_intake_bounds_memory_and_drops_nothing(
     broker, topic_prefix, mqtt_client
 ) -> None:  # type: ignore[no-untyped-def]
-    from service.daemon import Daemon
+    from service.runtime.daemon import Daemon
 
     total = 10_000
     settings = daemon_settings(

@@ -17,16 +17,16 @@ import orjson
 import pytest
 
 from config.settings import Settings, settings_from_mapping
-from service.cli import main
+from service.alerts.sinks import Item, MemorySink
+from service.commands.cli import main
 from service.errors import FleetWatchError
-from service.model import AlertRecord, DeadLetter, RawMessage
-from service.recording import write_recording
-from service.replay import ReplaySummary, replay
-from service.replay_workers import EXCHANGE_MAX_TICKS, replay_sharded
-from service.shards import ShardRouter
+from service.intake.topics import TopicRouter
+from service.records import AlertRecord, DeadLetter, RawMessage
+from service.replay.engine import ReplaySummary, replay
+from service.replay.recording import write_recording
+from service.replay.workers import EXCHANGE_MAX_TICKS, replay_sharded
+from service.runtime.shards import ShardRouter
 from service.simulator import FaultSpec, SimulationConfig, Simulator
-from service.sinks import Item, MemorySink
-from service.topics import TopicRouter
 
 T0 = 1_767_225_600.0
 
@@ -36,7 +36,7 @@ RULES = [
 ]
 
 # Alerts judged against the rest of the fleet from exchanged summaries, which are close to
-# one process's judgement but not equal to it (service.fleet_facts): a power baseline is a
+# one process's judgement but not equal to it (service.runtime.fleet_facts): a power baseline is a
 # weighted mean of the workers' baselines, the environment tests see the others' devices as
 # of the last exchange. Every other kind must come out exactly as in one process.
 APPROXIMATE_KINDS = {"power_anomaly", "environment_risk"}
@@ -142,7 +142,7 @@ def test_two_workers_give_the_single_process_results(runs: Runs) -> None:
     assert (two.alerts_opened, two.alerts_resolved) == (one.alerts_opened, one.alerts_resolved)
     assert [change_key(a) for a in two.active] == [change_key(a) for a in one.active]
     # the reports, but for the fields that compare a group with the rest of the fleet,
-    # which the merge names as approximate (service.report_merge)
+    # which the merge names as approximate (service.runtime.report_merge)
     assert set(two.reports) == set(one.reports)
     for name, merged in two.reports.items():
         approximate = set(merged.get("approximate", {})) | {"approximate"}

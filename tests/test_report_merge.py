@@ -20,12 +20,12 @@ from detectors.connectivity import ConnectivityConfig
 from detectors.environment import EnvironmentConfig
 from detectors.firmware import FirmwareConfig
 from detectors.gateway import GatewayConfig, GatewayDetector
-from service.metrics import FleetMetrics
-from service.model import RawMessage, Reading, Severity
-from service.pipeline import Pipeline
-from service.report_merge import MergeOptions, merge_all, merge_generic, merge_reports
+from service.alerts.metrics import FleetMetrics
+from service.alerts.sinks import MemorySink
+from service.intake.pipeline import Pipeline
+from service.records import RawMessage, Reading, Severity
+from service.runtime.report_merge import MergeOptions, merge_all, merge_generic, merge_reports
 from service.simulator import FaultSpec, SimulationConfig, Simulator
-from service.sinks import MemorySink
 
 START = 1_767_225_600.0
 DAYS = 2.0

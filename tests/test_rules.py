@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from detectors.rules import Rule, RuleEngine
-from service.model import MessageKind, Reading, Severity
+from service.records import MessageKind, Reading, Severity
 
 
 def reading(

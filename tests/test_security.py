@@ -27,7 +27,7 @@ from gmqtt.mqtt.handler import MQTTConnectError
 
 from config.settings import MqttSettings
 from protocols.mqtt import MqttClient
-from service.broker import EmbeddedBroker, find_mosquitto, free_port
+from service.runtime.broker import EmbeddedBroker, find_mosquitto, free_port
 from tests.daemon_helpers import daemon_settings, running_daemon
 
 pytestmark = pytest.mark.broker

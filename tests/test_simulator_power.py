@@ -11,7 +11,7 @@ import orjson
 from bench.power import to_reading
 from detectors.battery import CHEMISTRIES
 from detectors.power import PowerDetector
-from service.model import Reading, Signal
+from service.records import Reading, Signal
 from service.simulator import FaultSpec, SimulationConfig, Simulator
 from service.simulator.faults import FAULTS
 

@@ -12,12 +12,12 @@ from prometheus_client import CollectorRegistry
 
 from config.settings import Settings, settings_from_mapping
 from detectors import build_detectors
+from service.alerts.metrics import FleetMetrics
+from service.alerts.sinks import MemorySink
 from service.errors import StateError
-from service.metrics import FleetMetrics
-from service.model import DeadLetter, RawMessage
-from service.pipeline import Pipeline
-from service.sinks import MemorySink
-from service.state import StateStore, outbox_items, outbox_state
+from service.intake.pipeline import Pipeline
+from service.records import DeadLetter, RawMessage
+from service.state.store import StateStore, outbox_items, outbox_state
 
 NOW = 1_767_225_600.0
 RULES = [

@@ -7,8 +7,8 @@ import pytest
 from protocols.codecs import CodecSet, DecodeContext
 from protocols.codecs.json import JsonCodec
 from service.errors import ConfigError, DecodeError
-from service.model import MessageKind
-from service.topics import TopicRouter
+from service.intake.topics import TopicRouter
+from service.records import MessageKind
 
 ROUTER = TopicRouter(["fleet/{site}/{device_id}/{kind}", "devices/{device_id}/{kind}"])
 

@@ -21,8 +21,8 @@ import pytest
 
 from config.settings import Settings
 from service.errors import ConfigError, FleetWatchError
-from service.shards import shard_of, worker_state_path
-from service.workers import Coordinator
+from service.runtime.shards import shard_of, worker_state_path
+from service.runtime.workers import Coordinator
 from tests.daemon_helpers import daemon_settings, firing_alerts, scrape
 
 pytestmark = pytest.mark.broker

@@ -3,7 +3,7 @@
 A codec turns one payload into a list of *records*: plain ``dict`` objects in FleetWatch's
 JSON payload schema (see the README): numeric fields are metrics, known string fields are
 metadata, ``ts`` and ``seq`` are optional. Codecs know nothing of topics, devices or
-detectors; :mod:`service.normalize` turns records into readings. A payload a codec cannot
+detectors; :mod:`service.intake.normalize` turns records into readings. A payload a codec cannot
 read raises :class:`service.errors.DecodeError` with a stable ``reason``; no other
 exception may escape a codec.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from service.model import MessageKind
+from service.records import MessageKind
 
 Record = dict[str, Any]
 

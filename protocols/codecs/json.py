@@ -19,7 +19,7 @@ import orjson
 
 from protocols.codecs.base import DecodeContext, Record
 from service.errors import DecodeError
-from service.model import MessageKind
+from service.records import MessageKind
 
 _STATUS_WORDS = frozenset({b"online", b"offline", b"connected", b"disconnected"})
 _NON_FINITE_MARKERS = (b"NaN", b"Infinity", b"infinity")

@@ -16,7 +16,7 @@ from typing import Any
 
 from protocols.codecs.base import DecodeContext, Record
 from service.errors import DecodeError
-from service.model import MessageKind
+from service.records import MessageKind
 
 
 def check_record(record: dict[Any, Any]) -> Record:

@@ -14,5 +14,5 @@ records through the same intake, normalization and journal as MQTT and CoAP tele
 """
 
 TOPIC_TEMPLATE = "lwm2m/{device_id}/{kind}"
-"""How LwM2M messages are addressed inside the pipeline (:mod:`service.pipeline` routes
+"""How LwM2M messages are addressed inside the pipeline (:mod:`service.intake.pipeline` routes
 protocol ``lwm2m`` with it; ``kind`` is ``telemetry``, ``status`` or ``firmware``)."""

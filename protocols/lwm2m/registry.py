@@ -291,7 +291,7 @@ class Registration:
 
 
 class RegistrationStorage(Protocol):
-    """Where registrations are kept (:class:`service.state.StateStore` in the daemon)."""
+    """Where registrations are kept (:class:`service.state.store.StateStore` in the daemon)."""
 
     def save_registration(self, registration_id: str, endpoint: str, data: bytes) -> None: ...
 

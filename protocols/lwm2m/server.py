@@ -87,7 +87,7 @@ from protocols.lwm2m.registry import (
     parse_query,
 )
 from service.errors import DecodeError, StateError
-from service.model import MessageOutcome, RawMessage
+from service.records import MessageOutcome, RawMessage
 
 log = logging.getLogger(__name__)
 
@@ -146,12 +146,12 @@ class Lwm2mServer:
     settings
         The ``[lwm2m]`` settings.
     intake
-        Where records go (:class:`service.pipeline.Intake`).
+        Where records go (:class:`service.intake.pipeline.Intake`).
     context
         Returns the running aiocoap context the CoAP server serves on (entered before this
         server); requests to devices are sent through it.
     storage
-        Where registrations are kept (the daemon's :class:`service.state.StateStore`);
+        Where registrations are kept (the daemon's :class:`service.state.store.StateStore`);
         in memory only when ``None``.
     clock
         Receive times and lifetimes.
