@@ -4,8 +4,10 @@ Settings are validated once, at start-up. A bad value raises
 :class:`service.errors.ConfigError` naming the setting, e.g. ``mqtt.port``.
 
 Environment variables override the file: ``FLEETWATCH_MQTT__HOST=broker`` sets
-``mqtt.host``; ``__`` separates levels, values are read as TOML literals when they parse
-(``FLEETWATCH_HTTP__PORT=9200`` is an integer) and as plain strings otherwise.
+``mqtt.host``; ``__`` separates levels (pydantic-settings' ``env_prefix`` and
+``env_nested_delimiter``). Lists and tables are JSON (``'["a", "b"]'``); other values are
+read as TOML literals when they parse (``FLEETWATCH_HTTP__PORT=9200`` is an integer,
+``FLEETWATCH_DETECTORS__DRIFT__TOLERANCE=0.05`` a float) and as plain strings otherwise.
 
 >>> s = load_settings(None, environ={"FLEETWATCH_MQTT__PORT": "1884"})
 >>> s.mqtt.port, s.pipeline.queue_size
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import EnvSettingsSource
 
 from service.errors import ConfigError
 
@@ -368,6 +371,8 @@ class Lwm2mSettings(_Section):
 
 
 class Settings(_Section):
+    """Every setting; :func:`load_settings` reads them from a file under the environment."""
+
     mqtt: MqttSettings = MqttSettings()
     topics: TopicSettings = TopicSettings()
     ingest: IngestSettings = IngestSettings()
@@ -407,26 +412,44 @@ def _env_value(text: str) -> Any:
         return text
 
 
-def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    """Return ``data`` with ``FLEETWATCH_A__B=value`` variables set at ``a.b``.
+def _literals(node: dict[str, Any]) -> dict[str, Any]:
+    for key, value in node.items():
+        if isinstance(value, dict):
+            _literals(value)
+        elif isinstance(value, str):
+            node[key] = _env_value(value)
+    return node
 
-    >>> apply_env_overrides({"mqtt": {"host": "x"}}, {"FLEETWATCH_MQTT__HOST": "y"})
-    {'mqtt': {'host': 'y'}}
+
+class EnvironmentSource(EnvSettingsSource):
+    """``FLEETWATCH_A__B=value`` variables of ``environ`` as nested settings data.
+
+    pydantic-settings finds the variables (prefix, ``__`` nesting, any case) and decodes
+    lists and tables as JSON; plain values are then read as TOML literals, so untyped
+    detector tables get numbers and booleans, not strings.
+
+    >>> EnvironmentSource(Settings, {"FLEETWATCH_MQTT__PORT": "1884", "HOME": "/root"})()
+    {'mqtt': {'port': 1884}}
     """
-    for name, raw in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX):
-            continue
-        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__") if part]
-        if not path or path[0] not in Settings.model_fields:
-            continue
-        node = data
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(".".join(path), f"cannot override inside non-table from {name}")
-            node = child
-        node[path[-1]] = _env_value(raw)
-    return data
+
+    def __init__(self, settings_cls: type[BaseModel], environ: Mapping[str, str]) -> None:
+        super().__init__(
+            settings_cls,  # type: ignore[arg-type]  # any model: its fields are what is read
+            case_sensitive=False, env_prefix=ENV_PREFIX, env_nested_delimiter="__",
+        )  # fmt: skip
+        self.env_vars = {name.lower(): value for name, value in environ.items()}
+
+    def __call__(self) -> dict[str, Any]:
+        return _literals(super().__call__())
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
 
 
 def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
@@ -465,5 +488,8 @@ def load_settings(path: Path | str | None, environ: Mapping[str, str] | None = N
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("--config", f"{file} is not valid TOML: {exc}") from exc
         _resolve_beside(data, file.parent)
-    apply_env_overrides(data, os.environ if environ is None else environ)
-    return settings_from_mapping(data)
+    try:
+        overrides = EnvironmentSource(Settings, os.environ if environ is None else environ)()
+    except ValueError as exc:  # a list or table that is not JSON
+        raise ConfigError("environment", str(exc)) from exc
+    return settings_from_mapping(_merge(data, overrides))

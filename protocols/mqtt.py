@@ -104,6 +104,10 @@ def puback_packets(tokens: Sequence[int], generation: int) -> bytes:
 class Backoff:
     """Jittered exponential back-off.
 
+    gmqtt reconnects by itself and takes only the next delay (``reconnect_delay``); retry
+    libraries (tenacity, backoff) retry a call they wrap, which is not how gmqtt is driven,
+    so the delay sequence is kept here.
+
     >>> b = Backoff(0.5, 8.0, rng=random.Random(1))
     >>> [round(b.next(), 2) for _ in range(6)]
     [0.32, 1.35, 2.53, 3.02, 7.96, 7.6]

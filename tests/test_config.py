@@ -72,3 +72,30 @@ def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
     bad.write_text("[mqtt\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(bad, environ={})
+
+
+def test_environment_reaches_detector_tables_as_numbers_and_lists_as_json() -> None:
+    settings = load_settings(
+        None,
+        environ={
+            "FLEETWATCH_DETECTORS__DRIFT__TOLERANCE": "0.05",
+            "FLEETWATCH_DETECTORS__ENABLED": '["rules", "drift"]',
+            "fleetwatch_mqtt__host": "lower-case-works",
+        },
+    )
+    assert settings.detectors.drift == {"tolerance": 0.05}
+    assert settings.detectors.enabled == ("rules", "drift")
+    assert settings.mqtt.host == "lower-case-works"
+
+
+def test_environment_passed_in_is_the_only_one_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETWATCH_MQTT__PORT", "2000")
+    assert load_settings(None, environ={}).mqtt.port == 1883
+    assert load_settings(None).mqtt.port == 2000
+
+
+def test_bad_environment_value_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="environment"):
+        load_settings(None, environ={"FLEETWATCH_DETECTORS__ENABLED": "[not json"})
+    with pytest.raises(ConfigError, match=r"mqtt\.hots"):
+        load_settings(None, environ={"FLEETWATCH_MQTT__HOTS": "typo"})
