@@ -120,6 +120,21 @@ def test_duplicates_by_ts_without_seq(norm: Normalizer) -> None:
     assert run(norm, [{"ts": NOW, "temp": 20}], device="d2").duplicates == 0
 
 
+def test_duplicate_from_a_fast_clock_is_recognised_by_the_devices_own_ts(
+    norm: Normalizer,
+) -> None:
+    # a device clock ten minutes fast: its ts is corrected to the receive time, which
+    # differs between the two deliveries of the same reading
+    fast = {"ts": NOW + 600, "temp": 20}
+    first = run(norm, [fast], received=NOW)
+    again = run(norm, [fast], received=NOW + 4)
+    assert first.corrected_future == 1 and len(first.readings) == 1
+    assert again.readings == [] and again.duplicates == 1
+    with_seq = {"ts": NOW + 900, "seq": 3, "temp": 21}
+    run(norm, [with_seq], received=NOW + 300)
+    assert run(norm, [with_seq], received=NOW + 310).duplicates == 1
+
+
 def test_string_where_a_number_belongs_rejects_only_that_record(norm: Normalizer) -> None:
     out = run(norm, [{"ts": NOW, "battery_v": "high"}, {"ts": NOW + 1, "battery_v": 3.6}])
     assert [e.reason for e in out.rejected] == ["non_numeric_value"]

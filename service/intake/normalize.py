@@ -12,8 +12,9 @@ What it does to each record (one JSON object of FleetWatch's payload schema):
   receive time; more than ``max_future_skew_s`` ahead of the receive time is corrected to
   the receive time (and counted); before ``oldest_valid_ts`` or unreadable is rejected;
 - a reading older than the newest one already seen from the device is kept and marked
-  ``late``; a reading seen before, by ``(device, seq, ts)`` or ``(device, ts)``, is dropped
-  as a duplicate (and counted).
+  ``late``; a reading seen before, by ``(device, seq, ts)`` or ``(device, ts)`` with the
+  device's own ``ts`` (before a future one is corrected), is dropped as a duplicate (and
+  counted).
 
 A record that cannot be read is rejected alone, with a :class:`DecodeError` naming the
 reason; the other records of the same message are kept.
@@ -668,9 +669,12 @@ class Normalizer:
                         raise DecodeError(
                             "invalid_timestamp", f"ts {ts:.0f} is before the oldest valid time"
                         )
-                    if ts > newest_valid_ts:
-                        ts = received_at
-                        result.corrected_future += 1
+                # duplicates are recognised by the device's own ts, before any correction:
+                # a fast clock's resent reading gets another receive time
+                device_ts = ts
+                if ts > newest_valid_ts:
+                    ts = received_at
+                    result.corrected_future += 1
                 seq_value = get("seq")
                 seq: int | None = None
                 if type(seq_value) is int and -_MAX_EXACT_SEQ < seq_value < _MAX_EXACT_SEQ:
@@ -702,7 +706,7 @@ class Normalizer:
             meta.update(levels)
             if "protocol" not in meta:
                 meta["protocol"] = protocol
-            if not remember(device_id, seq, ts if raw_ts is not None or seq is None else 0.0):
+            if not remember(device_id, seq, device_ts if raw_ts is not None or seq is None else 0.0):
                 result.duplicates += 1
                 continue
             if not transient or meta.keys().isdisjoint(TRANSIENT_META):
