@@ -10,6 +10,7 @@ import pytest
 
 from config.settings import EXAMPLE_CONFIG, settings_from_mapping
 from service.commands.cli import main
+from service.records import RawMessage
 from service.replay.engine import replay
 from service.replay.recording import RecordingError, read_recording, write_recording
 from service.simulator import FaultSpec, SimulationConfig, Simulator
@@ -77,3 +78,42 @@ def test_check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     bad.write_text("[mqtt]\nport = 'many'\n")
     assert main(["check-config", str(bad)]) == 2
     assert "mqtt.port" in capsys.readouterr().err
+
+
+def _fleet_with_one_line_ahead(seconds_ahead: float) -> list[RawMessage]:
+    simulator = Simulator(SimulationConfig(devices=60, interval_s=60, seed=8))
+    raw = [RawMessage(m.topic, m.payload, m.ts + 0.05)
+           for m in simulator.messages(simulator.config.start_ts + 4 * 3600)]  # fmt: skip
+    middle = len(raw) // 2
+    line = raw[middle]
+    raw[middle] = RawMessage(line.topic, line.payload, line.received_at + seconds_ahead)
+    return raw
+
+
+def test_replay_puts_a_line_ahead_of_its_neighbours_back_in_order() -> None:
+    # one recorded line nine minutes ahead: replayed where it stands, it would move the
+    # replay's clock past every other device
+    settings = settings_from_mapping({})
+    raw = _fleet_with_one_line_ahead(540.0)
+    summary = replay(raw, settings)
+    assert summary.reordered >= 1 and summary.too_late == 0
+    assert summary.readings == len(raw)
+    kinds = {a.kind for a in summary.active}
+    assert "gateway_down" not in kinds and "device_offline" not in kinds
+
+    as_read = replay(raw, settings, reorder_window_s=0.0)
+    assert as_read.reordered == 0
+    assert as_read.alerts_opened > summary.alerts_opened  # the jump raised alerts as read
+
+
+def test_replay_counts_what_is_further_out_of_order_than_the_window() -> None:
+    # a line three hours behind its neighbours: the replay's clock has passed it; it is
+    # replayed at once, as a late delivery would be live, and counted
+    raw = _fleet_with_one_line_ahead(-3 * 3600.0)
+    summary = replay(raw, settings_from_mapping({}), reorder_window_s=600.0)
+    assert (summary.too_late, summary.reordered) == (1, 0)
+    assert summary.readings == len(raw)
+    # far ahead instead: held until its time comes, nothing left behind
+    ahead = replay(_fleet_with_one_line_ahead(3 * 3600.0), settings_from_mapping({}),
+                   reorder_window_s=600.0)  # fmt: skip
+    assert (ahead.too_late, ahead.reordered) == (0, 1)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from service.errors import ConfigError, FleetWatchError
+from service.replay.ordering import DEFAULT_WINDOW_S
 
 log = logging.getLogger("fleetwatch")
 
@@ -98,6 +99,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     if args.workers < 0:
         raise ConfigError("--workers", "give 1 or more worker processes, or 0 for one per core")
+    if args.reorder_window < 0:
+        raise ConfigError("--reorder-window", "give 0 or more seconds")
     workers = args.workers or os.cpu_count() or 1
     settings = load_settings(args.config)
     _setup_logging("WARNING" if not args.verbose else "INFO")
@@ -117,7 +120,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         args.file, on_error=lambda line, reason: corrupt.append((line, reason))
     )
     # one worker: service.replay.engine.replay in this process, as before
-    summary = replay_sharded(messages, settings, workers=workers, sinks=[_Printer()])
+    summary = replay_sharded(messages, settings, workers=workers, sinks=[_Printer()],
+                             reorder_window_s=args.reorder_window)  # fmt: skip
     span = ""
     if summary.first_ts is not None and summary.last_ts is not None:
         span = f"{iso_utc(summary.first_ts)} .. {iso_utc(summary.last_ts)}"
@@ -129,6 +133,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         f"  rejected            {summary.rejected} {summary.rejected_by_reason or ''}",
         f"  duplicates dropped  {summary.duplicates}",
         f"  corrupt lines       {len(corrupt)}",
+        f"  put back in order   {summary.reordered} (further out than the window: "
+        f"{summary.too_late})",
         f"  devices             {summary.devices}",
         f"  alerts opened       {summary.alerts_opened}",
         f"  alerts resolved     {summary.alerts_resolved}",
@@ -177,6 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="worker processes, sharded by site (default 1: this process; 0: one per core)",
+    )
+    rep.add_argument(
+        "--reorder-window",
+        type=float,
+        default=DEFAULT_WINDOW_S,
+        metavar="SECONDS",
+        help="put messages back in receive-time order within this much recorded time "
+        f"(default {DEFAULT_WINDOW_S:.0f}; 0: replay them as read)",
     )
     rep.set_defaults(func=cmd_replay)
 

@@ -33,6 +33,7 @@ from service.alerts.metrics import FleetMetrics
 from service.alerts.sinks import MemorySink, Sink
 from service.intake.pipeline import BatchOutcome, Pipeline
 from service.records import AlertRecord, AlertState, RawMessage
+from service.replay.ordering import DEFAULT_WINDOW_S, ReorderWindow
 from service.state.collector import tuned_collector
 
 
@@ -53,6 +54,8 @@ class ReplaySummary:
     active: list[AlertRecord] = field(default_factory=list)
     reports: dict[str, dict[str, Any]] = field(default_factory=dict)
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    reordered: int = 0  # read out of receive-time order and replayed in place
+    too_late: int = 0  # further out of order than the reorder window: replayed as read
 
     @property
     def readings_per_s(self) -> float:
@@ -111,13 +114,19 @@ def replay(
     sinks: Sequence[Sink] = (),
     batch_size: int | None = None,
     registry: CollectorRegistry | None = None,
+    reorder_window_s: float = DEFAULT_WINDOW_S,
 ) -> ReplaySummary:
-    """Run ``messages`` through the pipeline; return a summary (alerts go to ``sinks``)."""
+    """Run ``messages`` through the pipeline; return a summary (alerts go to ``sinks``).
+
+    Messages are put back in receive-time order within ``reorder_window_s`` of recorded
+    time (:class:`~service.replay.ordering.ReorderWindow`; 0 replays them as read)."""
     memory = MemorySink()
     pipeline = replay_pipeline(settings, [memory, *sinks], detectors, registry)
     summary = ReplaySummary()
+    window = ReorderWindow(reorder_window_s)
     with tuned_collector():
-        _run(pipeline, messages, settings, batch_size, summary)
+        _run(pipeline, window.order(messages), settings, batch_size, summary)
+    summary.reordered, summary.too_late = window.reordered, window.too_late
     summary.devices = len(pipeline.registry)
     summary.active = sorted(pipeline.alerts.active(), key=lambda a: (a.kind, a.subject))
     summary.reports = pipeline.reports(summary.last_ts if summary.last_ts is not None else 0.0)

@@ -96,6 +96,7 @@ from service.errors import FleetWatchError
 from service.intake.topics import TopicRouter
 from service.records import AlertRecord, DeadLetter, MessageColumns, RawMessage
 from service.replay.engine import ReplaySummary, TickClock, replay, replay_pipeline
+from service.replay.ordering import DEFAULT_WINDOW_S, ReorderWindow
 from service.runtime.shards import ShardRouter
 
 log = logging.getLogger(__name__)
@@ -476,11 +477,15 @@ def replay_sharded(
     workers: int,
     sinks: Sequence[Sink] = (),
     batch_size: int | None = None,
+    reorder_window_s: float = DEFAULT_WINDOW_S,
 ) -> ReplaySummary:
     """Run ``messages`` through ``workers`` pipelines in worker processes, sharded by site
-    (see the module docstring); alert changes go to ``sinks``. One worker: ``replay``."""
+    (see the module docstring); alert changes go to ``sinks``. One worker: ``replay``.
+    Messages are put in receive-time order within ``reorder_window_s`` first, as ``replay``
+    does."""
     if workers <= 1:
-        return replay(messages, settings, sinks=sinks, batch_size=batch_size)
+        return replay(messages, settings, sinks=sinks, batch_size=batch_size,
+                      reorder_window_s=reorder_window_s)  # fmt: skip
     from service.runtime.report_merge import MergeOptions, merge_all
 
     started = time.perf_counter()
@@ -492,7 +497,9 @@ def replay_sharded(
         options = MergeOptions.from_settings(settings)
         others: list[dict[str, Any] | None] = [None] * workers
         running = False
-        for step in steps(messages, router, settings.pipeline.tick_interval_s, summary):
+        window = ReorderWindow(reorder_window_s)
+        ordered = window.order(messages)
+        for step in steps(ordered, router, settings.pipeline.tick_interval_s, summary):
             if running:
                 others = _collect(pool, sinks)
             else:
@@ -521,6 +528,7 @@ def replay_sharded(
         (alert for r in results for alert in r.active), key=lambda a: (a.kind, a.subject)
     )
     summary.reports = merge_all([r.reports for r in results], options=options)
+    summary.reordered, summary.too_late = window.reordered, window.too_late
     for r in results:
         for reason, count in r.rejected_by_reason.items():
             summary.rejected_by_reason[reason] = summary.rejected_by_reason.get(reason, 0) + count
