@@ -15,7 +15,11 @@ with load: Pearson r over the last ``load_history`` ticks) while it carries more
 site's mean. Per site, **imbalance** is the coefficient of variation of the
 gateways' loads with max/mean; when it is high, the detector recommends concrete moves: how
 many devices from which gateway to which, receivers chosen within the same site, preferring
-gateways that already serve the same zones, never beyond a receiver's capacity.
+gateways that already serve the same zones, never beyond a receiver's capacity. A gateway
+none of whose devices (nor the gateway itself) has been heard for ``down_after_s`` is down:
+it is left out of its site's balance, so an outage is never read as imbalance and no move
+points at a gateway that is down (the outage itself is the connectivity detector's
+``gateway_down``).
 
 >>> from service.records import Reading
 >>> det = GatewayDetector(GatewayConfig(capacity_devices=3, min_site_devices=2,
@@ -68,6 +72,7 @@ class GatewayConfig:
     resolve_margin: float = 0.9
     load_history: int = 48
     load_correlation: float = 0.7
+    down_after_s: float = 1_800.0
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> GatewayConfig:
@@ -81,8 +86,8 @@ class GatewayConfig:
 
 class _Gateway:
     __slots__ = (
-        "active", "arrivals", "devices", "history", "last_tick", "overloaded", "rate", "severity",
-        "site", "status",
+        "active", "arrivals", "devices", "history", "last_heard", "last_tick", "overloaded",
+        "rate", "severity", "site", "status",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -91,6 +96,7 @@ class _Gateway:
         self.arrivals = 0
         self.rate = 0.0
         self.last_tick: float | None = None
+        self.last_heard = -math.inf  # newest receive time of the gateway or a device on it
         self.site: str | None = None
         self.status = _NO_STATUS  # made with the gateway's first status metric
         self.overloaded = False
@@ -168,6 +174,8 @@ class GatewayDetector:
                         if own.status is _NO_STATUS:
                             own.status = {}
                         own.status[metric] = value
+                if reading.received_at > own.last_heard:
+                    own.last_heard = reading.received_at
                 if reading.kind is MessageKind.STATUS or role == "gateway":
                     continue
             name = meta.get("gateway") or configured.get(device_id)
@@ -185,6 +193,8 @@ class GatewayDetector:
             received = reading.received_at
             old = devices.get(device_id)
             devices[device_id] = (received, meta.get("zone"))
+            if received > gateway.last_heard:
+                gateway.last_heard = received
             if counting:
                 if old is not None and old[0] >= horizon:  # counted until now
                     if received < old[0]:  # out of order: heard earlier than its last
@@ -291,12 +301,18 @@ class GatewayDetector:
                 gateway.remember(loads[name], latency, config.load_history)
             by_site.setdefault(gateway.site or "", []).append(name)
         for site, names in by_site.items():
-            site_loads = [loads[n] for n in names]
+            up = self._up(names, now)
+            site_loads = [loads[n] for n in up]
             mean = sum(site_loads) / len(site_loads) if site_loads else 0.0
             for name in names:
                 signals.extend(self._judge_gateway(name, loads[name], mean, now))
-            signals.extend(self._judge_site(site, names, loads, now))
+            signals.extend(self._judge_site(site, up, loads, now))
         return signals
+
+    def _up(self, names: list[str], now: float) -> list[str]:
+        """``names`` less the gateways that are down at ``now`` (see ``down_after_s``)."""
+        limit = now - self.config.down_after_s
+        return [n for n in names if self._gateways[n].last_heard >= limit]
 
     def _strain(self, gateway: _Gateway) -> list[str]:
         config = self.config
@@ -460,13 +476,14 @@ class GatewayDetector:
             site = sites.setdefault(gateway.site or "", {"gateways": {}})
             site["gateways"][name] = {
                 "devices": loads[name],
+                "down": gateway.last_heard < now - self.config.down_after_s,
                 "capacity": self.config.capacity(name),
                 "messages_per_s": round(gateway.rate, 3),
                 "overloaded": gateway.overloaded,
                 "status": dict(gateway.status),
             }
         for site in sites.values():
-            names = list(site["gateways"])
+            names = self._up(list(site["gateways"]), now)
             site.update(_imbalance([loads[n] for n in names]))
             site["moves"] = self._moves(names, loads, now) if len(names) >= 2 else []
         return {"generated_at": iso_utc(now), "gateways": len(self._gateways), "sites": sites}
@@ -511,6 +528,8 @@ class GatewayDetector:
                 gateway.remember(int(n), float(lat), self.config.load_history)
             for device in gateway.devices:
                 self._device_gateway[device] = name
+            gateway.last_heard = max((last for last, _ in gateway.devices.values()),
+                                     default=-math.inf)  # fmt: skip
 
 
 def _latency_rises_with_load(

@@ -178,3 +178,38 @@ def test_latency_history_keeps_the_last_ticks_and_survives_a_checkpoint() -> Non
     quiet.process([Reading("d1", T0, T0, {}, {"gateway": "gw2"})])
     assert quiet.state_dict()["gateways"]["gw2"]["status"] == {}
     assert quiet.state_dict()["gateways"]["gw2"]["history"] == []
+
+
+def test_a_gateway_that_is_down_is_out_of_the_balance_and_never_a_receiver() -> None:
+    # gw3 goes down (its devices fall silent) while the others' devices keep reporting;
+    # counted at zero, it would make the site look imbalanced (loads 90/60/0) with moves
+    # pointing at it
+    detector = GatewayDetector(GatewayConfig(active_window_s=3600.0, down_after_s=1800.0))
+    for minute in range(0, 181, 5):
+        at = T0 + minute * 60
+        attach(detector, "gw1", 90, at=at)
+        attach(detector, "gw2", 60, at=at)
+        if minute < 60:
+            attach(detector, "gw3", 60, at=at)
+        signals = detector.tick(at)
+        assert [s.kind for s in signals if s.kind == "gateway_imbalance"] == [], minute
+    report = detector.report(T0 + 180 * 60)["sites"]["plant-a"]
+    assert report["gateways"]["gw3"]["down"] is True
+    assert all("gw3" not in (m["from"], m["to"]) for m in report["moves"])
+    # a survivor really overloaded: moves go only to the gateway that is up
+    attach(detector, "gw1", 120, prefix="extra", at=T0 + 181 * 60)
+    signals = detector.tick(T0 + 181 * 60)
+    imbalance = [s for s in signals if s.kind == "gateway_imbalance"]
+    assert imbalance and imbalance[0].evidence["moves"]
+    assert {m["to"] for m in imbalance[0].evidence["moves"]} == {"gw2"}
+    assert "gw3" not in imbalance[0].evidence["loads"]
+
+
+def test_down_state_is_derived_again_after_a_restart() -> None:
+    detector = GatewayDetector()
+    attach(detector, "gw1", 30, at=T0)
+    attach(detector, "gw2", 30, at=T0 + 7200)
+    restored = GatewayDetector()
+    restored.load_state(orjson.loads(orjson.dumps(detector.state_dict())))
+    gateways = restored.report(T0 + 7200)["sites"]["plant-a"]["gateways"]
+    assert (gateways["gw1"]["down"], gateways["gw2"]["down"]) == (True, False)
