@@ -6,13 +6,17 @@ temperature, humidity and vibration from its own readings), the stress it has ac
 
 - **lost reports**: reports missing between arrivals, judged against its own rhythm (the
   median of its recent gaps);
-- **battery drain**: volts per day, the least-squares slope over the battery's readings;
+- **battery drain**: volts per day, the least-squares slope over the battery's readings,
+  compared only between cells of the same battery type (metadata ``battery_chemistry``,
+  else ``model``), since cells of different chemistries lose volts at rates that cannot be
+  compared;
 - **update failures**: failed against attempted firmware updates.
 
 Every ``evaluate_every_s`` (data time) the devices are put in environmental bands (e.g.
 temperature above 40 °C) per site and zone, and each band is compared with the rest of the
 fleet with a stated test: a one-sided two-proportion z-test for lost reports and update
-failures, a one-sided Mann-Whitney U test for battery drain. A band whose outcome is at least
+failures, a one-sided Mann-Whitney U test for battery drain (each drain over the median
+drain of its battery type outside the band). A band whose outcome is at least
 ``min_ratio`` times worse at ``p < alpha`` (Bonferroni-corrected over the bands tried) is a
 finding, reported in plain words with its numbers, and raises ``environment_risk`` on its
 zone until it no longer holds. The report also ranks devices by accumulated stress, the
@@ -21,7 +25,8 @@ ones to maintain first.
 "The rest of the fleet" is the whole fleet even when it is split over several detectors
 (worker processes, see :mod:`service.runtime.fleet_facts`): each gives what the others need
 (:meth:`EnvironmentDetector.fleet_summary`: its numbers of candidate bands, its lost and
-expected reports and failed and attempted updates summed, its battery drains) and takes
+expected reports and failed and attempted updates summed, its battery drains per battery
+type) and takes
 theirs (:meth:`EnvironmentDetector.apply_fleet_summary`), so a zone's band is tested against
 the devices of every part, with the Bonferroni correction over every part's candidate
 bands. The drains are sent as they are up to ``DRAIN_SKETCH`` distinct values per summary,
@@ -499,14 +504,17 @@ class EnvironmentDetector:
             others["failures"] if others else None,
         )
         drains = [fleet.drain_per_day(battery) for battery in fleet.columns(fleet.battery, 8)]
-        drained = [(row, d) for row, d in enumerate(drains) if d is not None]
-        rest = [value for value, count in others["drains"] for _ in range(count)] if others else []
+        drained: dict[str, list[tuple[int, float]]] = {}  # battery type -> (row, drain)
+        for row, (drain, meta) in enumerate(zip(drains, fleet.metas, strict=True)):
+            if drain is not None:
+                drained.setdefault(battery_type(meta), []).append((row, drain))
+        rest: Mapping[str, Sketch] = others["drains"] if others else {}
         for (site, zone, metric, label), members in candidates.items():
             inside = set(members)
             for outcome, result in (
                 ("lost reports", lost.proportion(members)),
                 ("update failures", failures.proportion(members)),
-                ("battery drain", _drain(members, inside, drains, drained, rest)),
+                ("battery drain", _drain(inside, drained, rest)),
             ):
                 if result is None:
                     continue
@@ -575,12 +583,16 @@ class EnvironmentDetector:
         fleet = self._fleet
         lost = _Counts([fleet.lost_share(c) for c in fleet.count_record.iter_unpack(fleet.counts)])
         failures = _Counts([fleet.failures(row) for row in range(len(fleet.rows))])
-        drains = (fleet.drain_per_day(battery) for battery in fleet.columns(fleet.battery, 8))
+        by_type: dict[str, list[tuple[float, int]]] = {}
+        for battery, meta in zip(fleet.columns(fleet.battery, 8), fleet.metas, strict=True):
+            drain = fleet.drain_per_day(battery)
+            if drain is not None:
+                by_type.setdefault(battery_type(meta), []).append((drain, 1))
         self._summary = {
             "candidates": len(self._candidates()),
             "lost": (lost.known, lost.total_k, lost.total_n),
             "failures": (failures.known, failures.total_k, failures.total_n),
-            "drains": drain_sketch((d, 1) for d in drains if d is not None),
+            "drains": {kind: drain_sketch(pairs) for kind, pairs in sorted(by_type.items())},
         }
         self._summary_at = self._clock
         self._changed = False
@@ -588,14 +600,15 @@ class EnvironmentDetector:
 
     @staticmethod
     def merge_fleet_summaries(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        """Several detectors' summaries as one: counts added, drains sketched together.
+        """Several detectors' summaries as one: counts added, drains of each battery type
+        sketched together.
 
         >>> a = {"candidates": 2, "lost": (5, 3, 900), "failures": (1, 1, 2),
-        ...      "drains": ((0.01, 2),)}
+        ...      "drains": {"li_ion": ((0.01, 2),)}}
         >>> b = {"candidates": 1, "lost": (4, 0, 800), "failures": (0, 0, 0),
-        ...      "drains": ((0.01, 1), (0.03, 1))}
-        >>> EnvironmentDetector.merge_fleet_summaries([a, b])
-        {'candidates': 3, 'lost': (9, 3, 1700), 'failures': (1, 1, 2), 'drains': ((0.01, 3), (0.03, 1))}
+        ...      "drains": {"li_ion": ((0.01, 1), (0.03, 1)), "alkaline_2aa": ((0.2, 1),)}}
+        >>> EnvironmentDetector.merge_fleet_summaries([a, b])["drains"]
+        {'alkaline_2aa': ((0.2, 1),), 'li_ion': ((0.01, 3), (0.03, 1))}
         """
 
         def added(key: str) -> tuple[int, int, int]:
@@ -608,11 +621,14 @@ class EnvironmentDetector:
             "candidates": sum(int(summary["candidates"]) for summary in summaries),
             "lost": added("lost"),
             "failures": added("failures"),
-            "drains": drain_sketch(
-                (float(value), int(count))
-                for summary in summaries
-                for value, count in summary["drains"]
-            ),
+            "drains": {
+                kind: drain_sketch(
+                    (float(value), int(count))
+                    for summary in summaries
+                    for value, count in summary["drains"].get(kind, ())
+                )
+                for kind in sorted({kind for summary in summaries for kind in summary["drains"]})
+            },
         }
 
     def apply_fleet_summary(self, others: Mapping[str, Any]) -> None:
@@ -737,18 +753,46 @@ class _Counts:
         return ratio, p_value, p1, p2, n_theirs
 
 
+def battery_type(meta: Mapping[str, str] | None) -> str:
+    """What a device's drain is compared within: its ``battery_chemistry``, else its model
+    (``""`` when neither is known).
+
+    >>> battery_type({"model": "TH-200", "battery_chemistry": "li_socl2"}), battery_type(None)
+    ('li_socl2', '')
+    """
+    if meta is None:
+        return ""
+    return meta.get("battery_chemistry") or meta.get("model") or ""
+
+
 def _drain(
-    members: Sequence[int],
     inside: set[int],
-    drains: Sequence[float | None],
-    drained: Sequence[tuple[int, float]],
-    elsewhere: Sequence[float] = (),
+    drained: Mapping[str, Sequence[tuple[int, float]]],
+    elsewhere: Mapping[str, Sketch] = {},
 ) -> tuple[float, float, float, float, int] | None:
-    mine = [d for d in (drains[row] for row in members) if d is not None]
-    if len(mine) < 3 or len(drained) + len(elsewhere) - len(mine) < 3:
+    """Battery drain of a band's devices against the rest, battery type by battery type.
+
+    Each drain is divided by the median drain of the devices of its battery type outside
+    the band (this detector's and ``elsewhere``'s), so every device is compared only with
+    cells of its own kind; then one-sided Mann-Whitney U on those ratios. A type with fewer
+    than 3 devices outside the band is left out.
+    """
+    types = {kind for kind, rows in drained.items() for row, _ in rows if row in inside}
+    mine: list[float] = []
+    theirs: list[float] = []
+    for kind in types:
+        own = [d for row, d in drained[kind] if row not in inside]
+        outside = own + [v for v, count in elsewhere.get(kind, ()) for _ in range(count)]
+        if len(outside) < 3:
+            continue
+        outside.sort()
+        scale = outside[len(outside) // 2]
+        if scale <= 0:
+            continue
+        mine.extend(d / scale for row, d in drained[kind] if row in inside)
+        theirs.extend(d / scale for d in outside)
+    if len(mine) < 3 or len(theirs) < 3:
         return None
-    theirs = [d for row, d in drained if row not in inside]
-    theirs.extend(elsewhere)
     median_mine = sorted(mine)[len(mine) // 2]
     median_theirs = sorted(theirs)[len(theirs) // 2]
     if median_theirs <= 0 or median_mine <= 0:
@@ -771,7 +815,8 @@ def _p_value(finding: dict[str, Any]) -> float:
 def _finding(site: str, zone: str, metric: str, band: str, outcome: str, ratio: float,
              p_value: float, mine: float, theirs: float, n: int, n_rest: int) -> dict[str, Any]:  # fmt: skip
     if outcome == "battery drain":
-        numbers = f"{mine * 1000:.1f} vs {theirs * 1000:.1f} mV/day"
+        numbers = (f"{mine:.2f} vs {theirs:.2f} times the median drain of the same battery "
+                   "type elsewhere")
         verb = "drain their batteries"
         advice = (
             "batteries will need replacing sooner: plan shorter replacement rounds there, "

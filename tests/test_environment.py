@@ -155,3 +155,38 @@ def test_changed_metadata_moves_a_device_and_shared_metadata_is_read_once() -> N
     detector.process([Reading("d1", t, t, {}, {"site": "s", "zone": "z2"})])
     detector.process([Reading("d1", t + 60, t + 60, {}, {})])  # no metadata: stays put
     assert detector.state_dict()["devices"]["d1"][:2] == ["s", "z2"]
+
+
+def _mixed_cells(alkaline_in_cold_drain: float) -> EnvironmentDetector:
+    """Li-SOCl2 cells (flat, 2 mV/day) in three zones, alkaline cells (steep, 20 mV/day)
+    in zone z1 and in the freezer z4 (-20 °C), where they drain ``alkaline_in_cold_drain``."""
+    detector = EnvironmentDetector(EnvironmentConfig(min_devices=5))
+    rng = random.Random(4)
+    devices = [(f"s{z}{i}", f"z{z}", "li_socl2", 0.002, 20.0)
+               for z in (1, 2, 3) for i in range(10)]  # fmt: skip
+    devices += [(f"a1{i}", "z1", "alkaline_2aa", 0.02, 20.0) for i in range(10)]
+    devices += [(f"a4{i}", "z4", "alkaline_2aa", alkaline_in_cold_drain, -20.0)
+                for i in range(10)]  # fmt: skip
+    for step in range(3 * 288):
+        t = T0 + step * 300
+        detector.process([
+            Reading(device, t, t + 0.1,
+                    {"temperature_c": temp + rng.gauss(0, 0.3),
+                     "battery_v": 3.6 - drain * step / 288 + rng.gauss(0, 0.002)},
+                    {"site": "plant-a", "zone": zone, "battery_chemistry": chemistry})
+            for device, zone, chemistry, drain, temp in devices
+        ])  # fmt: skip
+        detector.tick(t)
+    return detector
+
+
+def test_battery_drain_is_compared_only_between_cells_of_one_type() -> None:
+    # the freezer holds alkaline cells, which lose volts ten times faster than the
+    # lithium cells elsewhere, and no faster than the alkaline cells outside it
+    same = _mixed_cells(alkaline_in_cold_drain=0.02)
+    assert [f for f in same.findings() if f["outcome"] == "battery drain"] == []
+    # alkaline cells that really drain faster in the freezer are still found
+    faster = _mixed_cells(alkaline_in_cold_drain=0.06)
+    drain = [f for f in faster.findings() if f["outcome"] == "battery drain"]
+    assert [f["zone_subject"] for f in drain] == ["plant-a/z4"]
+    assert 2.0 < drain[0]["ratio"] < 4.0

@@ -58,7 +58,8 @@ Which signals depend on devices at other sites, detector by detector, and what i
   battery drain (Mann-Whitney U against every other device's drain), Bonferroni-corrected
   over the fleet's number of candidate bands. **Exchanged**: candidate bands counted, lost
   and expected reports and failed and attempted updates summed (with the number of devices
-  known), and the drains as (value, count) pairs. Exact after an exchange while the other
+  known), and each battery type's drains as (value, count) pairs (a drain is judged
+  relative to its type's fleet-wide median). Exact after an exchange while the other
   workers' drains have at most ``DRAIN_SKETCH`` (1024) distinct values; beyond that they are
   sent as that many equal-count quantiles and the drain test is approximate. Its report's
   ``findings`` become fleet-wide too; ``maintenance_by_stress[].vs_fleet_median`` (the
