@@ -220,3 +220,22 @@ def test_a_rate_rule_added_later_starts_unseen_for_known_devices() -> None:
     assert grown.state_dict()["state"] == engine.state_dict()["state"]
     assert grown.process([reading(20, 5.0, metric="vibration_g", device="a")]) == []
     assert grown.process([reading(30, 9.0, metric="vibration_g", device="a")])
+
+
+def test_example_battery_low_rule_rides_out_transmit_sag_and_fires_on_a_low_cell() -> None:
+    # a healthy cell resting at 3.36 V sags 0.1 V on every tenth reading (the radio
+    # sends); a low cell stays at 3.2 V. Five-minute readings for a day.
+    import random
+
+    from config.settings import EXAMPLE_CONFIG, load_settings
+
+    settings = load_settings(EXAMPLE_CONFIG, environ={})
+    (low,) = [Rule.from_settings(r) for r in settings.rules if r.name == "battery_low"]
+    engine = RuleEngine([low])
+    rng = random.Random(3)
+    healthy = [(t * 300.0, 3.36 - (0.1 if t % 10 == 3 else 0.0) + rng.gauss(0, 0.005))
+               for t in range(288)]  # fmt: skip
+    assert feed(engine, healthy, metric="battery_v", device="ok") == []
+    weak = [(t * 300.0, 3.2 + rng.gauss(0, 0.005)) for t in range(288)]
+    fired = feed(engine, weak, metric="battery_v", device="weak")
+    assert fired == [(1800.0, True)]
