@@ -104,9 +104,13 @@ def violations(module: str, source: str) -> list[str]:
         elif room in FOUNDATION and target_room is not None and target_room != room:
             if not (room == "service.records" and target == "service.errors" and typing_only):
                 found.append(f"{module} imports {target} (the foundation imports nothing else)")
-        elif room is not None and target_room is not None and target_room != room:
-            if RANKS[target_room] >= RANKS[room]:
-                found.append(f"{module} imports {target} (a higher room)")
+        elif (
+            room is not None
+            and target_room is not None
+            and target_room != room
+            and RANKS[target_room] >= RANKS[room]
+        ):
+            found.append(f"{module} imports {target} (a higher room)")
     return found
 
 
