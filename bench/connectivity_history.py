@@ -3,7 +3,7 @@
 Stored readings are generated as NumPy columns (device, receive time; 5-minute reporting
 with jitter), with planted trouble: 1% of devices with one long outage, 1% intermittent
 (short gaps every day), and one zone whose devices drop out every night between 02:00 and
-03:00. :func:`detectors.connectivity_history.analyze_history` then finds outages,
+03:00. :func:`detectors.connectivity.history.analyze_history` then finds outages,
 intermittent devices and the patterns; the table gives the time (seed bar: 2 minutes) and
 what was found against what was planted. Generation is not timed.
 
@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detectors.connectivity_history import analyze_history
+from detectors.connectivity.history import analyze_history
 
 DAY = 86_400.0
 T0 = 1_767_225_600.0

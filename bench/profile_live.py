@@ -39,13 +39,13 @@ COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("decode + normalize", ("protocols/codecs", "service/intake/normalize.py", "service/intake/topics.py",
                             "service/intake/registry.py", "orjson")),
     ("detector: rules", ("detectors/rules.py",)),
-    ("detector: connectivity", ("detectors/connectivity.py",)),
+    ("detector: connectivity", ("detectors/connectivity/",)),
     ("detector: gateway", ("detectors/gateway.py",)),
     ("detector: drift", ("detectors/drift",)),
     ("detector: firmware", ("detectors/firmware.py",)),
-    ("detector: environment", ("detectors/environment.py",)),
-    ("detector: battery", ("detectors/battery.py",)),
-    ("detector: power", ("detectors/power.py", "detectors/anomaly.py")),
+    ("detector: environment", ("detectors/environment/",)),
+    ("detector: battery", ("detectors/battery/",)),
+    ("detector: power", ("detectors/power/", "detectors/anomaly.py")),
     ("alerts + sinks", ("service/alerts/lifecycle.py", "service/alerts/sinks.py", "service/alerts/alertmanager.py")),
     ("state journal (SQLite)", ("service/state/store.py", "sqlite3")),
     ("metrics (prometheus_client)", ("prometheus_client", "service/alerts/metrics.py")),
@@ -65,7 +65,7 @@ class Share:
 def component_of(filename: str, function: str) -> str:
     """The component a profiled function belongs to, by the file it lives in.
 
-    >>> component_of("/x/detectors/drift.py", "process")
+    >>> component_of("/x/detectors/drift/detector.py", "process")
     'detector: drift'
     >>> component_of("~", "<method 'execute' of 'sqlite3.Cursor' objects>")
     'state journal (SQLite)'

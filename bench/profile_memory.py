@@ -40,10 +40,10 @@ from service.intake.normalize import DedupeWindow  # noqa: E402
 # (component, path fragments); the first component whose fragment is in a file wins
 COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("detector: drift", ("detectors/drift",)),
-    ("detector: connectivity", ("detectors/connectivity.py", "detectors/wheel.py")),
-    ("detector: power", ("detectors/power.py", "detectors/anomaly.py")),
-    ("detector: battery", ("detectors/battery.py",)),
-    ("detector: environment", ("detectors/environment.py",)),
+    ("detector: connectivity", ("detectors/connectivity/", "detectors/wheel.py")),
+    ("detector: power", ("detectors/power/", "detectors/anomaly.py")),
+    ("detector: battery", ("detectors/battery/",)),
+    ("detector: environment", ("detectors/environment/",)),
     ("detector: firmware", ("detectors/firmware.py",)),
     ("detector: gateway", ("detectors/gateway.py",)),
     ("detector: rules", ("detectors/rules.py",)),

@@ -16,8 +16,9 @@ site's mean. Per site, **imbalance** is the coefficient of variation of the
 gateways' loads with max/mean; when it is high, the detector recommends concrete moves: how
 many devices from which gateway to which, receivers chosen within the same site, preferring
 gateways that already serve the same zones, never beyond a receiver's capacity. A gateway
-none of whose devices (nor the gateway itself) has been heard for ``down_after_s`` is down:
-it is left out of its site's balance, so an outage is never read as imbalance and no move
+that has devices none of which (nor the gateway itself) has been heard for ``down_after_s``
+is down (one whose devices all moved to other gateways is empty, not down): it is left out
+of its site's balance, so an outage is never read as imbalance and no move
 points at a gateway that is down (the outage itself is the connectivity detector's
 ``gateway_down``).
 
@@ -309,10 +310,15 @@ class GatewayDetector:
             signals.extend(self._judge_site(site, up, loads, now))
         return signals
 
+    def _down(self, gateway: _Gateway, now: float) -> bool:
+        """Devices are on it and none has been heard for ``down_after_s`` (a gateway whose
+        devices all moved to others is empty, not down: a receiver for rebalancing)."""
+        return bool(gateway.devices) and gateway.last_heard < now - self.config.down_after_s
+
     def _up(self, names: list[str], now: float) -> list[str]:
-        """``names`` less the gateways that are down at ``now`` (see ``down_after_s``)."""
-        limit = now - self.config.down_after_s
-        return [n for n in names if self._gateways[n].last_heard >= limit]
+        """``names`` less the gateways that are down at ``now``."""
+        gateways = self._gateways
+        return [n for n in names if not self._down(gateways[n], now)]
 
     def _strain(self, gateway: _Gateway) -> list[str]:
         config = self.config
@@ -476,7 +482,7 @@ class GatewayDetector:
             site = sites.setdefault(gateway.site or "", {"gateways": {}})
             site["gateways"][name] = {
                 "devices": loads[name],
-                "down": gateway.last_heard < now - self.config.down_after_s,
+                "down": self._down(gateway, now),
                 "capacity": self.config.capacity(name),
                 "messages_per_s": round(gateway.rate, 3),
                 "overloaded": gateway.overloaded,

@@ -101,7 +101,7 @@ def profile_live() -> ModuleType:
 
 
 def test_profile_shares_charge_builtins_to_their_callers(profile_live: ModuleType) -> None:
-    process = ("/x/detectors/drift.py", 10, "process")
+    process = ("/x/detectors/drift/detector.py", 10, "process")
     split = ("/x/service/intake/normalize.py", 20, "_split")
     get = ("~", 0, "<method 'get' of 'dict' objects>")
     stats = {

@@ -8,7 +8,7 @@ import pytest
 
 from bench.connectivity_history import generate
 from detectors.connectivity import ConnectivityDetector
-from detectors.connectivity_history import analyze_history
+from detectors.connectivity.history import analyze_history
 from service.records import Reading
 
 

@@ -213,3 +213,16 @@ def test_down_state_is_derived_again_after_a_restart() -> None:
     restored.load_state(orjson.loads(orjson.dumps(detector.state_dict())))
     gateways = restored.report(T0 + 7200)["sites"]["plant-a"]["gateways"]
     assert (gateways["gw1"]["down"], gateways["gw2"]["down"]) == (True, False)
+
+
+def test_a_gateway_whose_devices_all_moved_away_is_empty_not_down() -> None:
+    detector = GatewayDetector(GatewayConfig(down_after_s=1800.0, min_excess_devices=5))
+    attach(detector, "gw1", 30, at=T0)
+    attach(detector, "gw2", 30, prefix="b", at=T0)
+    # every device of gw2 moves to gw1 and keeps reporting there
+    for minute in range(5, 121, 5):
+        attach(detector, "gw1", 30, at=T0 + minute * 60)
+        attach(detector, "gw1", 30, prefix="b", at=T0 + minute * 60)
+    report = detector.report(T0 + 120 * 60)["sites"]["plant-a"]
+    assert report["gateways"]["gw2"] == {**report["gateways"]["gw2"], "down": False, "devices": 0}
+    assert [(m["from"], m["to"], m["devices"]) for m in report["moves"]] == [("gw1", "gw2", 30)]

@@ -1,44 +1,6 @@
-"""Connectivity: devices that went quiet, gateways that went down, links that are fading.
-
-Time here is *receive* time (``reading.received_at``), because connectivity is about when
-FleetWatch hears from a device, not about the device's own clock: a device whose clock is
-skewed cannot fake a gap, and a gateway that uploads a buffered batch after an outage is one
-arrival, not many.
-
-Per device, online and in bounded memory:
-
-- the **expected interval** between arrivals, learned as an exponentially weighted mean
-  with outliers clipped (devices report from every few seconds to every few hours); bursts
-  (several readings within ``burst_s``) count as one arrival, so batched uploads are fine;
-- **offline**: silent for ``offline_factor`` times its interval (and at least
-  ``min_offline_s``). The alert says whether the trouble is *persistent* (one long outage)
-  or *intermittent* (many short gaps), with the gap history as evidence;
-- **intermittent connectivity**: ``intermittent_gaps`` or more gaps (silences longer than
-  ``gap_factor`` intervals) within ``intermittent_window_s``, even when none is long enough
-  to count as offline;
-- **signal degrading**: a least-squares trend of RSSI (or SNR, link quality) over the last
-  readings that will cross the loss level within ``signal_horizon_s``.
-
-Per gateway, the root cause: when ``gateway_offline_fraction`` of the devices behind one
-gateway (at least ``gateway_min_devices``) are all silent for ``gateway_factor`` times their
-own interval, one ``gateway_down`` alert is raised and the per-device offline alerts it
-explains are held back; it resolves when its devices are heard again. Devices that roam
-between gateways are followed (the gateway is the one on the latest reading).
-
-:meth:`ConnectivityDetector.report` adds the patterns: outages concentrated at some hours
-of the day (chi-square test against a uniform spread over 24 hours), in one zone compared
-with the rest of its site, or on one radio technology compared with the rest of the fleet
-(one-sided binomial tests), and devices that switch technology.
-
->>> from service.records import Reading
->>> det = ConnectivityDetector(ConnectivityConfig(min_offline_s=0))
->>> for t in range(0, 600, 60):
-...     _ = det.process([Reading("d1", t, t, {"rssi_dbm": -70.0})])
->>> [s.kind for s in det.tick(now=540 + 60 * 3.5)]
-['device_offline']
->>> [s.firing for s in det.process([Reading("d1", 800.0, 800.0, {})])]
-[False]
-"""
+"""The online connectivity detector: arrivals and the rhythm learned from them, gaps,
+intermittent links, fading signals, silence judged on a deadline wheel (devices offline,
+gateways down) and checkpoints as plain data."""
 
 from __future__ import annotations
 
@@ -46,12 +8,12 @@ import math
 from array import array
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
 from typing import Any
 
-from scipy import stats
-
-from detectors.base import reject_unknown
+from detectors.connectivity.config import ConnectivityConfig
+from detectors.connectivity.device import _Device
+from detectors.connectivity.patterns import outage_report
+from detectors.connectivity.trend import _trend
 from detectors.wheel import SlotWheel
 from service.records import MessageKind, Reading, Severity, Signal, SubjectType, iso_utc
 
@@ -60,40 +22,6 @@ OFFLINE_STATES = frozenset({"offline", "disconnected", "lost", "dead"})
 
 TECH_KEYS = ("radio", "technology", "network", "bearer")
 SIGNAL_METRICS = (("rssi_dbm", -115.0), ("snr_db", -10.0), ("link_quality_pct", 10.0))
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectivityConfig:
-    """Parameters; every one has a default that suits a fleet reporting every 1-60 minutes."""
-
-    offline_factor: float = 3.0
-    min_offline_s: float = 120.0
-    gap_factor: float = 2.0
-    burst_s: float = 2.0
-    persistent_s: float = 3_600.0
-    intermittent_gaps: int = 4
-    intermittent_window_s: float = 86_400.0
-    gateway_factor: float = 1.5
-    gateway_offline_fraction: float = 0.8
-    gateway_min_devices: int = 3
-    gateway_resolve_fraction: float = 0.5
-    active_window_s: float = 86_400.0
-    signal_window: int = 24
-    signal_horizon_s: float = 86_400.0
-    signal_min_drop_db: float = 3.0
-    signal_min_t: float = 5.0
-    signal_spacing_s: float = 300.0
-    history: int = 64
-    pattern_window_s: float = 7 * 86_400.0
-    pattern_alpha: float = 0.01
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> ConnectivityConfig:
-        """Build from plain data (a TOML table); unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        reject_unknown(data, known, "connectivity")
-        return cls(**dict(data))
-
 
 # how wide one slot of the deadline wheel is (seconds of receive time)
 _SLOT_S = 30.0
@@ -104,34 +32,6 @@ _UNCOUNTED, _ACTIVE, _SILENT = 0, 1, 2
 _STATUS = MessageKind.STATUS
 _WARNING = Severity.WARNING
 _CRITICAL = Severity.CRITICAL
-
-
-class _Device:
-    __slots__ = (
-        "acc_n", "alerted", "gaps", "gateway", "intermittent", "meta", "offline", "order",
-        "severity", "signal", "signal_alert", "site", "switches", "tech", "zone",
-    )  # fmt: skip
-
-    def __init__(self, order: int = 0) -> None:
-        self.offline = False
-        self.alerted = False
-        self.severity = _WARNING
-        self.gaps: deque[tuple[float, float]] | tuple[()] = ()  # a deque from the first gap
-        self.gateway: str | None = None
-        self.site: str | None = None
-        self.zone: str | None = None
-        self.tech: str | None = None
-        self.switches = 0
-        self.intermittent = False
-        # its signal points, (t, value) pairs oldest first, until the window is full (then
-        # they are in its row of the detector's signal column)
-        self.signal: array[float] | None = None
-        self.signal_alert = False
-        self.acc_n = 0  # signal readings averaged so far (their sum and start: detector columns)
-        # position among the detector's devices (first heard first), and its row in the
-        # detector's per-device columns
-        self.order = order
-        self.meta: Mapping[str, str] | None = None  # the metadata last followed (read-only)
 
 
 class ConnectivityDetector:
@@ -792,34 +692,7 @@ class ConnectivityDetector:
 
     def report(self, now: float) -> dict[str, Any]:
         """Outage patterns over ``pattern_window_s``: by hour of day, zone and technology."""
-        config = self.config
-        since = now - config.pattern_window_s
-        starts: list[tuple[float, _Device]] = [
-            (start, device)
-            for device in self._devices.values()
-            for start, _ in device.gaps
-            if start >= since
-        ]
-        return {
-            "generated_at": iso_utc(now),
-            "window_s": config.pattern_window_s,
-            "devices": len(self._devices),
-            "outages": len(starts),
-            "gateways_down": sorted(self._gateway_down),
-            "by_hour": _hour_pattern([s for s, _ in starts], config.pattern_alpha),
-            "by_zone": _zone_pattern(self._devices.values(), starts, config.pattern_alpha),
-            "by_technology": _technology_pattern(
-                self._devices.values(), starts, config.pattern_alpha
-            ),
-            "technology_switches": sorted(
-                (
-                    {"device_id": device_id, "switches": d.switches, "technology": d.tech}
-                    for device_id, d in self._devices.items()
-                    if d.switches
-                ),
-                key=_by_switches,
-            )[:100],
-        }
+        return outage_report(self._devices, self._gateway_down, self.config, now)
 
     # -- checkpoints ----------------------------------------------------------------------
 
@@ -891,131 +764,3 @@ class ConnectivityDetector:
         else:
             self._signal_row[device.order] = len(self._points) // width
             self._points.extend(array("d", points))
-
-
-def _by_switches(row: Mapping[str, Any]) -> tuple[int, str]:
-    return (-int(row["switches"]), str(row["device_id"]))
-
-
-def _trend(points: Sequence[tuple[float, float]]) -> tuple[float, float, float]:
-    """Least-squares slope (per second), the fitted level at the last point, and the
-    slope's t statistic (slope over its standard error)."""
-    n = len(points)
-    t0 = points[0][0]
-    mean_t = sum(t - t0 for t, _ in points) / n
-    mean_v = sum(v for _, v in points) / n
-    var = sum((t - t0 - mean_t) ** 2 for t, _ in points)
-    if var <= 0 or n < 3:
-        return 0.0, mean_v, 0.0
-    slope = sum((t - t0 - mean_t) * (v - mean_v) for t, v in points) / var
-    intercept = mean_v - slope * mean_t
-    residual = sum((v - intercept - slope * (t - t0)) ** 2 for t, v in points)
-    standard_error = math.sqrt(residual / (n - 2) / var)
-    t_stat = slope / standard_error if standard_error > 0 else math.copysign(math.inf, slope)
-    return slope, mean_v + slope * (points[-1][0] - t0 - mean_t), t_stat
-
-
-def _hour_pattern(starts: Sequence[float], alpha: float) -> dict[str, Any]:
-    counts = [0] * 24
-    for start in starts:
-        counts[int(start // 3600) % 24] += 1
-    total = sum(counts)
-    if total < 24:
-        return {"counts": counts, "test": "chi-square vs uniform", "enough_data": False}
-    result = stats.chisquare(counts)
-    expected = total / 24
-    hot = [
-        {"hour_utc": hour, "outages": count, "ratio": round(count / expected, 2)}
-        for hour, count in enumerate(counts)
-        if (count - expected) / math.sqrt(expected) > 3
-    ]
-    return {
-        "counts": counts,
-        "test": "chi-square vs uniform",
-        "enough_data": True,
-        "statistic": round(float(result.statistic), 2),
-        "p_value": float(result.pvalue),
-        "concentrated": bool(result.pvalue < alpha and hot),
-        "hours": hot,
-    }
-
-
-def _binomial_findings(
-    groups: Mapping[Any, tuple[int, int]], totals: Mapping[Any, tuple[int, int]], alpha: float
-) -> list[dict[str, Any]]:
-    """Groups with more outages than their share of devices: one-sided binomial test.
-
-    ``groups`` maps a group key to (devices, outages); ``totals`` maps the key's parent to the
-    same pair for the parent (site, or the whole fleet).
-    """
-    findings: list[dict[str, Any]] = []
-    for key, (devices, outages) in groups.items():
-        parent_devices, parent_outages = totals[key[0] if isinstance(key, tuple) else None]
-        if parent_devices <= devices or parent_outages == 0 or outages == 0:
-            continue
-        share = devices / parent_devices
-        result = stats.binomtest(outages, parent_outages, share, alternative="greater")
-        rest_rate = (parent_outages - outages) / max(1, parent_devices - devices)
-        rate = outages / devices
-        ratio = rate / rest_rate if rest_rate > 0 else math.inf
-        if result.pvalue < alpha and ratio >= 2:
-            findings.append(
-                {
-                    "group": list(key) if isinstance(key, tuple) else key,
-                    "devices": devices,
-                    "outages": outages,
-                    "outages_per_device": round(rate, 2),
-                    "rest_per_device": round(rest_rate, 2),
-                    "ratio": round(ratio, 2) if math.isfinite(ratio) else None,
-                    "p_value": float(result.pvalue),
-                }
-            )
-    findings.sort(key=lambda row: float(row["p_value"]))
-    return findings
-
-
-def _zone_pattern(
-    devices: Any, starts: Sequence[tuple[float, _Device]], alpha: float
-) -> dict[str, Any]:
-    zone_devices: dict[tuple[str, str], int] = {}
-    site_devices: dict[str, int] = {}
-    for device in devices:
-        if device.site is None or device.zone is None:
-            continue
-        zone_devices[(device.site, device.zone)] = (
-            zone_devices.get((device.site, device.zone), 0) + 1
-        )
-        site_devices[device.site] = site_devices.get(device.site, 0) + 1
-    zone_outages: dict[tuple[str, str], int] = {}
-    site_outages: dict[str, int] = {}
-    for _, device in starts:
-        if device.site is None or device.zone is None:
-            continue
-        key = (device.site, device.zone)
-        zone_outages[key] = zone_outages.get(key, 0) + 1
-        site_outages[device.site] = site_outages.get(device.site, 0) + 1
-    groups = {key: (n, zone_outages.get(key, 0)) for key, n in zone_devices.items()}
-    totals = {site: (n, site_outages.get(site, 0)) for site, n in site_devices.items()}
-    return {
-        "test": "one-sided binomial: zone's share of its site's outages vs its share of devices",
-        "findings": _binomial_findings(groups, totals, alpha),
-    }
-
-
-def _technology_pattern(
-    devices: Any, starts: Sequence[tuple[float, _Device]], alpha: float
-) -> dict[str, Any]:
-    tech_devices: dict[str, int] = {}
-    for device in devices:
-        if device.tech is not None:
-            tech_devices[device.tech] = tech_devices.get(device.tech, 0) + 1
-    tech_outages: dict[str, int] = {}
-    for _, device in starts:
-        if device.tech is not None:
-            tech_outages[device.tech] = tech_outages.get(device.tech, 0) + 1
-    groups = {tech: (n, tech_outages.get(tech, 0)) for tech, n in tech_devices.items()}
-    fleet = (sum(tech_devices.values()), sum(tech_outages.values()))
-    return {
-        "test": "one-sided binomial: technology's share of outages vs its share of devices",
-        "findings": _binomial_findings(groups, {None: fleet}, alpha),
-    }

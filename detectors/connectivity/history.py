@@ -33,7 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import stats
 
-from detectors.connectivity import ConnectivityConfig
+from detectors.connectivity.config import ConnectivityConfig
 
 
 def analyze_history(

@@ -82,7 +82,7 @@ Which signals depend on devices at other sites, detector by detector, and what i
   a ``group_by`` without ``site`` splits groups over workers, whose consensus per time
   bucket no summary can carry), and the correlation of drift rates with the environment
   (Mann-Whitney against the rest of the fleet) is in the report only. Not exchanged.
-- ``connectivity_history``: an analysis of stored history, not a pipeline detector.
+- ``connectivity.history``: an analysis of stored history, not a pipeline detector.
 
 >>> from types import SimpleNamespace
 >>> from detectors.firmware import FirmwareDetector

@@ -341,7 +341,7 @@ def _merge_battery(reports: Sequence[Report], options: MergeOptions) -> dict[str
 
 def _merge_connectivity(reports: Sequence[Report], options: MergeOptions) -> dict[str, Any]:
     # imported here: the connectivity detector loads scipy
-    from detectors.connectivity import _hour_pattern
+    from detectors.connectivity.patterns import _hour_pattern
 
     out = _base(reports, "generated_at", "window_s")
     out["devices"] = _total(reports, "devices")
@@ -408,7 +408,7 @@ def _merge_gateway(reports: Sequence[Report], options: MergeOptions) -> dict[str
         gateways = _gateway_rows(same)
         merged = _base(same)
         merged["gateways"] = gateways
-        merged.update(_imbalance([int(g["devices"]) for g in gateways.values()]))
+        merged.update(_imbalance([int(g["devices"]) for g in gateways.values() if not g.get("down")]))
         merged["moves"] = _rows(same, "moves")
         sites[site] = merged
         _approximate(
