@@ -117,3 +117,20 @@ def test_replay_counts_what_is_further_out_of_order_than_the_window() -> None:
     ahead = replay(_fleet_with_one_line_ahead(3 * 3600.0), settings_from_mapping({}),
                    reorder_window_s=600.0)  # fmt: skip
     assert (ahead.too_late, ahead.reordered) == (0, 1)
+
+
+def test_reorder_window_sorts_whatever_is_displaced_less_than_the_window() -> None:
+    import random
+
+    from service.replay.ordering import ReorderWindow
+
+    rng = random.Random(1)
+    for _ in range(100):
+        times = sorted(rng.uniform(0, 1000) for _ in range(300))
+        times = [t + rng.uniform(-50, 50) if rng.random() < 0.2 else t for t in times]
+        window = ReorderWindow(window_s=120.0, max_held=10_000)
+        out = [m.received_at for m in window.order(RawMessage("t", b"", t) for t in times)]
+        assert out == sorted(times) and window.too_late == 0
+    bounded = ReorderWindow(window_s=1e9, max_held=5)
+    out = list(bounded.order(RawMessage("t", b"", float(t)) for t in (5, 4, 3, 2, 1, 0, 9)))
+    assert len(out) == 7  # never holds more than max_held: the oldest goes out early

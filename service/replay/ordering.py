@@ -21,6 +21,7 @@ would be live, and counted apart.
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Iterable, Iterator
 
 from service.records import RawMessage
@@ -50,32 +51,55 @@ class ReorderWindow:
         self.too_late = 0
 
     def order(self, messages: Iterable[RawMessage]) -> Iterator[RawMessage]:
-        """``messages`` in receive-time order within the window (a generator)."""
-        held: list[tuple[float, int, RawMessage]] = []
-        newest = -float("inf")
+        """``messages`` in receive-time order within the window (a generator).
+
+        Messages read in order wait in a queue (constant time each); only those read out of
+        order go to a heap, and the two are merged as they are let out.
+        """
+        in_order: deque[tuple[float, int, RawMessage]] = deque()
+        out_of_order: list[tuple[float, int, RawMessage]] = []
+        newest = -float("inf")  # newest receive time read
         released_to = -float("inf")  # receive time of the newest message let out
         latest_index = -1  # read position of the latest-read message let out
         window, max_held = self.window_s, self.max_held
         push, pop = heapq.heappush, heapq.heappop
+        append, popleft = in_order.append, in_order.popleft
         for index, message in enumerate(messages):
             received = message.received_at
             if received < released_to:
                 self.too_late += 1
                 yield message
                 continue
-            push(held, (received, index, message))
-            if received > newest:
+            if received >= newest:
+                append((received, index, message))
                 newest = received
+            else:
+                push(out_of_order, (received, index, message))
             horizon = newest - window
-            while held and (held[0][0] <= horizon or len(held) > max_held):
-                released_to, read_at, out = pop(held)
+            while True:
+                if out_of_order and (not in_order or out_of_order[0] < in_order[0]):
+                    head = out_of_order[0]
+                    if head[0] > horizon and len(in_order) + len(out_of_order) <= max_held:
+                        break
+                    pop(out_of_order)
+                elif in_order:
+                    head = in_order[0]
+                    if head[0] > horizon and len(in_order) + len(out_of_order) <= max_held:
+                        break
+                    popleft()
+                else:
+                    break
+                released_to, read_at, out = head
                 if read_at < latest_index:
                     self.reordered += 1
                 else:
                     latest_index = read_at
                 yield out
-        while held:
-            released_to, read_at, out = pop(held)
+        while in_order or out_of_order:
+            if out_of_order and (not in_order or out_of_order[0] < in_order[0]):
+                released_to, read_at, out = pop(out_of_order)
+            else:
+                released_to, read_at, out = popleft()
             if read_at < latest_index:
                 self.reordered += 1
             else:
