@@ -8,6 +8,7 @@ import random
 from collections.abc import Callable
 
 import orjson
+import pytest
 
 from detectors.connectivity import ConnectivityConfig, ConnectivityDetector
 from service.records import Reading, Severity, Signal
@@ -277,8 +278,10 @@ def test_checkpoint_without_deadlines_resumes_alerting_on_time() -> None:
     for t in range(0, 600, 60):
         detector.process([Reading("d1", T0 + t, T0 + t, {}, meta("gw1"))])
     restored = _recounted(detector)
-    assert restored.tick(T0 + 540 + 60 * 2.5) == []
-    assert [s.kind for s in restored.tick(T0 + 540 + 60 * 3.5)] == ["device_offline"]
+    limit = restored.device_view("d1")["offline_after_s"]  # type: ignore[index]
+    assert limit == detector.device_view("d1")["offline_after_s"]  # type: ignore[index]
+    assert restored.tick(T0 + 540 + limit - 30) == []
+    assert [s.kind for s in restored.tick(T0 + 540 + limit + 30)] == ["device_offline"]
     assert restored.device_view("d1")["offline"] is True  # type: ignore[index]
 
 
@@ -337,3 +340,217 @@ def test_devices_without_signal_have_no_signal_points() -> None:
     detector.process([Reading("d1", 0.0, 0.0, {"temp": 1.0}, {"gateway": "g"})])
     assert detector.device_view("d1")["signal_dbm"] is None  # type: ignore[index]
     assert detector.state_dict()["devices"]["d1"][13] == []
+
+
+# -- loss rate, gaps and intermittent links ----------------------------------------------------
+
+DAY = 86_400.0
+FIVE_MIN = 300.0
+
+
+def random_loss(rates: dict[str, float], seed: int = 7) -> Callable[[str, float], bool]:
+    """Each device loses each report independently at its rate."""
+    rng = random.Random(seed)
+    return lambda device, t: rng.random() < rates.get(device, 0.0)
+
+
+def test_independent_loss_of_one_or_two_percent_is_not_a_gap_nor_offline() -> None:
+    devices = {f"d{i}": meta(f"gw{i % 4}") for i in range(24)}
+    rates = {d: 0.01 if i % 2 else 0.02 for i, d in enumerate(devices)}
+    detector = ConnectivityDetector()
+    signals = run_fleet(
+        detector, devices, T0 + 3 * DAY, silent=random_loss(rates), interval=FIVE_MIN,
+        tick_every=60.0,
+    )  # fmt: skip
+    assert kinds(signals) == []
+    views = {d: detector.device_view(d) for d in devices}
+    assert all(v is not None and 0.003 < v["loss_rate"] < 0.04 for v in views.values())
+    # its loss rate, not a fixed factor, says how long a silence is before the device is
+    # offline: a few reports missed in a row
+    assert all(3 * FIVE_MIN < v["offline_after_s"] < 8 * FIVE_MIN for v in views.values())  # type: ignore[index]
+
+
+def test_clustered_outages_are_intermittent_and_steady_loss_is_not() -> None:
+    devices = {"flaky": meta("gw0"), "lossy": meta("gw0")} | {
+        f"d{i}": meta("gw0") for i in range(4)
+    }
+    outage_starts = [h * 4 * 3600.0 + 1800.0 for h in range(6)]  # 6 outages a day ...
+    loss = random_loss({"lossy": 0.08, "flaky": 0.01} | {f"d{i}": 0.01 for i in range(4)})
+
+    def silent(device: str, t: float) -> bool:
+        into_day = (t - T0) % DAY
+        # ... of 20 minutes each, from the second day on
+        if (
+            device == "flaky"
+            and t - T0 >= DAY
+            and any(s <= into_day < s + 1200.0 for s in outage_starts)
+        ):
+            return True
+        return loss(device, t)
+
+    detector = ConnectivityDetector()
+    signals = run_fleet(
+        detector, devices, T0 + 3 * DAY, silent=silent, interval=FIVE_MIN, tick_every=60.0
+    )
+    raised = [s for s in signals if s.kind == "intermittent_connectivity" and s.firing]
+    assert [s.subject for s in raised] == ["flaky"]
+    evidence = raised[0].evidence
+    assert evidence["test"] == "one-sided Poisson: gaps in the window vs independent loss"
+    assert evidence["observed_gaps"] == evidence["gaps"] >= 4
+    assert evidence["expected_gaps"] < 0.5 and evidence["p_value"] < evidence["alpha"]
+    assert 0.0 < evidence["loss_rate"] < 0.05 and evidence["gap_min_lost"] >= 2
+    # a link losing 8 % of its reports, one at a time, is lossy but not intermittent: its
+    # loss rate is in its view, and no alert
+    assert "lossy" not in {s.subject for s in signals}
+    assert detector.device_view("lossy")["loss_rate"] > 0.05  # type: ignore[index]
+
+
+def test_steady_loss_of_a_fast_reporter_is_judged_against_what_it_explains() -> None:
+    # at 3 % loss and a report a minute, two lost in a row (a gap) happen about once a day
+    # each: a window with four of them is not unusual, and the Poisson test knows it
+    devices = {f"d{i}": meta("gw0") for i in range(12)}
+    detector = ConnectivityDetector()
+    signals = run_fleet(
+        detector, devices, T0 + 3 * DAY, silent=random_loss({d: 0.03 for d in devices}),
+        tick_every=60.0,
+    )  # fmt: skip
+    assert kinds(signals) == []
+    gaps = [detector.device_view(d)["recent_gaps"] for d in devices]  # type: ignore[index]
+    assert max(gaps) >= 4  # gaps there were, as many as the count alone would alert on
+
+
+def test_a_link_that_never_lost_a_report_learns_that_its_new_losses_are_ordinary() -> None:
+    # a week without a loss: then one lost report is improbable, a gap; but each gap counts
+    # as a lost report too, so a link now losing 2 % is soon judged by that rate
+    devices = {f"d{i}": meta("gw0") for i in range(8)}
+    loss = random_loss({d: 0.02 for d in devices})
+    detector = ConnectivityDetector()
+    signals = run_fleet(
+        detector, devices, T0 + 10 * DAY, silent=lambda d, t: t - T0 > 7 * DAY and loss(d, t),
+        interval=FIVE_MIN, tick_every=120.0,
+    )  # fmt: skip
+    assert kinds(signals) == []
+    assert all(detector.device_view(d)["loss_rate"] > 0.005 for d in devices)  # type: ignore[index]
+
+
+def test_late_deliveries_and_a_batch_after_a_short_gap_do_not_shorten_the_interval() -> None:
+    detector = ConnectivityDetector()
+    info = meta("gw0")
+    readings = []
+    for k in range(300):
+        sent = T0 + FIVE_MIN * k
+        if 100 <= k < 104:
+            continue  # buffered during a short gap, uploaded with the next report
+        received = sent + 0.5
+        if k % 10 == 7:
+            received += 400.0  # delivered late, after a newer report
+        elif k % 10 == 3:
+            received += 200.0  # delayed, still in order
+        readings.append(Reading("d1", sent, received, {}, info, seq=k))
+        if k == 104:  # the batch of the buffered reports arrives 4 s before it
+            readings += [
+                Reading("d1", T0 + FIVE_MIN * j, received - 4.0, {}, info, seq=j)
+                for j in range(100, 104)
+            ]
+    readings.sort(key=lambda r: r.received_at)
+    signals: list[Signal] = []
+    learned = []
+    for reading in readings:
+        signals += detector.process([reading]) + detector.tick(reading.received_at)
+        view = detector.device_view("d1")
+        assert view is not None
+        learned.append(view["interval_s"])
+    assert kinds(signals) == []
+    # after the first few reports the interval stays the device's 5 minutes throughout: not
+    # pulled down by a late or delayed report nor by the reading that follows the batch 4 s
+    # later (nor pushed up by the silences before them)
+    assert min(learned[10:]) == pytest.approx(FIVE_MIN, rel=0.01)
+    assert max(learned[10:]) == pytest.approx(FIVE_MIN, rel=0.01)
+    assert detector.expected_interval("d1") == pytest.approx(learned[-1])
+    # the gap ended when the batch arrived: one silence of 5 intervals less 4 s; a late
+    # report is not a lost one
+    [(start, length)] = detector.state_dict()["devices"]["d1"][6]
+    assert start == pytest.approx(T0 + FIVE_MIN * 100 + 0.5, abs=5)
+    assert length == pytest.approx(5 * FIVE_MIN - 4.0, abs=1)
+    assert detector.device_view("d1")["loss_rate"] < 0.01  # type: ignore[index]
+
+
+def test_offline_says_persistent_only_after_persistent_s_and_is_one_alert() -> None:
+    from service.alerts.lifecycle import AlertManager, Transition
+
+    devices = {f"d{i}": meta("gw0") for i in range(5)}
+    gone = T0 + 2 * 3600
+    detector = ConnectivityDetector()
+    signals = run_fleet(
+        detector, devices, gone + 2 * 3600, silent=lambda d, t: d == "d0" and t >= gone
+    )
+    offline = [s for s in signals if s.kind == "device_offline"]
+    first, escalated = offline
+    assert first.severity is Severity.WARNING and first.at - gone <= 15 * 60
+    assert "persistent" not in first.summary and first.evidence["class"] == "ongoing"
+    assert "silent for" in first.summary and "expected every 1.0 min" in first.summary
+    assert first.evidence["missed_reports"] >= 3 and 0 < first.evidence["loss_rate"] < 0.02
+    at_15_min = [
+        s for s in detector.tick(gone + 15 * 60) if s.kind == "device_offline"
+    ]  # nothing new at 15 minutes, and the alert that is open does not say persistent
+    assert at_15_min == [] and first.at < gone + 15 * 60
+    assert escalated.severity is Severity.CRITICAL
+    assert escalated.at - first.at >= detector.config.persistent_s - 10 * 60
+    assert "persistent" in escalated.summary and escalated.evidence["class"] == "persistent"
+    changes = AlertManager().apply(offline)
+    assert [c.transition for c in changes] == [Transition.OPENED, Transition.ESCALATED]
+    assert len({c.record.id for c in changes}) == 1
+    assert "persistent" in changes[-1].record.summary
+
+
+def _lossy_fleet_until(
+    detector: ConnectivityDetector, until: float, start: float = T0
+) -> list[Signal]:
+    devices = {f"d{i}": meta("gw0") for i in range(8)}
+    loss = random_loss({d: 0.03 for d in devices}, seed=int(start))
+    gone = T0 + DAY / 2
+    return run_fleet(
+        detector, devices, until, start=start, seed=int(start) % 97, interval=FIVE_MIN,
+        tick_every=60.0, silent=lambda d, t: (d == "d1" and t >= gone) or loss(d, t),
+    )  # fmt: skip
+
+
+def test_checkpoint_mid_episode_carries_on_identically() -> None:
+    first = ConnectivityDetector()
+    middle = T0 + DAY / 2 + 1800  # d1 is offline (warning), not yet persistent
+    before = _lossy_fleet_until(first, middle)
+    assert kinds(before) == [("device_offline", "d1")]
+    state = orjson.loads(orjson.dumps(first.state_dict()))
+    assert state["version"] == 2
+    restored = ConnectivityDetector()
+    restored.load_state(state)
+    for i in range(8):
+        assert restored.device_view(f"d{i}") == first.device_view(f"d{i}")
+    later_first = _lossy_fleet_until(first, middle + DAY / 2, start=middle)
+    later_restored = _lossy_fleet_until(restored, middle + DAY / 2, start=middle)
+    assert later_first == later_restored
+    assert [(s.kind, s.severity) for s in later_first if s.firing] == [
+        ("device_offline", Severity.CRITICAL)
+    ]
+    assert restored.state_dict() == first.state_dict()
+
+
+def test_a_checkpoint_of_the_previous_format_still_loads() -> None:
+    first = ConnectivityDetector()
+    middle = T0 + DAY / 2 + 1800
+    _lossy_fleet_until(first, middle)
+    state = orjson.loads(orjson.dumps(first.state_dict()))
+    # format 1: the same rows without the loss bookkeeping
+    old = {**state, "version": 1,
+           "devices": {d: row[:18] for d, row in state["devices"].items()}}  # fmt: skip
+    restored = ConnectivityDetector()
+    restored.load_state(old)
+    view = restored.device_view("d2")
+    assert view is not None and view["interval_s"] == first.device_view("d2")["interval_s"]  # type: ignore[index]
+    assert view["loss_rate"] == restored.config.loss_prior  # starts from the prior
+    later = _lossy_fleet_until(restored, middle + DAY / 2, start=middle)
+    assert [(s.kind, s.subject, s.severity) for s in later if s.firing] == [
+        ("device_offline", "d1", Severity.CRITICAL)
+    ]
+    with pytest.raises(Exception, match="format 3"):
+        ConnectivityDetector().load_state({**state, "version": 3})

@@ -59,3 +59,19 @@ def test_the_live_detector_reports_the_same_long_outages() -> None:
         batch.append(Reading(names[int(dev[i])], t, t, {}, {"zone": zones[int(dev[i])]}))
     assert outage <= persistent
     assert outage <= fired
+
+
+def test_independent_loss_is_not_intermittent_nor_an_outage_in_history() -> None:
+    # 200 devices reporting every 5 minutes for 3 days lose 2 % of their reports at random;
+    # one more loses 4 reports in a row every 4 hours
+    rng = np.random.default_rng(3)
+    per = 3 * 288
+    dev = np.repeat(np.arange(201), per)
+    ts = np.tile(np.arange(per) * 300.0, 201) + rng.normal(0, 3.0, 201 * per)
+    keep = rng.random(201 * per) >= 0.02
+    flaky = (dev == 200) & (np.arange(201 * per) % per % 48 < 4)
+    report = analyze_history(dev[keep & ~flaky], ts[keep & ~flaky],
+                             names=[f"d{i}" for i in range(201)])  # fmt: skip
+    assert report["intermittent"] == ["d200"]
+    assert report["outages_total"] == 0
+    assert 0.015 < report["loss_rate"]["median"] < 0.025

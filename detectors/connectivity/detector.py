@@ -1,6 +1,7 @@
-"""The online connectivity detector: arrivals and the rhythm learned from them, gaps,
-intermittent links, fading signals, silence judged on a deadline wheel (devices offline,
-gateways down) and checkpoints as plain data."""
+"""The online connectivity detector: arrivals in order and the rhythm learned from them,
+each device's loss rate and the gaps improbable under it, intermittent links (a Poisson test
+of the gaps), fading signals, silence judged on a deadline wheel (devices offline, gateways
+down) and checkpoints as plain data."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from scipy import stats
+
 from detectors.connectivity.config import ConnectivityConfig
 from detectors.connectivity.device import _Device
 from detectors.connectivity.patterns import outage_report
 from detectors.connectivity.trend import _trend
 from detectors.wheel import SlotWheel
+from service.errors import check_state_version
 from service.records import MessageKind, Reading, Severity, Signal, SubjectType, iso_utc
 
 # what a status message says when the device (or its broker's last will) announces it is gone
@@ -25,6 +29,12 @@ SIGNAL_METRICS = (("rssi_dbm", -115.0), ("snr_db", -10.0), ("link_quality_pct", 
 
 # how wide one slot of the deadline wheel is (seconds of receive time)
 _SLOT_S = 30.0
+
+# the most reports a silence is judged to have lost before a device is offline (a loss rate
+# so high that more are ordinary is treated as this many)
+_MAX_OFFLINE_LOST = 60
+
+_INF = math.inf
 
 # a device's standing in its gateway's tally
 _UNCOUNTED, _ACTIVE, _SILENT = 0, 1, 2
@@ -38,10 +48,20 @@ class ConnectivityDetector:
     """Offline devices, gateway outages, intermittent links and fading signals."""
 
     name = "connectivity"
-    STATE_VERSION = 1
+    STATE_VERSION = 2
 
     def __init__(self, config: ConnectivityConfig | None = None) -> None:
         self.config = config or ConnectivityConfig()
+        config = self.config
+        # k reports lost in a row are improbable enough for a device to be offline when its
+        # loss rate p is above _off_levels[k - 1] and at most _off_levels[k], that is
+        # p**k <= offline_level < p**(k - 1) (a hair of tolerance for rounding)
+        self._off_levels = [0.0] + [
+            config.offline_level ** (1.0 / k) * (1.0 + 1e-9) for k in range(1, _MAX_OFFLINE_LOST)
+        ]
+        self._prior_lost = config.loss_prior * config.loss_prior_reports
+        self._per_window_s = 1.0 / config.loss_window_s
+        self._prior_reports = config.loss_prior_reports
         self._devices: dict[str, _Device] = {}
         self._new_columns()
         self._gateways: dict[str, list[str]] = {}  # gateway -> its devices, first joined first
@@ -63,6 +83,14 @@ class ConnectivityDetector:
         self._last_rx = array("d")
         self._interval = array("d")
         self._count = array("q")
+        # its newest device ts and seq (NaN: none yet) among readings in order, the reports
+        # it lost and the reports expected from it (both forgetting over loss_window_s), and
+        # how many lost in a row make it offline at its loss rate (see _off_levels)
+        self._newest_ts = array("d")
+        self._seq = array("d")
+        self._lost = array("d")
+        self._expected = array("d")
+        self._off_k = bytearray()
         self._acc_sum = array("d")
         self._acc_t = array("d")
         self._standing = bytearray()
@@ -75,6 +103,11 @@ class ConnectivityDetector:
         self._last_rx.append(received)
         self._interval.append(0.0)
         self._count.append(0)
+        self._newest_ts.append(-math.inf)
+        self._seq.append(math.nan)
+        self._lost.append(0.0)
+        self._expected.append(0.0)
+        self._off_k.append(self._offline_lost(self.config.loss_prior))
         self._acc_sum.append(0.0)
         self._acc_t.append(0.0)
         self._standing.append(_UNCOUNTED)
@@ -151,6 +184,8 @@ class ConnectivityDetector:
         acc_sums = self._acc_sum
         acc_ts = self._acc_t
         last_rx = self._last_rx
+        newest_ts = self._newest_ts
+        seqs = self._seq
         status = _STATUS
         signal_metrics = SIGNAL_METRICS
         signals: list[Signal] = []
@@ -168,15 +203,38 @@ class ConnectivityDetector:
                 # a goodbye is not a sign of life: the silence clock keeps running
                 continue
             device = devices.get(device_id)
+            ts = reading.ts
+            seq = reading.seq
             if device is None:
                 device = self._add_device(device_id, received)
                 self._follow_meta(device_id, device, meta)
+                row = device.order
+                newest_ts[row] = ts
+                if seq is not None:
+                    seqs[row] = seq
             else:
                 if meta is not device.meta:
                     self._follow_meta(device_id, device, meta)
-                silence = received - last_rx[device.order]
-                if silence > burst:
-                    self._arrival(device_id, device, received, silence, signals)
+                row = device.order
+                silence = received - last_rx[row]
+                if (
+                    (reading.late or ts < newest_ts[row])
+                    and not (seq is not None and seq > seqs[row])
+                    and silence <= 2.0 * self._interval[row]
+                ):
+                    # delivered out of order: old news, neither an arrival nor part of the
+                    # rhythm; the report was counted lost when a newer one overtook it.
+                    # (A device silent for two intervals whose readings all look old has had
+                    # its clock put back: its readings are arrivals again.)
+                    lost = self._lost[row]
+                    self._lost[row] = lost - 1.0 if lost > 1.0 else 0.0
+                else:
+                    if silence > burst:
+                        sent = ts - newest_ts[row]  # its own spacing (a clock skew cancels)
+                        self._arrival(device_id, device, reading, silence, sent, signals)
+                    newest_ts[row] = ts
+                    if seq is not None:
+                        seqs[row] = seq
             # the first signal metric present: averaged into one point per signal_spacing_s
             # (see _track_signal)
             metrics = reading.metrics
@@ -184,7 +242,6 @@ class ConnectivityDetector:
                 value = metrics.get(metric)
                 if value is None:
                     continue
-                row = device.order
                 if device.acc_n == 0:
                     acc_ts[row] = received
                 acc_sums[row] += value
@@ -195,25 +252,67 @@ class ConnectivityDetector:
         return signals
 
     def _arrival(
-        self, device_id: str, device: _Device, received: float, silence: float, out: list[Signal]
+        self,
+        device_id: str,
+        device: _Device,
+        reading: Reading,
+        silence: float,
+        sent: float,
+        out: list[Signal],
     ) -> None:
+        """An arrival in order after ``silence`` (receive time), ``sent`` after the newest
+        reading before it by the device's clock: judge the silence against the device's loss
+        rate (an ordinary loss, or a gap), then learn from it."""
         config = self.config
         row = device.order
         intervals = self._interval
         interval = intervals[row]
         count = self._count[row]
-        if count and silence > config.gap_factor * interval:
-            # the gap starts when the first report went missing
-            if not device.gaps:
-                device.gaps = deque(maxlen=config.history)
-            device.gaps.append((self._last_rx[row] + interval, silence))
+        received = reading.received_at
+        sample = silence
+        gap = False
+        if count and interval > 0.0:
+            if 0.0 < sent < _INF and sent != silence:
+                # the silence and the device's own spacing disagree when readings were held
+                # back (a batch uploaded after a gap, and the reading right behind it) or
+                # its clock was set: the rhythm is the one closer to the interval so far
+                by_clock = sent / interval
+                if by_clock < 1.0:
+                    by_clock = 1.0 / by_clock
+                by_silence = silence / interval
+                if by_silence < 1.0:
+                    by_silence = 1.0 / by_silence
+                if by_clock < by_silence:
+                    sample = sent
+            if silence >= 1.5 * interval:
+                # the reports the silence had room for that did not come
+                lost = int(silence / interval + 0.5) - 1
+                gap, sample = self._judge_silence(device, reading, silence, sent, sample, lost)
+            else:
+                # the common case, nothing lost (_count_loss, inlined)
+                forget = 1.0 - silence * self._per_window_s
+                if forget < 0.0:
+                    forget = 0.0
+                column = self._lost
+                lost_w = column[row] = column[row] * forget
+                column = self._expected
+                expected_w = column[row] = column[row] * forget + 1.0
+                if not count & 15:
+                    # the rate falls slowly while nothing is lost: how many lost in a row
+                    # make it offline is looked at again every 16 arrivals
+                    p = (lost_w + self._prior_lost) / (expected_w + self._prior_reports)
+                    k = self._off_k[row]
+                    if k > 1 and p <= self._off_levels[k - 1]:
+                        self._off_k[row] = self._offline_lost(p)
+        elif silence < sent < _INF:
+            sample = sent  # the longer, before there is an interval
         # learn the interval; long silences are outages, not the device's rhythm
         if count == 0:
-            learned = silence
+            learned = sample
         else:
             clipped = 0.5 * interval
-            if silence > clipped:
-                clipped = silence
+            if sample > clipped:
+                clipped = sample
             if 2.0 * interval < clipped:
                 clipped = 2.0 * interval
             weight = 0.5 if count < 4 else 0.1
@@ -223,7 +322,10 @@ class ConnectivityDetector:
         self._last_rx[row] = received
         if count >= 2 and not self._stale:
             gap_limit = config.gateway_factor * learned
-            offline_limit = config.offline_factor * learned
+            factor = self._off_k[row] + 1.0  # (_offline_limit, inlined)
+            if config.offline_factor > factor:
+                factor = config.offline_factor
+            offline_limit = factor * learned
             if config.min_offline_s > offline_limit:
                 offline_limit = config.min_offline_s
             window = config.active_window_s
@@ -253,15 +355,130 @@ class ConnectivityDetector:
                         summary=f"{device_id} is reporting again after {silence / 60:.0f} min",
                     )
                 )  # fmt: skip
-        if device.gaps or device.intermittent or config.intermittent_gaps <= 0:
+        if gap or device.intermittent:
             self._judge_intermittent(device_id, device, received, out)
+
+    def _judge_silence(
+        self,
+        device: _Device,
+        reading: Reading,
+        silence: float,
+        sent: float,
+        sample: float,
+        lost: int,
+    ) -> tuple[bool, float]:
+        """A silence that had room for ``lost`` reports: a gap when that many lost in a row
+        are improbable at the device's loss rate, else ordinary loss (as many as its counter
+        and clock agree were lost); counted into the loss rate. Returns whether it is a gap
+        and the rhythm sample, shared among the reports its counter says it spanned."""
+        config = self.config
+        row = device.order
+        interval = self._interval[row]
+        seq = reading.seq
+        step = seq - self._seq[row] if seq is not None else math.nan  # NaN: no counter
+        gap = silence > config.gap_factor * interval and self._is_gap(row, lost)
+        if gap:
+            # improbable under independent loss: a gap. It counts as one lost report in the
+            # loss rate (its first); the rest is an outage, not the channel's loss (and a
+            # device that lost nothing for long learns from its first losses that they are
+            # ordinary after all)
+            if not device.gaps:
+                device.gaps = deque(maxlen=config.history)
+            # the gap starts when the first report went missing; it ends with this arrival
+            # (a batch of buffered readings included)
+            device.gaps.append((self._last_rx[row] + interval, silence))
+        else:
+            # fewer were lost if its counter or its clock says so (a report that was only
+            # delayed, readings held back, a counter that skips)
+            if 0.0 < step < lost + 1:
+                lost = int(step) - 1
+            if 0.0 < sent < lost * interval + 0.5 * interval:
+                lost = max(0, int(sent / interval + 0.5) - 1)
+        if step > 1.0:
+            # the counter says how many reports the silence spanned: the rhythm is the
+            # silence shared among them (a counter that skips is not believed beyond the
+            # reports the time had room for)
+            sample /= step if step < lost + 1 else lost + 1
+        if gap:
+            self._count_loss(row, 1, 2, silence)
+        else:
+            self._count_loss(row, lost, lost + 1, silence)
+        return gap, sample
+
+    # -- the loss rate ----------------------------------------------------------------
+
+    def _loss_rate(self, row: int) -> float:
+        """The device's rate of independent report loss: lost over expected reports (a gap
+        counted as one lost report) over about ``loss_window_s``, starting from
+        ``loss_prior``."""
+        return (self._lost[row] + self._prior_lost) / (
+            self._expected[row] + self.config.loss_prior_reports
+        )
+
+    def _is_gap(self, row: int, lost: int) -> bool:
+        """Whether ``lost`` reports lost in a row are improbable (below ``gap_level``) if the
+        device loses each report independently at its loss rate."""
+        return bool(self._loss_rate(row) ** lost < self.config.gap_level)
+
+    def _gap_lost(self, p: float) -> int:
+        """The fewest reports lost in a row that make a gap at loss rate ``p``."""
+        if p <= 0.0:
+            return 1
+        return max(1, math.floor(math.log(self.config.gap_level) / math.log(p)) + 1)
+
+    def _offline_lost(self, p: float) -> int:
+        """The fewest reports lost in a row that make a device offline at loss rate ``p``."""
+        levels = self._off_levels
+        k = 1
+        while k < _MAX_OFFLINE_LOST - 1 and p > levels[k]:
+            k += 1
+        return k
+
+    def _count_loss(self, row: int, lost: int, expected: int, span: float) -> None:
+        """Count ``lost`` of ``expected`` reports over ``span`` seconds into the device's
+        loss rate (what is older fades over ``loss_window_s``)."""
+        forget = 1.0 - span * self._per_window_s
+        if forget < 0.0:
+            forget = 0.0
+        self._lost[row] = self._lost[row] * forget + lost
+        self._expected[row] = self._expected[row] * forget + expected
+        p = self._loss_rate(row)
+        # how many lost in a row make it offline, moved one level at a time as p moves
+        levels = self._off_levels
+        k = self._off_k[row]
+        if p > levels[k]:
+            while k < _MAX_OFFLINE_LOST - 1 and p > levels[k]:
+                k += 1
+            self._off_k[row] = k
+        elif k > 1 and p <= levels[k - 1]:
+            while k > 1 and p <= levels[k - 1]:
+                k -= 1
+            self._off_k[row] = k
+
+    def _offline_limit(self, row: int) -> float:
+        """How long the device may be silent before it is offline: long enough that the
+        reports it missed are improbable at its loss rate (``offline_level``), and at least
+        ``offline_factor`` intervals and ``min_offline_s``."""
+        config = self.config
+        factor = self._off_k[row] + 1.0
+        if config.offline_factor > factor:
+            factor = config.offline_factor
+        limit = factor * self._interval[row]
+        return limit if limit > config.min_offline_s else config.min_offline_s
 
     def _judge_intermittent(
         self, device_id: str, device: _Device, now: float, out: list[Signal]
     ) -> None:
+        """Raise (or clear) ``intermittent_connectivity``: at least ``intermittent_gaps``
+        gaps within the window, more than independent loss at the device's own rate
+        explains (one-sided Poisson test at ``intermittent_alpha``)."""
         config = self.config
-        recent = [gap for gap in device.gaps if gap[0] >= now - config.intermittent_window_s]
+        since = now - config.intermittent_window_s
+        recent = [gap for gap in device.gaps if gap[0] >= since]
         if not device.intermittent and len(recent) >= config.intermittent_gaps:
+            p_value, test = self._gap_test(device, len(recent))
+            if not p_value < config.intermittent_alpha:
+                return
             device.intermittent = True
             mean_gap = sum(d for _, d in recent) / len(recent)
             out.append(
@@ -269,8 +486,11 @@ class ConnectivityDetector:
                     "intermittent_connectivity", device_id, device, True, now,
                     summary=(f"{device_id}: {len(recent)} connection gaps in the last "
                              f"{config.intermittent_window_s / 3600:.0f} h "
-                             f"(mean {mean_gap / 60:.1f} min)"),
+                             f"(mean {mean_gap / 60:.1f} min) where independent loss at its "
+                             f"{100 * test['loss_rate']:.2g} % explains "
+                             f"{test['expected_gaps']:.2g}"),
                     evidence={"gaps": len(recent), "mean_gap_s": round(mean_gap, 1),
+                              **test,
                               "expected_interval_s": round(self._interval[device.order], 1),
                               "technology": device.tech, "gateway": device.gateway},
                     action=("Check the radio link: antenna, distance to the gateway and "
@@ -285,6 +505,25 @@ class ConnectivityDetector:
                     summary=f"{device_id}: connection is steady again",
                 )
             )  # fmt: skip
+
+    def _gap_test(self, device: _Device, gaps: int) -> tuple[float, dict[str, Any]]:
+        """The one-sided Poisson test of ``gaps`` gaps in the window: under independent
+        loss at rate p, a report starts a run of k or more lost (a gap) with probability
+        (1 - p) p**k, so the window's expected reports n expect n (1 - p) p**k gaps.
+        Returns the p-value and the test as evidence."""
+        config = self.config
+        row = device.order
+        p = self._loss_rate(row)
+        k = self._gap_lost(p)
+        reports = config.intermittent_window_s / self._interval[row]
+        expected = reports * (1.0 - p) * p**k
+        p_value = float(stats.poisson.sf(gaps - 1, expected)) if expected > 0 else 0.0
+        return p_value, {
+            "test": "one-sided Poisson: gaps in the window vs independent loss",
+            "loss_rate": round(p, 5), "gap_min_lost": k, "expected_reports": round(reports, 1),
+            "expected_gaps": float(f"{expected:.3g}"), "observed_gaps": gaps,
+            "p_value": float(f"{p_value:.3g}"), "alpha": config.intermittent_alpha,
+        }  # fmt: skip
 
     def _track_signal(
         self, reading: Reading, device: _Device, metric: str, loss_level: float, out: list[Signal]
@@ -377,6 +616,8 @@ class ConnectivityDetector:
         return {
             "last_heard": iso_utc(self._last_rx[device.order]),
             "interval_s": round(self._interval[device.order], 3),
+            "loss_rate": round(self._loss_rate(device.order), 5),
+            "offline_after_s": round(self._offline_limit(device.order), 1),
             "offline": device.offline,
             "intermittent": device.intermittent,
             "recent_gaps": len(device.gaps),
@@ -433,7 +674,7 @@ class ConnectivityDetector:
         else:
             silent = silence > config.gateway_factor * interval
             self._set_standing(device, _SILENT if silent else _ACTIVE)
-            offline = silence > config.offline_factor * interval and silence > config.min_offline_s
+            offline = silence > self._offline_limit(device.order)
         if offline:
             self._watch.add(device_id)
 
@@ -446,7 +687,7 @@ class ConnectivityDetector:
         nearest = math.inf
         for limit in (
             config.gateway_factor * interval,
-            max(config.offline_factor * interval, config.min_offline_s),
+            self._offline_limit(device.order),
             config.active_window_s,
         ):
             if silence <= limit < nearest:
@@ -505,8 +746,6 @@ class ConnectivityDetector:
     def _judge_watched(self, now: float, signals: list[Signal]) -> None:
         """Raise offline alerts for the watched devices, in the order they were first heard."""
         config = self.config
-        offline_factor = config.offline_factor
-        min_offline = config.min_offline_s
         active_window = config.active_window_s
         persistent = config.persistent_s
         down = self._gateway_down
@@ -520,10 +759,7 @@ class ConnectivityDetector:
             if silence > active_window:
                 offline = device.alerted
             else:
-                offline = (
-                    silence > offline_factor * self._interval[device.order]
-                    and silence > min_offline
-                )
+                offline = silence > self._offline_limit(device.order)
             if not offline or self._count[device.order] < 2:
                 watch.discard(device_id)
                 continue
@@ -531,8 +767,8 @@ class ConnectivityDetector:
             if device.gateway in down:
                 continue  # explained by the gateway outage
             recovered = recovered_at.get(device.gateway)  # type: ignore[arg-type]
-            limit = offline_factor * self._interval[device.order]
-            if recovered is not None and now - recovered < limit + self._interval[device.order]:
+            limit = self._offline_limit(device.order) + self._interval[device.order]
+            if recovered is not None and now - recovered < limit:
                 continue  # its gateway just came back: give the device time to report
             if device.intermittent and silence < persistent:
                 continue  # explained by the open intermittent-connectivity alert
@@ -550,22 +786,42 @@ class ConnectivityDetector:
     def _offline_signal(
         self, device_id: str, device: _Device, now: float, silence: float, severity: Severity
     ) -> Signal:
+        """The offline alert: *persistent* once silent ``persistent_s`` (critical), before
+        that *intermittent* when the link had gaps in the window, else *ongoing*; the same
+        alert is escalated (not a new one) when it becomes persistent."""
         config = self.config
+        row = device.order
+        interval = self._interval[row]
         recent = [g for g in device.gaps if g[0] >= now - config.intermittent_window_s]
-        shape = "persistent" if silence >= config.persistent_s or len(recent) < 2 else (
-            "intermittent"
-        )  # fmt: skip
-        action = (
-            "Visit the device: check power, the antenna and whether it was moved or removed."
-            if shape == "persistent"
-            else "The link keeps dropping: check the radio path and the gateway's coverage."
-        )
+        p = self._loss_rate(row)
+        missed = int(silence / interval) if interval > 0 else 0
+        expected = f"expected every {interval / 60:.1f} min"
+        if silence >= config.persistent_s:
+            shape = "persistent"
+            summary = (f"{device_id} silent for {silence / 60:.0f} min ({expected}), "
+                       f"persistent: over {config.persistent_s / 60:.0f} min")  # fmt: skip
+            action = (
+                "Visit the device: check power, the antenna and whether it was moved or removed."
+            )
+        else:
+            shape = "intermittent" if len(recent) >= 2 else "ongoing"
+            summary = (f"{device_id} silent for {silence / 60:.0f} min ({expected}): "
+                       f"{missed} reports missed in a row, improbable at its "
+                       f"{100 * p:.2g} % loss")  # fmt: skip
+            action = (
+                "The link keeps dropping: check the radio path and the gateway's coverage."
+                if shape == "intermittent"
+                else "If it stays silent, check its power and antenna and whether it was "
+                "moved or removed."
+            )
         return self._signal(
             "device_offline", device_id, device, True, now, severity=severity,
-            summary=(f"{device_id} silent for {silence / 60:.0f} min "
-                     f"(expected every {self._interval[device.order] / 60:.1f} min), {shape}"),
-            evidence={"silent_s": round(silence, 1), "last_seen": iso_utc(self._last_rx[device.order]),
-                      "expected_interval_s": round(self._interval[device.order], 1), "class": shape,
+            summary=summary,
+            evidence={"silent_s": round(silence, 1), "last_seen": iso_utc(self._last_rx[row]),
+                      "expected_interval_s": round(interval, 1), "class": shape,
+                      "missed_reports": missed, "loss_rate": round(p, 5),
+                      "offline_after_s": round(self._offline_limit(row), 1),
+                      "persistent_after_s": config.persistent_s,
                       "gaps_recent": len(recent), "gateway": device.gateway,
                       "technology": device.tech},
             action=action,
@@ -709,14 +965,19 @@ class ConnectivityDetector:
                     d.site, d.zone, d.tech, d.switches, d.intermittent,
                     self._signal_points(d).tolist(), d.signal_alert, self._acc_sum[d.order],
                     d.acc_n, self._acc_t[d.order],
+                    _plain(self._newest_ts[d.order]), _plain(self._seq[d.order]),
+                    self._lost[d.order], self._expected[d.order], self._off_k[d.order],
                 ]
                 for device_id, d in self._devices.items()
             },
         }  # fmt: skip
 
     def load_state(self, state: dict[str, Any]) -> None:
+        """Restore a checkpoint of this format or the one before (format 1 knew no loss
+        rate: its devices start from ``loss_prior`` and the next reading is in order)."""
+        check_state_version("connectivity", state, self.STATE_VERSION)
         version = state.get("version")
-        if version != self.STATE_VERSION:
+        if version not in (1, self.STATE_VERSION):
             raise ValueError(f"connectivity state format {version} is not {self.STATE_VERSION}")
         self._devices = {}
         self._new_columns()
@@ -730,8 +991,20 @@ class ConnectivityDetector:
         for device_id, row in state.get("devices", {}).items():
             (last_rx, interval, intervals, offline, alerted, severity, gaps, gateway, site,
              zone, tech, switches, intermittent, signal, signal_alert, acc_sum, acc_n,
-             acc_t) = row  # fmt: skip
+             acc_t) = row[:18]  # fmt: skip
+            newest_ts, seq, lost, expected, off_k = (
+                row[18:23] if len(row) >= 23 else (None, None, 0, 0, None)
+            )
             device = self._add_device(device_id, float(last_rx))
+            self._newest_ts[device.order] = -math.inf if newest_ts is None else float(newest_ts)
+            self._seq[device.order] = math.nan if seq is None else float(seq)
+            self._lost[device.order] = float(lost)
+            self._expected[device.order] = float(expected)
+            self._off_k[device.order] = (
+                self._offline_lost(self._loss_rate(device.order))
+                if off_k is None
+                else min(max(1, int(off_k)), _MAX_OFFLINE_LOST - 1)
+            )
             self._interval[device.order] = float(interval)
             self._count[device.order] = int(intervals)
             device.offline = bool(offline)
@@ -764,3 +1037,8 @@ class ConnectivityDetector:
         else:
             self._signal_row[device.order] = len(self._points) // width
             self._points.extend(array("d", points))
+
+
+def _plain(value: float) -> float | None:
+    """A float for a checkpoint: ``None`` for the not-yet-known (infinite or NaN)."""
+    return value if math.isfinite(value) else None

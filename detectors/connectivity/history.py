@@ -7,10 +7,16 @@ index, receive time) and answers with the same rules, vectorised:
 
 - each device's reporting interval: the mean of its gaps between reports, counting only
   gaps shorter than twice a first rough mean (so outages do not stretch it);
-- outages: silences longer than ``offline_factor`` intervals and ``min_offline_s``; each
-  with its device, start and length, classed ``persistent`` from ``persistent_s``;
-- intermittent devices: at least ``intermittent_gaps`` gaps (``gap_factor`` intervals) within
-  some ``intermittent_window_s``;
+- each device's loss rate ``p``: reports lost (a silence of ``k + 1`` intervals lost ``k``)
+  over reports expected, over the whole history, a gap counted as one lost report, from
+  ``loss_prior``; and its gaps: silences of ``k`` lost reports with ``p**k < gap_level``
+  (longer than ``gap_factor`` intervals);
+- outages: silences so long that the reports missed are improbable at ``offline_level``
+  (and longer than ``offline_factor`` intervals and ``min_offline_s``); each with its
+  device, start and length, classed ``persistent`` from ``persistent_s``;
+- intermittent devices: at least ``intermittent_gaps`` gaps within some
+  ``intermittent_window_s`` (windows from the epoch), more than independent loss at ``p``
+  explains (one-sided Poisson test at ``intermittent_alpha``);
 - patterns: outage starts (when the first report went missing) by hour of day against a
   uniform spread (chi-square), and per zone the share of devices with outages against the
   rest of the fleet's (one-sided binomial test, Bonferroni-corrected at ``pattern_alpha``).
@@ -78,13 +84,41 @@ def analyze_history(
     interval = np.bincount(owner[usual], weights=gap[usual], minlength=n_devices) / np.maximum(
         kept, 1
     )
-    limit = np.maximum(config.offline_factor * interval[owner], config.min_offline_s)
-    down = (gap > limit) & (kept[owner] > 0)
+    known = kept[owner] > 0
+    spacing = interval[owner]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = gap / spacing
+    # the silences that lost reports, and how many (a silence of k + 1 intervals lost k)
+    lossy = np.flatnonzero(known & (ratio >= 1.5))
+    lossy_owner = owner[lossy]
+    lossy_lost = np.rint(ratio[lossy]) - 1.0
+    all_lost = np.bincount(lossy_owner, weights=lossy_lost, minlength=n_devices)
+    all_expected = np.where(kept > 0, counts, 0) + all_lost
+    can_gap = ratio[lossy] > config.gap_factor
+    # each device's loss rate, its gaps counted as one lost report: found from single
+    # losses being ordinary, then from the rate that gives (two rounds settle it)
+    prior = config.loss_prior_reports
+    gap_lost = np.full(n_devices, 2.0)
+    for _ in range(2):
+        is_gap = can_gap & (lossy_lost >= gap_lost[lossy_owner])
+        less = np.bincount(lossy_owner[is_gap], weights=lossy_lost[is_gap] - 1.0,
+                           minlength=n_devices)  # fmt: skip
+        loss = (all_lost - less + config.loss_prior * prior) / (all_expected - less + prior)
+        # the fewest lost in a row with p**k below gap_level
+        gap_lost = np.maximum(np.floor(np.log(config.gap_level) / np.log(loss)) + 1.0, 1.0)
+    is_gap = can_gap & (lossy_lost >= gap_lost[lossy_owner])
+    gappy = lossy[is_gap]
+
+    # offline: k lost in a row with p**k at most offline_level, and offline_factor intervals
+    offline_lost = np.clip(np.ceil(np.log(config.offline_level) / np.log(loss) - 1e-9), 1.0, 59.0)
+    factor = np.maximum(offline_lost + 1.0, config.offline_factor)
+    limit = np.maximum(factor[owner] * spacing, config.min_offline_s)
+    down = (gap > limit) & known
     # an outage starts when the first report went missing
     out_dev, out_start, out_len = owner[down], start[down] + interval[owner[down]], gap[down]
 
-    # intermittent: enough gaps within one window, counted per device and window
-    gappy = (gap > config.gap_factor * interval[owner]) & (kept[owner] > 0)
+    # intermittent: enough gaps within one window, counted per device and window, and more
+    # than independent loss explains: a report starts a gap with probability (1 - p) p**k
     window = np.floor(start[gappy] / config.intermittent_window_s).astype(np.int64)
     intermittent: list[str] = []
     if len(window):
@@ -92,7 +126,12 @@ def analyze_history(
         stride = int(window.max()) + 1
         per_window = np.bincount(owner[gappy] * stride + window)
         busy = np.nonzero(per_window >= config.intermittent_gaps)[0]
-        intermittent = sorted({names[int(k // stride)] for k in busy})
+        who = busy // stride
+        reports = config.intermittent_window_s / interval[who]
+        p = loss[who]
+        expected_gaps = reports * (1.0 - p) * p ** gap_lost[who]
+        p_value = stats.poisson.sf(per_window[busy] - 1, expected_gaps)
+        intermittent = sorted({names[int(d)] for d in who[p_value < config.intermittent_alpha]})
 
     order = np.argsort(-out_len, kind="stable")[:max_outages]
     outages = [
@@ -105,6 +144,7 @@ def analyze_history(
         "devices": n_devices,
         "readings": len(ts),
         "interval_s": {"median": float(np.median(interval[kept > 0])) if kept.any() else None},
+        "loss_rate": {"median": float(np.median(loss[kept > 0])) if kept.any() else None},
         "outages_total": len(out_dev),
         "devices_with_outages": len(np.unique(out_dev)),
         "persistent_outages": int(np.count_nonzero(out_len >= config.persistent_s)),

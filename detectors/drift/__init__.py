@@ -12,12 +12,27 @@ in the bucket. A bucket closes once the data of its group has passed its end by
 bucket are dropped.
 
 **Residuals.** When a bucket closes, each device gets a *consensus*: the median of its peers'
-values, excluding itself, excluding values outside the physical range, and excluding peers
-currently flagged (unless that leaves fewer than ``min_peers``). Trusted reference devices
-count ``reference_weight`` times in a weighted median. The residual is
+values, each less that peer's learned offset (so the consensus does not move when peers with
+different installation offsets leave or join it), excluding itself, excluding values outside
+the physical range, and excluding peers currently flagged (unless that leaves fewer than
+``min_peers``); peers that reported in the bucket come before those carried from an earlier
+one (in a defrost a value minutes old is degrees off). Trusted reference devices count
+``reference_weight`` times in a weighted median. The residual is
 ``(value - consensus) / max(|consensus|, floor)`` (relative, the default) or
 ``value - consensus`` for metrics given an absolute tolerance. A whole group that moves
 together moves its consensus, so residuals stay small: an environment change is not drift.
+A bucket in which a sensor's consensus moved more than ``transient_gate`` tolerances since
+its previous bucket is a *transient* (a defrost, a door, machines starting): there its
+residual says when it reported and how fast it follows, not how well it reads, so it and the
+next ``transient_buckets`` are not judged for drift (for stuck and out of range they are).
+
+**Tolerance.** ``rel_tolerance`` of the reading (or ``abs_tolerance``), at the sensor's typical
+magnitude, but never finer than ``tolerance_floor[metric]`` in the metric's unit (0.5 °C and
+2 %RH by default: 2 % of a 4 °C chiller would be 0.08 °C), than ``resolution_tolerance``
+times the sensor's *resolution* (the smallest nonzero step between two of its values, learned
+as it reports), or than ``noise_tolerance`` times its measured noise (which is itself never
+taken below half a resolution step of the sensor or its peers: the MAD of values on a grid
+may be 0). The evidence gives the tolerance in the metric's unit and which term set it.
 
 **Drift.** Each device learns its normal offset to the consensus (median of ``value -
 consensus`` over the first ``warmup_buckets``, in the metric's unit: installation offsets are
@@ -28,22 +43,31 @@ Drift is ``(value - consensus - offset)`` made relative, median-filtered over 5 
 - a two-sided CUSUM on the normalised drift (allowance of a quarter tolerance, threshold
   ``cusum_h``), which says a change *is* there; and
 - an EWMA (``ewma_alpha``), which says how large it is. ``sensor_drift`` fires only when
-  both agree: the CUSUM has alarmed *and* the EWMA is past the tolerance (2 % by default,
-  and never less than ``fire_z`` standard errors of the EWMA itself), or past
-  ``early_fraction`` of it with a significant rate that will take it out of tolerance within
-  ``horizon_s`` (an early warning, ``out_of_tolerance: false`` in the evidence).
+  both agree: the CUSUM has alarmed *and* the EWMA is past the tolerance (and never less
+  than ``fire_z`` standard errors of the EWMA itself), or past ``early_fraction`` (half) of
+  it with a significant rate that will take it out of tolerance within ``horizon_s`` (an
+  early warning, ``out_of_tolerance: false`` in the evidence).
 
 The drift rate is a Theil-Sen slope over the last ``rate_window`` means of
-``rate_sample_s`` (4 h) each, significant when it is ``rate_min_t`` times its standard
-error; it gives the rate per day and the date the sensor will leave tolerance.
+``rate_sample_s`` (4 h) each (at least ``rate_min_samples``; an early warning's, two days of
+them, so a daily wave is not a trend), significant when it is ``rate_min_t`` times its
+standard error; it gives the rate per day and the date the sensor will leave tolerance.
 
-**Shapes.** ``ageing`` (slow drift: the best split of the recent drift history shows no
-jump), reported as ``sensor_drift`` (WARNING); the failures are reported as ``sensor_fault``:
-``step`` (a sudden offset, WARNING), ``spikes`` (``spike_count`` isolated outliers of
-``spike_z`` sigmas within ``spike_window_buckets``, WARNING), ``noisy`` (the robust noise of
-the last ``recent_buckets`` is ``noisy_ratio`` times the learned one, WARNING), ``stuck``
-(the same value for ``stuck_buckets`` while the consensus moved, CRITICAL) and
-``out_of_range`` (outside the physical range, CRITICAL).
+**Shapes.** ``ageing`` (a ramp), reported as ``sensor_drift`` (WARNING), or ``step``: the test
+``step_vs_ramp_lr`` fits a linear ramp and a one-break step (two levels, each lasting at
+least an eighth of ``step_window``, an hour) to the last ``step_window`` drifts; a step is a
+likelihood ratio ``(RSS_ramp - RSS_step) / sigma**2`` (``sigma``: the robust scale of the step
+model's residuals, at least the learned noise) of at least ``step_lr``, a jump of half the
+threshold and half the drift or more, and a level after it that does not slope back (a
+transient fading); a break too recent to judge waits. The evidence's ``shape_test`` gives the
+ratio, the threshold and the jump. The failures are reported as ``sensor_fault``: ``step`` (a
+sudden offset, WARNING), ``spikes`` (``spike_count`` isolated outliers of ``spike_z`` sigmas
+within ``spike_window_buckets``, WARNING), ``noisy`` (the robust noise of the last
+``recent_buckets`` is ``noisy_ratio`` times the learned one, WARNING), ``stuck`` (the same
+value for ``stuck_buckets`` while the consensus, smoothed over a few buckets, moved over the
+last few hours by more than ``stuck_resolutions`` steps of the sensor's resolution, or of its
+peers' while it has never changed, and more than its noise: a cold room steady within one
+step is not stuck; CRITICAL) and ``out_of_range`` (outside the physical range, CRITICAL).
 
 **No peers.** A device with fewer than ``min_peers`` peers for ``mode_switch_buckets`` is
 compared with its own expectation: a local level (EWMA over ``alone_level_buckets``, which

@@ -16,6 +16,10 @@ def _default_floors() -> dict[str, float]:
     return {"temperature_c": 10.0, "humidity_pct": 10.0}
 
 
+def _default_tolerance_floors() -> dict[str, float]:
+    return {"temperature_c": 0.5, "humidity_pct": 2.0}
+
+
 def _default_ranges() -> dict[str, tuple[float, float]]:
     return {
         "temperature_c": (-40.0, 125.0),
@@ -38,7 +42,10 @@ class DriftConfig:
 
     Tolerances are relative (``rel_tolerance`` of the reading, with the reading's magnitude
     taken as at least ``rel_floor[metric]``, else ``default_rel_floor``) unless the metric has an
-    ``abs_tolerance`` (in its unit). Times are seconds of device time.
+    ``abs_tolerance`` (in its unit). A sensor's effective tolerance is never below
+    ``tolerance_floor[metric]`` (in the metric's unit), ``noise_tolerance`` times its own
+    measured noise, or ``resolution_tolerance`` times its resolution (the smallest nonzero
+    step between its readings). Times are seconds of device time.
     """
 
     metrics: tuple[str, ...] = ("temperature_c", "humidity_pct", "pressure_kpa")
@@ -46,6 +53,9 @@ class DriftConfig:
     abs_tolerance: Mapping[str, float] = field(default_factory=dict)
     rel_floor: Mapping[str, float] = field(default_factory=_default_floors)
     default_rel_floor: float = 1.0
+    tolerance_floor: Mapping[str, float] = field(default_factory=_default_tolerance_floors)
+    noise_tolerance: float = 3.0
+    resolution_tolerance: float = 2.0
     ranges: Mapping[str, tuple[float, float]] = field(default_factory=_default_ranges)
     group_by: tuple[str, ...] = ("site", "zone")
     bucket_s: float = 300.0
@@ -60,7 +70,7 @@ class DriftConfig:
     ewma_alpha: float = 0.05
     cusum_h: float = 10.0
     fire_z: float = 5.0
-    early_fraction: float = 1.0
+    early_fraction: float = 0.5
     clear_fraction: float = 0.25
     horizon_s: float = 30 * _DAY
     rate_sample_s: float = 4 * 3_600.0
@@ -69,12 +79,16 @@ class DriftConfig:
     rate_min_t: float = 3.0
     predict_min_fraction: float = 0.25
     step_window: int = 96
+    step_lr: float = 25.0
     recent_buckets: int = 72
     noisy_ratio: float = 3.0
     spike_z: float = 8.0
     spike_count: int = 3
     spike_window_buckets: int = 288
     stuck_buckets: int = 12
+    stuck_resolutions: float = 2.0
+    transient_gate: float = 1.0
+    transient_buckets: int = 2
     clear_buckets: int = 6
     mode_switch_buckets: int = 12
     alone_factor: float = 3.0
@@ -108,6 +122,21 @@ class DriftConfig:
                 raise ValueError(f"drift setting {name} must be at least 1")
         if self.alone_level_buckets < 1:
             raise ValueError("drift setting alone_level_buckets must be at least 1")
+        for name in (
+            "noise_tolerance",
+            "resolution_tolerance",
+            "stuck_resolutions",
+            "transient_gate",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"drift setting {name} must not be negative")
+        if self.transient_buckets < 0:
+            raise ValueError("drift setting transient_buckets must not be negative")
+        if not self.step_lr > 0:
+            raise ValueError("drift setting step_lr must be positive")
+        for metric, floor in self.tolerance_floor.items():
+            if floor < 0:
+                raise ValueError(f"drift tolerance_floor for {metric} must not be negative")
         if self.lateness_s < 0 or self.idle_close_s < 0:
             raise ValueError("drift settings lateness_s and idle_close_s must not be negative")
         for metric, tolerance in self.abs_tolerance.items():
@@ -132,7 +161,7 @@ class DriftConfig:
             if name in values:
                 raw = values[name]
                 values[name] = (raw,) if isinstance(raw, str) else tuple(str(x) for x in raw)
-        for name in ("abs_tolerance", "rel_floor"):
+        for name in ("abs_tolerance", "rel_floor", "tolerance_floor"):
             if name in values:
                 values[name] = {str(k): float(v) for k, v in dict(values[name]).items()}
         if "ranges" in values:

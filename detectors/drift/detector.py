@@ -12,7 +12,14 @@ from typing import Any
 from detectors.drift.change_tests import _Judge
 from detectors.drift.config import _DAY, DriftConfig
 from detectors.drift.containers import Bucket
-from detectors.drift.peers import _Device, _Group, bucket_voters, consensus_pools, peer_consensus
+from detectors.drift.peers import (
+    _Device,
+    _Group,
+    bucket_voters,
+    consensus_pools,
+    peer_consensus,
+    peer_resolution,
+)
 from detectors.drift.schedule import recalibration_schedule
 from detectors.drift.sensor import (
     _ALONE_STREAK,
@@ -24,8 +31,11 @@ from detectors.drift.sensor import (
     _NONE_BYTES,
     _PEER_STREAK,
     _PROF,
+    _REF_SMOOTH,
+    _RES,
     _RING,
     _SCALE,
+    _SETTLE,
     _STUCK_HI,
     _STUCK_LO,
     _STUCK_RUN,
@@ -49,6 +59,10 @@ from service.records import MessageKind, Reading, Signal, iso_utc
 _DATA_KINDS = (MessageKind.TELEMETRY, MessageKind.BATCH)
 _UNSEEN = array("d", [math.nan])  # repeated to make room for a device's environment EWMAs
 _CALIBRATION = MessageKind.CALIBRATION
+# how fast a sensor's smoothed reference (what a stuck value is judged against) follows the
+# reference: about a 4-bucket memory, which cuts a jittering consensus to a third
+_STUCK_SMOOTHING = 0.25
+_SMOOTHED_NOISE = math.sqrt(_STUCK_SMOOTHING / (2.0 - _STUCK_SMOOTHING))  # its noise / the raw's
 
 
 class DriftDetector:
@@ -63,8 +77,13 @@ class DriftDetector:
 
     name = "drift"
     # 2: a sensor saves its drift history (``drifts``) instead of its last 5 drifts, the
-    # previous drift and its noise and step windows; version 1 still loads
-    STATE_VERSION = 2
+    # previous drift and its noise and step windows; 3: and its resolution (``res``), its
+    # typical magnitude (``mag``), the likelihood ratio of its last step-or-ramp decision
+    # (``shape_lr``), the transient it is settling from (``settle``) and its smoothed reference
+    # (``ref_smooth``). Versions 1 and 2 still load (a sensor without a resolution learns it
+    # again from its next values; one without a magnitude judges its tolerance at each
+    # bucket's until its next warm-up)
+    STATE_VERSION = 3
 
     def __init__(self, config: DriftConfig | None = None) -> None:
         self.config = config or DriftConfig()
@@ -73,6 +92,8 @@ class DriftDetector:
         config = self.config
         # each metric's tolerance, and the change tests (see detectors.drift.change_tests)
         self._judge = _Judge(config, self._watched)
+        # how fast a stuck run's range of the reference forgets (over ~4 ``stuck_buckets``)
+        self._stuck_leak = 0.25 / config.stuck_buckets
         self._group_by = tuple(config.group_by)
         # what each reading is searched for: (metric, its environment position or -1, watched)
         env_positions = {m: i for i, m in enumerate(config.environment_metrics)}
@@ -295,7 +316,9 @@ class DriftDetector:
         low, high = config.ranges.get(group.metric, (-math.inf, math.inf))
         t_end = (index + 1) * config.bucket_s
         members, voters = bucket_voters(group, bucket, t_end, config.carry_s)
-        pools = consensus_pools(voters, low, high, self._references, config.reference_weight)
+        pools = consensus_pools(
+            voters, low, high, self._references, config.reference_weight, len(members)
+        )
         min_peers = config.min_peers
         for sensor, device_id, value in members:
             consensus, peers = peer_consensus(pools, device_id, min_peers)
@@ -322,10 +345,12 @@ class DriftDetector:
     ) -> None:
         config = self.config
         judge = self._judge
-        tolerance, absolute, floor = judge.params[s.metric]
+        _, absolute, floor, _ = judge.params[s.metric]
         num = s.num  # (see _SENSOR_NUMBERS; reset_detection and add_track keep the array)
+        previous = num[_LAST_VALUE]
         num[_LAST_VALUE] = value
         s.last_ts = t
+        previous_index = s.bucket_index
         s.bucket_index = index
         # physical range
         if not low <= value <= high:
@@ -386,51 +411,95 @@ class DriftDetector:
         mode = s.mode
         if mode == "peer" and consensus is not None:
             reference: float | None = consensus
-            effective = tolerance
         elif mode == "alone" and consensus is None and profile_ref is not None:
             reference = profile_ref
-            effective = tolerance * config.alone_factor
         else:
             reference = None
-            effective = tolerance
         s.last_peers = peers
         if reference is None:
             if len(num) > _LAST_REF:
                 num[_LAST_REF] = _NONE
-            judge.judge_faults(s, effective, stuck_now=False)
+            judge.judge_faults(s, 0.0, stuck_now=False)
             return
         if len(num) < _TRACK:  # its first reference
             s.add_reference()
             num = s.num
+        # its resolution: the smallest nonzero step between two of its values
+        step = value - previous if value > previous else previous - value
+        if step > 1e-9 * (value if value > 1.0 else (-value if value < -1.0 else 1.0)):
+            res = num[_RES]
+            if step < res or (res != res and _pack(res) == _NONE_BYTES):
+                num[_RES] = step
+        # (as judge.den)
         den = 1.0 if absolute else (reference if reference > floor else max(-reference, floor))
+        effective = judge.effective(s, den)
         raw = value - reference
         r = raw / den
+        # a transient (a defrost, a door, machines starting): the reference moved more than
+        # ``transient_gate`` tolerances since the sensor's previous bucket, so its residual
+        # says when within the bucket it reported and how fast it follows where it hangs, not
+        # how well it reads; so for the next ``transient_buckets`` too
+        before = num[_LAST_REF]
+        gate = config.transient_gate
+        if (
+            gate > 0
+            and mode == "peer"
+            and before == before
+            and (index - previous_index) * config.bucket_s <= config.carry_s
+            and abs(reference - before) > gate * effective * den
+        ):
+            num[_SETTLE] = index + config.transient_buckets
+            transient = True
+        else:
+            transient = index <= num[_SETTLE]
         num[_LAST_REF] = reference
         num[_LAST_R] = r
-        # stuck: the same value while the reference moved
+        # stuck: the same value while the reference moved; the reference smoothed over a few
+        # buckets, so that a consensus jittering around a steady air does not count as moving
+        smooth = num[_REF_SMOOTH]
+        if smooth != smooth or (index - previous_index) * config.bucket_s > config.carry_s:
+            smooth = reference
+        else:
+            smooth += _STUCK_SMOOTHING * (reference - smooth)
+        num[_REF_SMOOTH] = smooth
         stuck_value = num[_STUCK_VALUE]
         if (stuck_value == stuck_value or _pack(stuck_value) != _NONE_BYTES) and abs(
             value - stuck_value
         ) <= 1e-9 * max(1.0, abs(value)):
             stuck_run = num[_STUCK_RUN] + 1.0
-            if reference < num[_STUCK_LO]:
-                num[_STUCK_LO] = reference
-            elif reference > num[_STUCK_HI]:
-                num[_STUCK_HI] = reference
+            # how far it moved lately (the range forgets over about 4 ``stuck_buckets``): a
+            # steady room read for days must not add up its slow wander into a movement
+            leak = self._stuck_leak
+            lo = num[_STUCK_LO]
+            lo = smooth if smooth < lo else lo + leak * (smooth - lo)
+            hi = num[_STUCK_HI]
+            hi = smooth if smooth > hi else hi + leak * (smooth - hi)
+            num[_STUCK_LO] = lo
+            num[_STUCK_HI] = hi
         else:
             num[_STUCK_VALUE] = value
             stuck_run = 1.0
-            num[_STUCK_LO] = num[_STUCK_HI] = reference
+            num[_STUCK_LO] = num[_STUCK_HI] = smooth
         num[_STUCK_RUN] = stuck_run
         stuck_now = False
         if stuck_run >= config.stuck_buckets * (1 if mode == "peer" else 3):
+            # stuck only if the reference moved past what noise and quantisation explain: a
+            # steady room read to one resolution step repeats its value too
             moved = (num[_STUCK_HI] - num[_STUCK_LO]) / den
             scale = num[_SCALE] if len(num) >= _RING else 0.0
-            stuck_now = moved >= max(0.5 * effective, 4.0 * scale)
+            res = num[_RES]
+            if res != res:  # it never changed: judged by its peers' resolution
+                res = peer_resolution(s)
+            grid = 0.0 if res != res else config.stuck_resolutions * res / den
+            noise = 4.0 * _SMOOTHED_NOISE * scale  # 4 sigma of the smoothed reference
+            stuck_now = moved >= max(0.5 * effective, noise, grid) and moved > grid
+        if transient:
+            judge.judge_faults(s, effective, stuck_now)
+            return
         cal = s.cal
         if cal is not None and cal.verifying:
             if mode == "peer":
-                judge.verify(cal, t, (raw - cal.verify_ref) / den, tolerance)
+                judge.verify(cal, t, (raw - cal.verify_ref) / den, effective)
             else:
                 cal.history.append([t, "no_peers_to_verify"])
                 cal.verifying = False
@@ -618,8 +687,8 @@ class DriftDetector:
 
     def load_state(self, state: dict[str, Any]) -> None:
         version = state.get("version")
-        if version not in (1, self.STATE_VERSION):
-            raise ValueError(f"drift state format {version} is not {self.STATE_VERSION} or 1")
+        if version not in (1, 2, self.STATE_VERSION):
+            raise ValueError(f"drift state format {version} is not {self.STATE_VERSION}, 2 or 1")
         self._reset()
         config = self.config
         now = state.get("now")

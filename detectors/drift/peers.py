@@ -11,7 +11,7 @@ from typing import Any
 
 from detectors.drift.containers import Bucket
 from detectors.drift.robust_stats import _median_without, _weighted_median
-from detectors.drift.sensor import _LAST_VALUE, _NONE_BYTES, _pack, _Sensor
+from detectors.drift.sensor import _BASELINE, _LAST_VALUE, _NONE_BYTES, _RES, _pack, _Sensor
 
 
 class _Group:
@@ -113,21 +113,72 @@ def bucket_voters(
     return members, members + carried if carried else members
 
 
+def corrected(sensor: _Sensor, value: float) -> float:
+    """``value`` of ``sensor`` less its learned offset to its peers (its baseline, in its
+    unit), where it has one: what it says the shared air reads."""
+    num = sensor.num
+    if len(num) > _BASELINE:
+        baseline = num[_BASELINE]
+        if baseline == baseline:  # (unset: the NaN ``_NONE``)
+            return value - baseline
+    return value
+
+
 def consensus_pools(
     voters: Sequence[Entry],
     low: float,
     high: float,
     references: frozenset[str],
     reference_weight: float,
+    fresh: int | None = None,
 ) -> list[Pool]:
-    """The values of ``voters`` within the physical range ``[low, high]``, as the pools a
-    consensus is taken from: those of peers not currently flagged first, then (if that left
-    any out) all of them."""
-    usable = sorted((v, d) for _, d, v in voters if low <= v <= high)
-    flagged = {d for s, d, _ in voters if s.drift_shape is not None or s.fault_shape is not None}
-    clean = [(v, d) for v, d in usable if d not in flagged] if flagged else usable
+    """The values of ``voters`` within the physical range ``[low, high]``, each less its
+    sensor's learned offset (see :func:`corrected`), as the pools a consensus is taken from:
+    those of peers not currently flagged that reported in the bucket (the first ``fresh`` of
+    ``voters``; the others carry an older value) and whose offset is known, then those of all
+    peers not flagged, then (if that left any out) all of them.
+
+    Corrected values all estimate the same air, so the consensus does not move when peers
+    with different installation offsets leave the pool (flagged, silent, late, or not
+    reporting in this bucket) or join it; a median of raw values would move by the offsets
+    of those left. So the peers that read the air when the sensor did come first: a carried
+    value may be minutes older, which in a defrost or with a door open is degrees."""
+    fresh = len(voters) if fresh is None else fresh
+    usable: list[tuple[float, str]] = []
+    flagged: set[str] = set()
+    recent: set[str] = set()  # (with carried values) reported in the bucket, offset known
+    at = _BASELINE
+    for s, d, v in voters[:fresh]:
+        if s.drift_shape is not None or s.fault_shape is not None:
+            flagged.add(d)
+        if low <= v <= high:
+            num = s.num
+            if len(num) > at and num[at] == num[at]:  # (unset: the NaN ``_NONE``)
+                v -= num[at]
+                recent.add(d)
+            usable.append((v, d))
+    if fresh < len(voters):
+        for s, d, v in voters[fresh:]:
+            if s.drift_shape is not None or s.fault_shape is not None:
+                flagged.add(d)
+            if low <= v <= high:
+                num = s.num
+                if len(num) > at and num[at] == num[at]:
+                    v -= num[at]
+                usable.append((v, d))
+    else:
+        recent.clear()  # nothing carried: none to prefer
+    usable.sort()
+    clean = [x for x in usable if x[1] not in flagged] if flagged else usable
+    choices = [clean]
+    if recent:
+        reported = [x for x in clean if x[1] in recent]
+        if len(reported) < len(clean):
+            choices.insert(0, reported)
+    if len(clean) < len(usable):
+        choices.append(usable)
     pools: list[Pool] = []
-    for pool in (clean, usable) if len(clean) < len(usable) else (usable,):
+    for pool in choices:
         weighted = bool(references) and any(d in references for _, d in pool)
         pools.append(
             (
@@ -162,3 +213,17 @@ def peer_consensus(
             return _weighted_median(pairs, position), count
         return _median_without(values, position), count
     return None, 0
+
+
+def peer_resolution(s: _Sensor) -> float:
+    """The median resolution of the peers of ``s`` that have shown theirs (NaN: none has): what
+    a sensor that has never changed is judged by, and how coarse its consensus is."""
+    group = s.grp
+    found = sorted(
+        p.num[_RES]
+        for p in (group.members if group is not None else ())
+        if p is not s and len(p.num) > _RES and p.num[_RES] == p.num[_RES]
+    )
+    if not found:
+        return math.nan
+    return found[len(found) // 2]

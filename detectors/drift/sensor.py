@@ -60,12 +60,14 @@ _SENSOR_NUMBERS = (
 # ... of a sensor with a reference
 _REFERENCE_NUMBERS = (
     ("last_ref", None), ("last_r", None), ("baseline", None), ("stuck_value", None),
-    ("stuck_lo", 0.0), ("stuck_hi", 0.0), ("stuck_run#", 0),
+    ("stuck_lo", 0.0), ("stuck_hi", 0.0), ("stuck_run#", 0), ("res", None), ("settle#", 0),
+    ("ref_smooth", None),
 )  # fmt: skip
 # ... and of its drift track (what a sensor still warming up reads: these defaults)
 _TRACK_NUMBERS = (
     ("scale", 0.0), ("dscale", 0.0), ("ewma", 0.0), ("cpos", 0.0), ("cneg", 0.0),
-    ("noise_ratio", 1.0), ("rate_sum", 0.0), ("step_jump", 0.0), ("rate_per_day", None),
+    ("noise_ratio", 1.0), ("rate_sum", 0.0), ("step_jump", 0.0), ("shape_lr", 0.0),
+    ("mag", 0.0), ("rate_per_day", None),
     ("rate_se", None), ("rate_sig?", False), ("rate_stale?", False), ("buckets#", 0),
     ("noise_age#", 0), ("noise_hits#", 0), ("rate_slot#", -1), ("rate_n#", 0),
     ("drifts_at#", 0), ("rates_at#", 0),
@@ -73,8 +75,10 @@ _TRACK_NUMBERS = (
 _NUMBERS = (*_SENSOR_NUMBERS, *_REFERENCE_NUMBERS, *_TRACK_NUMBERS)
 (
     _LAST_VALUE, _LEVEL, _PEER_STREAK, _ALONE_STREAK, _PROF,
-    _LAST_REF, _LAST_R, _BASELINE, _STUCK_VALUE, _STUCK_LO, _STUCK_HI, _STUCK_RUN,
-    _SCALE, _DSCALE, _EWMA, _CPOS, _CNEG, _NOISE_RATIO, _RATE_SUM, _STEP_JUMP, _RATE_PER_DAY,
+    _LAST_REF, _LAST_R, _BASELINE, _STUCK_VALUE, _STUCK_LO, _STUCK_HI, _STUCK_RUN, _RES, _SETTLE,
+    _REF_SMOOTH,
+    _SCALE, _DSCALE, _EWMA, _CPOS, _CNEG, _NOISE_RATIO, _RATE_SUM, _STEP_JUMP, _SHAPE_LR,
+    _MAG, _RATE_PER_DAY,
     _RATE_SE, _RATE_SIG, _RATE_STALE, _BUCKETS, _NOISE_AGE, _NOISE_HITS, _RATE_SLOT, _RATE_N,
     _DRIFTS_AT, _RATES_AT,
 ) = range(len(_NUMBERS))  # fmt: skip
@@ -95,7 +99,8 @@ _STATE_KEYS = (
     "rate_se", "rate_sig", "rate_stale", "predicted_at", "out_since", "drift_shape", "fault_shape",
     "profile", "profile_n", "level", "last_value", "last_ref", "last_r", "last_peers", "last_ts",
     "verifying", "verify_run", "verify_n", "verify_ref", "step_jump", "bucket_index", "since",
-    "drifts", "diffs", "step_win", "spikes", "rates", "history",
+    "drifts", "diffs", "step_win", "spikes", "rates", "history", "res", "shape_lr", "mag",
+    "settle", "ref_smooth",
 )  # fmt: skip
 # Fields of a sensor's drift track saved under their own names (with their defaults)
 _TRACK_PLAIN = {
@@ -108,7 +113,7 @@ _SENSOR_PLAIN = (
     "device", "metric", "site", "zone", "mode", "peer_streak", "alone_streak", "baseline",
     "stuck_value", "stuck_run", "stuck_lo", "stuck_hi", "range_bad", "range_ok_run",
     "drift_shape", "fault_shape", "level", "last_value", "last_ref", "last_r", "last_peers",
-    "last_ts", "bucket_index", "since",
+    "last_ts", "bucket_index", "since", "res", "settle", "ref_smooth",
 )  # fmt: skip
 
 
@@ -205,6 +210,14 @@ class _Sensor:
     peer_streak = _Number(_PEER_STREAK)
     alone_streak = _Number(_ALONE_STREAK)
     stuck_run = _Number(_STUCK_RUN)
+    # its resolution: the smallest nonzero step between two of its bucket values (None: it
+    # has not changed yet); a property of the sensor, kept through calibrations
+    res = _Number(_RES)
+    # the last bucket index of the transient it is settling from (see DriftConfig.transient_gate)
+    settle = _Number(_SETTLE)
+    # its reference smoothed over a few buckets (what a stuck value is judged against: how far
+    # the air moved, not how much the consensus jittered)
+    ref_smooth = _Number(_REF_SMOOTH)
     # where its 24 hour-of-day offsets (and their counts) start in the detector's profile
     # columns; before its second bucket, none: -1, or ``-2 - hour`` once its first bucket
     # counted one (zero) offset at ``hour`` (see :func:`_profile_rows`)
@@ -217,6 +230,11 @@ class _Sensor:
     noise_ratio = _Number(_NOISE_RATIO)
     rate_sum = _Number(_RATE_SUM)
     step_jump = _Number(_STEP_JUMP)
+    # the likelihood ratio of a step against a ramp at the last shape decision
+    shape_lr = _Number(_SHAPE_LR)
+    # the typical magnitude its relative drift is taken against (the median of its warm-up's;
+    # 0: not known), at which the tolerance's floors in the metric's unit are judged
+    mag = _Number(_MAG)
     rate_per_day = _Number(_RATE_PER_DAY)
     rate_se = _Number(_RATE_SE)
     rate_sig = _Number(_RATE_SIG)
@@ -325,6 +343,14 @@ class _Sensor:
         if self.windows is not None:
             return len(self.windows.diffs)
         return max(0, min(size, len(self.num) - _RING - 1))
+
+    def recent_drifts(self, size: int) -> Sequence[float]:
+        """The drifts of the last ``size`` buckets, oldest first (for a track loaded from a
+        version-1 state whose history does not cover them yet: its loaded 5-bucket medians)."""
+        windows = self.windows
+        if windows is not None:
+            return windows.steps.ordered()
+        return self.drift_history()[-size:]
 
     def step_window(self, size: int) -> list[float]:
         """The 5-bucket median-filtered drifts of the last ``size`` buckets, oldest first

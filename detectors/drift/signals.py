@@ -30,10 +30,15 @@ FAULT_KIND = "sensor_fault"
 def sensor_evidence(judge: _Judge, s: _Sensor) -> dict[str, Any]:
     """What is known about ``s``: the evidence of its signals."""
     _, absolute = judge.tolerance(s.metric)
-    effective = judge.effective(s)
+    den = judge.magnitude(s)
+    effective, basis = judge.tolerance_terms(s, den)
     r = s.last_r
     threshold = judge.threshold(s, effective) if s.baseline is not None else effective
     rate = s.rate_per_day
+    shape = s.shape
+    res = s.res
+    stuck = shape == "stuck"
+    moved = s.stuck_hi - s.stuck_lo if stuck else None
     return {
         "metric": s.metric,
         "shape": s.shape,
@@ -52,6 +57,12 @@ def sensor_evidence(judge: _Judge, s: _Sensor) -> dict[str, Any]:
         "drift": s.ewma,
         "drift_pct": None if absolute else 100.0 * s.ewma,
         "tolerance": effective,
+        # the tolerance in the metric's unit, and what sets it: the configured tolerance
+        # ("relative" or "absolute"), the metric's "floor", the sensor's "resolution" or "noise"
+        "tolerance_abs": effective * den,
+        "tolerance_basis": basis,
+        "resolution": res,
+        "noise": s.scale * den if s.baseline is not None else None,
         "absolute": absolute,
         "out_of_tolerance": s.baseline is not None and abs(s.ewma) >= threshold,
         "rate_per_day": rate,
@@ -66,8 +77,13 @@ def sensor_evidence(judge: _Judge, s: _Sensor) -> dict[str, Any]:
         "confidence": round(confidence(judge.config, s, threshold), 3),
         "noise_ratio": s.noise_ratio,
         "stuck_buckets": s.stuck_run,
+        # how far the reference moved while the value stood still (its unit, and in steps of
+        # the sensor's resolution)
+        "reference_moved": moved,
+        "reference_moved_steps": moved / res if moved is not None and res else None,
         "spikes": len(s.spikes or ()),
-        "step": s.step_jump if s.shape == "step" else None,
+        "step": s.step_jump if shape == "step" else None,
+        "shape_test": judge.shape_evidence(s) if shape in ("step", "ageing") else None,
         "last_calibration": last_calibration(s),
     }
 
@@ -133,10 +149,14 @@ def firing_signal(
             summary = f"{device_id}: {metric} drifting {drift_pct} from {against}{rate_text}, out of tolerance by {when}"
             action = f"Plan a recalibration of the {metric} sensor of {device_id} before {when}."
     elif shape == "step":
-        summary = f"{device_id}: {metric} jumped {drift_pct} away from {against}"
+        test = evidence["shape_test"]
+        summary = f"{device_id}: {metric} jumped {drift_pct} away from {against} (a step, not a ramp: likelihood ratio {test['likelihood_ratio']:.0f} >= {test['threshold']:g})"
         action = f"Check the {metric} sensor of {device_id} (knock, moisture, wiring); recalibrate it, or replace it if the offset returns."
     elif shape == "stuck":
-        summary = f"{device_id}: {metric} stuck at {s.last_value:.6g} for {s.stuck_run} buckets while {against} changed"
+        moved = evidence["reference_moved"] or 0.0
+        steps = evidence["reference_moved_steps"]
+        by = f" by {moved:.3g}" + (f" ({steps:.0f} steps of its resolution)" if steps else "")
+        summary = f"{device_id}: {metric} stuck at {s.last_value:.6g} for {s.stuck_run} buckets while {against} changed{by}"
         action = f"Replace the {metric} sensor of {device_id} (or check its wiring and firmware): it repeats one value."
     elif shape == "noisy":
         summary = f"{device_id}: {metric} noise {s.noise_ratio:.1f}x its normal level"
